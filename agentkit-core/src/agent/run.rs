@@ -1,0 +1,420 @@
+//! The agent loop, written once for plain and streaming runs (the [`Sink`] decides).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::agent::Agent;
+use crate::executor::{AgentEvent, Invocation, Reply};
+use crate::message::{Message, ToolCall, ToolResult, Usage};
+use crate::model::{
+    ModelEvent, ModelRequest, ModelResponse, ResponseBuilder, ResponseFormat, ToolChoice,
+};
+use crate::observer::{self, ModelCallStart, RunEnd, RunScope, RunStart};
+use crate::tool::ToolCallRecord;
+use crate::{Context, Error, ErrorKind, Result};
+
+/// Where a run's events go: nowhere for [`Agent::execute`], a bounded channel for streams.
+pub(crate) trait Sink: Send {
+    /// Whether anyone listens; when not, the loop calls `complete` instead of `stream`.
+    const ACTIVE: bool;
+
+    /// Delivers one event, waiting while the consumer is slow; an error when it went away.
+    fn emit(&mut self, event: AgentEvent) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The sink of a plain run.
+pub(crate) struct Silent;
+
+impl Sink for Silent {
+    const ACTIVE: bool = false;
+
+    async fn emit(&mut self, _: AgentEvent) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Totals of a run, kept outside the loop so they survive its failure (for observers).
+#[derive(Debug, Default)]
+pub(crate) struct RunState {
+    pub(crate) usage: Usage,
+    pub(crate) cost: f64,
+    pub(crate) records: Vec<ToolCallRecord>,
+    pub(crate) steps: u32,
+}
+
+impl Agent {
+    /// Checks the input and renders the system prompt: everything that can fail before a run
+    /// starts, so streams can still answer with a plain error.
+    pub(crate) fn prepare(&self, invocation: &Invocation) -> Result<Option<Arc<str>>> {
+        let empty = invocation
+            .input
+            .iter()
+            .all(|m| m.payload_len() == 0 || m.content.is_empty());
+        if empty {
+            return Err(Error::invalid_input("the input is empty"));
+        }
+        self.inner
+            .prompt
+            .as_ref()
+            .map(|p| p.render(&invocation.metadata))
+            .transpose()
+    }
+
+    /// Runs to the end without streaming.
+    pub(crate) async fn run(&self, invocation: Invocation) -> Result<Reply> {
+        let system = self.prepare(&invocation)?;
+        self.run_observed(invocation, system, None, &mut Silent, RunState::default())
+            .await
+    }
+
+    /// One run, watched by the observer, bounded by the deadline and cancellation.
+    pub(crate) async fn run_observed<S: Sink>(
+        &self,
+        mut invocation: Invocation,
+        system: Option<Arc<str>>,
+        format: Option<&ResponseFormat>,
+        sink: &mut S,
+        mut state: RunState,
+    ) -> Result<Reply> {
+        let inner = &*self.inner;
+        if let Some(timeout) = inner.limits.run_timeout {
+            invocation.context = invocation.context.with_timeout(timeout);
+        }
+        let observer = inner
+            .observer
+            .as_ref()
+            .or_else(|| observer::global_observer());
+        let scope = observer.map(|o| {
+            o.start_run(&RunStart {
+                agent: &inner.name,
+                agent_version: &inner.version,
+                model: inner.model.id(),
+                provider: inner.model.provider(),
+                context: &invocation.context,
+            })
+        });
+        let outcome = self
+            .run_bounded(
+                invocation,
+                system,
+                format,
+                sink,
+                &mut state,
+                scope.as_deref(),
+            )
+            .await;
+        if let Some(scope) = scope {
+            let model = match &outcome {
+                Ok(reply) => reply.model.as_str(),
+                Err(_) => inner.model.id(),
+            };
+            scope.end(&RunEnd {
+                outcome: outcome.as_ref(),
+                usage: state.usage,
+                cost_usd: state.cost,
+                tool_calls: &state.records,
+                model,
+                steps: state.steps,
+            });
+        }
+        outcome
+    }
+
+    async fn run_bounded<S: Sink>(
+        &self,
+        invocation: Invocation,
+        system: Option<Arc<str>>,
+        format: Option<&ResponseFormat>,
+        sink: &mut S,
+        state: &mut RunState,
+        scope: Option<&dyn RunScope>,
+    ) -> Result<Reply> {
+        let cancel = invocation.context.cancellation().clone();
+        let deadline = invocation.context.deadline();
+        if cancel.is_cancelled() {
+            return Err(Error::cancelled());
+        }
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return Err(deadline_passed());
+        }
+        let run = self.run_loop(invocation, system.as_deref(), format, sink, state, scope);
+        let expire = async move {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            outcome = run => outcome,
+            () = cancel.cancelled() => Err(Error::cancelled()),
+            () = expire => Err(deadline_passed()),
+        }
+    }
+
+    async fn run_loop<S: Sink>(
+        &self,
+        invocation: Invocation,
+        system: Option<&str>,
+        format: Option<&ResponseFormat>,
+        sink: &mut S,
+        state: &mut RunState,
+        scope: Option<&dyn RunScope>,
+    ) -> Result<Reply> {
+        let inner = &*self.inner;
+        let Invocation {
+            input,
+            history,
+            context: cx,
+            metadata: _,
+        } = invocation;
+        let history_len = history.len();
+        let mut messages = history;
+        messages.reserve(input.len() + 4);
+        messages.extend(input);
+        let mut step = 0;
+        loop {
+            if step >= inner.limits.max_steps {
+                return Err(Error::new(
+                    ErrorKind::StepLimit,
+                    format!(
+                        "the run reached its limit of {} model calls without a final answer",
+                        inner.limits.max_steps
+                    ),
+                ));
+            }
+            self.check_budget(state)?;
+            step += 1;
+            state.steps = step;
+            let request = ModelRequest {
+                system,
+                messages: &messages,
+                tools: inner.tools.specs(),
+                tool_choice: ToolChoice::Auto,
+                response_format: format,
+                max_tokens: inner.max_tokens,
+                temperature: inner.temperature,
+            };
+            let response = self.call_model(&request, &cx, step, sink, scope).await?;
+            state.usage += response.usage;
+            state.cost += self.cost_of(&response);
+            if !response.message.has_tool_calls() {
+                let stop_reason = response.stop_reason;
+                let model = response
+                    .model
+                    .unwrap_or_else(|| inner.model.id().to_owned());
+                let output = response.message.text_content();
+                messages.push(response.message);
+                if S::ACTIVE {
+                    sink.emit(AgentEvent::Usage {
+                        usage: state.usage,
+                        cost_usd: state.cost,
+                    })
+                    .await?;
+                }
+                return Ok(Reply {
+                    output,
+                    messages: messages.split_off(history_len),
+                    usage: state.usage,
+                    cost_usd: state.cost,
+                    tool_calls: std::mem::take(&mut state.records),
+                    stop_reason,
+                    model,
+                    steps: step,
+                });
+            }
+            messages.push(response.message);
+            let results = match messages.last() {
+                Some(last) => self.call_tools(last, &cx, sink, state, scope).await?,
+                None => Vec::new(),
+            };
+            messages.push(Message::tool_results(results));
+        }
+    }
+
+    fn check_budget(&self, state: &RunState) -> Result<()> {
+        let limits = &self.inner.limits;
+        if let Some(budget) = limits.token_budget
+            && state.usage.total_tokens() >= budget
+        {
+            return Err(Error::new(
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "the run spent {} of its {budget} tokens before finishing",
+                    state.usage.total_tokens()
+                ),
+            ));
+        }
+        if let Some(budget) = limits.cost_budget
+            && state.cost >= budget
+        {
+            return Err(Error::new(
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "the run spent ${:.6} of its ${budget:.6} budget before finishing",
+                    state.cost
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cost_of(&self, response: &ModelResponse) -> f64 {
+        let inner = &*self.inner;
+        let price = match &response.model {
+            Some(model) if model != inner.model.id() => inner.prices.get(model),
+            _ => inner.model_price,
+        };
+        price.map_or(0.0, |p| p.cost(&response.usage))
+    }
+
+    async fn call_model<S: Sink>(
+        &self,
+        request: &ModelRequest<'_>,
+        cx: &Context,
+        step: u32,
+        sink: &mut S,
+        scope: Option<&dyn RunScope>,
+    ) -> Result<ModelResponse> {
+        let model = &self.inner.model;
+        let Some(scope) = scope else {
+            return Self::ask(&**model, request, cx, sink).await;
+        };
+        let call = scope.start_model_call(&ModelCallStart {
+            model: model.id(),
+            provider: model.provider(),
+            step,
+            streaming: S::ACTIVE,
+        });
+        let traced;
+        let cx = match call.trace() {
+            Some(trace) => {
+                traced = cx.clone().with_trace(trace);
+                &traced
+            }
+            None => cx,
+        };
+        let outcome = Self::ask(&**model, request, cx, sink).await;
+        call.end_model(outcome.as_ref());
+        outcome
+    }
+
+    async fn ask<S: Sink>(
+        model: &dyn crate::model::Model,
+        request: &ModelRequest<'_>,
+        cx: &Context,
+        sink: &mut S,
+    ) -> Result<ModelResponse> {
+        if !S::ACTIVE {
+            return model.complete(request, cx).await;
+        }
+        let mut stream = model.stream(request, cx).await?;
+        let mut builder = ResponseBuilder::new();
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            builder.push(&event)?;
+            if let ModelEvent::TextDelta(text) = event
+                && !text.is_empty()
+            {
+                sink.emit(AgentEvent::TextDelta { text }).await?;
+            }
+        }
+        builder.finish()
+    }
+
+    async fn call_tools<S: Sink>(
+        &self,
+        message: &Message,
+        cx: &Context,
+        sink: &mut S,
+        state: &mut RunState,
+        scope: Option<&dyn RunScope>,
+    ) -> Result<Vec<ToolResult>> {
+        let calls: Vec<&ToolCall> = message.tool_calls().collect();
+        if S::ACTIVE {
+            for call in &calls {
+                sink.emit(AgentEvent::ToolCallStarted {
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                })
+                .await?;
+            }
+        }
+        let mut results = Vec::with_capacity(calls.len());
+        if let [call] = calls.as_slice() {
+            let (result, record) = self.call_tool(call, cx, scope).await;
+            if S::ACTIVE {
+                sink.emit(AgentEvent::ToolCallFinished(record.clone()))
+                    .await?;
+            }
+            results.push(result);
+            state.records.push(record);
+            return Ok(results);
+        }
+        let mut done: Vec<Option<(ToolResult, ToolCallRecord)>> = Vec::new();
+        done.resize_with(calls.len(), || None);
+        let mut waiting = calls.iter().copied().enumerate();
+        let mut running = FuturesUnordered::new();
+        for (index, call) in waiting.by_ref().take(self.inner.limits.max_parallel_tools) {
+            running.push(self.call_tool_at(index, call, cx, scope));
+        }
+        while let Some((index, (result, record))) = running.next().await {
+            if let Some((next, call)) = waiting.next() {
+                running.push(self.call_tool_at(next, call, cx, scope));
+            }
+            if S::ACTIVE {
+                sink.emit(AgentEvent::ToolCallFinished(record.clone()))
+                    .await?;
+            }
+            done[index] = Some((result, record));
+        }
+        for (result, record) in done.into_iter().flatten() {
+            results.push(result);
+            state.records.push(record);
+        }
+        Ok(results)
+    }
+
+    async fn call_tool_at(
+        &self,
+        index: usize,
+        call: &ToolCall,
+        cx: &Context,
+        scope: Option<&dyn RunScope>,
+    ) -> (usize, (ToolResult, ToolCallRecord)) {
+        (index, self.call_tool(call, cx, scope).await)
+    }
+
+    async fn call_tool(
+        &self,
+        call: &ToolCall,
+        cx: &Context,
+        scope: Option<&dyn RunScope>,
+    ) -> (ToolResult, ToolCallRecord) {
+        let tools = &self.inner.tools;
+        let timeout = self.inner.limits.tool_timeout;
+        let Some(scope) = scope else {
+            return tools.call(call, cx, timeout).await;
+        };
+        let span = scope.start_tool_call(call);
+        let traced;
+        let cx = match span.trace() {
+            Some(trace) => {
+                traced = cx.clone().with_trace(trace);
+                &traced
+            }
+            None => cx,
+        };
+        let (result, record) = tools.call(call, cx, timeout).await;
+        span.end_tool(&record);
+        (result, record)
+    }
+}
+
+fn deadline_passed() -> Error {
+    Error::timeout("the run did not finish before its deadline")
+}

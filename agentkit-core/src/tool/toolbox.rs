@@ -1,0 +1,149 @@
+//! [`Toolbox`]: the tools of an agent, looked up by name and called safely.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use crate::message::{ToolCall, ToolResult};
+use crate::tool::{Tool, ToolCallRecord, ToolContext, ToolSpec};
+use crate::{Context, Error, ErrorKind, Result};
+
+/// The tools an agent may call, with their specs ready to send to the model.
+///
+/// Calling through the toolbox turns every failure into an error *result* for the model: an
+/// unknown name, arguments that do not decode, an error from the tool, a timeout, even a panic.
+/// None of them ends the run.
+#[derive(Clone, Default)]
+pub struct Toolbox {
+    tools: Vec<(Box<str>, Arc<dyn Tool>)>,
+    specs: Arc<[ToolSpec]>,
+}
+
+impl fmt::Debug for Toolbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.tools.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Toolbox {
+    /// An empty toolbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool; an error if the name is taken or not a valid tool name.
+    pub fn insert(&mut self, tool: Arc<dyn Tool>) -> Result<()> {
+        let name = tool.spec().name.clone();
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(Error::invalid_input(format!(
+                "tool name {name:?} must be 1-64 characters of [a-zA-Z0-9_-]"
+            )));
+        }
+        if self.get(&name).is_some() {
+            return Err(Error::invalid_input(format!(
+                "tool `{name}` is registered twice"
+            )));
+        }
+        self.tools.push((name.into_boxed_str(), tool));
+        self.specs = self.tools.iter().map(|(_, t)| t.spec().clone()).collect();
+        Ok(())
+    }
+
+    /// The tool called `name`.
+    pub fn get(&self, name: &str) -> Option<&dyn Tool> {
+        // A linear scan beats hashing for the handful of tools an agent has.
+        self.tools
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, tool)| &**tool)
+    }
+
+    /// The specs of all tools, in insertion order.
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
+    }
+
+    /// The number of tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// Whether there are no tools.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Runs `call`, bounded by `timeout` (or the tool's own), and reports the result for the
+    /// model together with a record of the call.
+    pub async fn call(
+        &self,
+        call: &ToolCall,
+        cx: &Context,
+        timeout: Duration,
+    ) -> (ToolResult, ToolCallRecord) {
+        let started = Instant::now();
+        let outcome = self.try_call(call, cx, timeout).await;
+        let duration = started.elapsed();
+        let (content, is_error, error) = match outcome {
+            Ok(content) => (content, false, None),
+            Err(error) => {
+                let text = format!("error ({}): {}", error.code(), error.message());
+                (text.clone(), true, Some(text))
+            }
+        };
+        let record = ToolCallRecord {
+            id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            ok: !is_error,
+            duration,
+            error,
+        };
+        let result = ToolResult {
+            call_id: call.id.clone(),
+            content,
+            is_error,
+        };
+        (result, record)
+    }
+
+    async fn try_call(&self, call: &ToolCall, cx: &Context, timeout: Duration) -> Result<String> {
+        let Some(tool) = self.get(&call.name) else {
+            let known: Vec<&str> = self.tools.iter().map(|(n, _)| &**n).collect();
+            return Err(Error::not_found(format!(
+                "unknown tool `{}`; available tools: {}",
+                call.name,
+                known.join(", ")
+            )));
+        };
+        let timeout = tool.timeout().unwrap_or(timeout);
+        let tool_cx = ToolContext::new(&call.id, cx);
+        let running = AssertUnwindSafe(tool.call(&call.arguments, &tool_cx)).catch_unwind();
+        match tokio::time::timeout(timeout, running).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_panic)) => {
+                tracing::error!(tool = %call.name, "tool panicked");
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("tool `{}` panicked", call.name),
+                ))
+            }
+            Err(_) => Err(Error::timeout(format!(
+                "tool `{}` did not finish within {} ms",
+                call.name,
+                timeout.as_millis()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Executor layers and the tower adapters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agentkit_core::executor::{
+    ConcurrencyLimitLayer, ExecutorService, RetryLayer, ServiceExecutor, TimeoutLayer,
+};
+use agentkit_core::{Backoff, BoxExecutor, Error, ErrorKind, Executor, Invocation, Reply, Result};
+
+/// Fails `failures` times with `kind`, then answers; sleeps `delay` each time; tracks the peak
+/// number of concurrent invocations.
+#[derive(Clone, Default)]
+struct Probe {
+    failures: usize,
+    kind: Option<ErrorKind>,
+    delay: Duration,
+    calls: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Executor for Probe {
+    async fn execute(&self, _: Invocation) -> Result<Reply> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match self.kind {
+            Some(kind) if n < self.failures => Err(Error::new(kind, "probe failure")),
+            _ => Ok(Reply {
+                output: format!("ok after {n}"),
+                ..Reply::default()
+            }),
+        }
+    }
+}
+
+#[tokio::test]
+async fn timeout_layer_answers_timeout() {
+    let slow = Probe {
+        delay: Duration::from_secs(10),
+        ..Probe::default()
+    };
+    let wrapped = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(50)))
+        .service(slow);
+    let error = wrapped.execute(Invocation::text("x")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn retry_layer_retries_only_retryable_errors() {
+    let flaky = Probe {
+        failures: 2,
+        kind: Some(ErrorKind::Unavailable),
+        ..Probe::default()
+    };
+    let calls = flaky.calls.clone();
+    let retry = RetryLayer::new(
+        Backoff::new()
+            .max_attempts(3)
+            .base(Duration::from_millis(1)),
+    );
+    let wrapped = tower::ServiceBuilder::new()
+        .layer(retry.clone())
+        .service(flaky);
+    let reply = wrapped.execute(Invocation::text("x")).await.unwrap();
+    assert_eq!(reply.output, "ok after 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    let bad = Probe {
+        failures: 5,
+        kind: Some(ErrorKind::InvalidInput),
+        ..Probe::default()
+    };
+    let calls = bad.calls.clone();
+    let wrapped = tower::ServiceBuilder::new().layer(retry).service(bad);
+    assert_eq!(
+        wrapped
+            .execute(Invocation::text("x"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn concurrency_limit_bounds_in_flight_invocations() {
+    let probe = Probe {
+        delay: Duration::from_millis(30),
+        ..Probe::default()
+    };
+    let peak = probe.peak.clone();
+    let limited = Arc::new(
+        tower::ServiceBuilder::new()
+            .layer(ConcurrencyLimitLayer::new(3))
+            .service(probe),
+    );
+    let runs: Vec<_> = (0..12)
+        .map(|_| {
+            let limited = limited.clone();
+            tokio::spawn(async move { limited.execute(Invocation::text("x")).await })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn tower_middleware_applies_through_the_adapters() {
+    // An executor becomes a tower service, gets tower's own middleware, and becomes an
+    // executor again, erased behind BoxExecutor.
+    let service = ExecutorService::new(Probe::default());
+    let buffered = tower::ServiceBuilder::new().service(service);
+    let executor = BoxExecutor::new(ServiceExecutor::new(buffered));
+    let reply = executor.execute(Invocation::text("x")).await.unwrap();
+    assert_eq!(reply.output, "ok after 0");
+    let replay: Vec<_> = {
+        use futures::StreamExt;
+        executor
+            .stream(Invocation::text("x"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+    };
+    assert_eq!(replay.last().unwrap().as_ref().unwrap().name(), "done");
+}
