@@ -33,7 +33,7 @@ pub use backoff::Backoff;
 pub use context::{Context, Extensions, generate_id};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use executor::{
-    AgentEvent, BoxExecutor, EventStream, Executor, ExecutorExt, Invocation, Reply,
+    AgentEvent, BoxExecutor, EventStream, Executor, ExecutorExt, Invocation, Reply, SessionState,
 };
 pub use message::{ContentPart, Message, Role, StopReason, ToolCall, ToolResult, Usage};
 pub use pricing::{Price, PriceTable};

@@ -224,6 +224,7 @@ impl Agent {
                     stop_reason,
                     model,
                     steps: step,
+                    session: None,
                 });
             }
             messages.push(response.message);

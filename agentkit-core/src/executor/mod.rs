@@ -97,6 +97,18 @@ pub struct Reply {
     pub model: String,
     /// How many model calls the run made.
     pub steps: u32,
+    /// The session this turn was saved to, when it ran in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionState>,
+}
+
+/// Where a session turn was saved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The session id.
+    pub id: String,
+    /// The session's version after this turn.
+    pub version: u64,
 }
 
 /// One event of a streamed run, in order: text deltas and tool calls as they happen, then the

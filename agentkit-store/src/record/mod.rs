@@ -1,0 +1,95 @@
+//! Run records: one [`RunRecord`] per run, for audit, analytics and replay.
+
+mod jsonl;
+mod layer;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+
+use agentkit_core::tool::ToolCallRecord;
+use agentkit_core::{Message, Result, Usage};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use jsonl::JsonlRecordStore;
+pub use layer::{RecordLayer, Recorded};
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It answered.
+    Ok,
+    /// It failed; see [`RunRecord::error_code`].
+    Error,
+}
+
+/// Everything one run did: who asked what, which agent and model answered what, with which
+/// tools, at what cost, how fast, and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The request id.
+    pub request_id: String,
+    /// The tenant, when known.
+    pub tenant: Option<String>,
+    /// The session, when the run was a session turn.
+    pub session_id: Option<String>,
+    /// The agent's name.
+    pub agent: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The model that answered (empty when the run failed before one did).
+    pub model: String,
+    /// The input messages.
+    pub input: Vec<Message>,
+    /// The final answer, when there was one.
+    pub output: Option<String>,
+    /// The tool calls made.
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// Tokens spent.
+    pub usage: Usage,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// Wall time in milliseconds.
+    pub latency_ms: f64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error's code when it failed (`"timeout"`, `"budget_exceeded"`, ...).
+    pub error_code: Option<String>,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+}
+
+/// Where run records go.
+///
+/// ```
+/// use agentkit_store::{JsonlRecordStore, RecordStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let path = std::env::temp_dir().join(format!("records-doc-{}.jsonl", std::process::id()));
+/// let store = JsonlRecordStore::open(&path).await?;
+/// assert!(store.recent(None, 10).await?.is_empty());
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<_, agentkit_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// Appends one record durably.
+    async fn append(&self, record: &RunRecord) -> Result<()>;
+
+    /// The most recent `limit` records, newest first, of one agent or of all.
+    async fn recent(&self, agent: Option<&str>, limit: usize) -> Result<Vec<RunRecord>>;
+}
+
+const _: Option<&dyn RecordStore> = None;
+
+#[async_trait]
+impl<S: RecordStore + ?Sized> RecordStore for std::sync::Arc<S> {
+    async fn append(&self, record: &RunRecord) -> Result<()> {
+        (**self).append(record).await
+    }
+
+    async fn recent(&self, agent: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        (**self).recent(agent, limit).await
+    }
+}

@@ -1,0 +1,710 @@
+//! [`SessionAgent`]: stateful turns over any executor, one at a time per session.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentkit_core::executor::{AgentEvent, EventStream, Executor, Invocation, Reply, SessionState};
+use agentkit_core::{CancellationToken, Context, Error, ErrorKind, Message, Result, Role};
+use futures::StreamExt;
+use tokio::sync::{OwnedMutexGuard, mpsc};
+
+use crate::session::{Lease, LeaseStore, SaveOptions, Session, SessionStore, validate_key};
+
+/// What happens to a message that arrives while its session is running a turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TurnPolicy {
+    /// Refuse it with [`ErrorKind::Busy`] (HTTP 409 `session_busy`).
+    Reject,
+    /// Run it after the running turn, in arrival order (bounded queue, bounded wait).
+    #[default]
+    Enqueue,
+    /// Cancel the running turn (its partial output is discarded, nothing of it is saved) and run
+    /// this one.
+    Interrupt,
+}
+
+/// How much history a session keeps, so it cannot grow without limit. Trimming cuts at a user
+/// message, so a tool call is never kept without its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryPolicy {
+    /// Keep everything (only for sessions known to stay short).
+    Unbounded,
+    /// Keep about the last `n` messages.
+    LastMessages(usize),
+    /// Keep about the last `n` tokens (estimated at four bytes per token).
+    TokenWindow(u64),
+}
+
+impl Default for HistoryPolicy {
+    fn default() -> Self {
+        Self::LastMessages(200)
+    }
+}
+
+impl HistoryPolicy {
+    /// Drops the oldest messages beyond the policy.
+    pub fn apply(self, messages: &mut Vec<Message>) {
+        let len = messages.len();
+        let cut = match self {
+            Self::Unbounded => 0,
+            Self::LastMessages(n) => len.saturating_sub(n),
+            Self::TokenWindow(tokens) => {
+                let mut kept = 0u64;
+                let mut cut = len;
+                for (i, m) in messages.iter().enumerate().rev() {
+                    kept += (m.payload_len() as u64).div_ceil(4).max(1);
+                    if kept > tokens {
+                        break;
+                    }
+                    cut = i;
+                }
+                cut
+            }
+        };
+        if cut == 0 {
+            return;
+        }
+        let start = (cut..len)
+            .find(|&i| messages[i].role == Role::User)
+            .unwrap_or_else(|| {
+                (cut..len)
+                    .find(|&i| messages[i].role != Role::Tool)
+                    .unwrap_or(len)
+            });
+        messages.drain(..start);
+    }
+}
+
+/// A session's turn gate: a FIFO lock, the number waiting, and the running turn's token.
+#[derive(Default)]
+struct Gate {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    queued: AtomicUsize,
+    /// The running turn (by number) and its cancellation, under [`TurnPolicy::Interrupt`].
+    running: Mutex<Option<(u64, CancellationToken)>>,
+    turns: AtomicU64,
+}
+
+type SessionKey = (String, String);
+type Gates = Mutex<HashMap<SessionKey, Arc<Gate>>>;
+
+/// Forgets `gate` when the map and the caller hold its last two references (nobody waits).
+fn forget_idle(gates: &Gates, key: &SessionKey, gate: &Arc<Gate>) {
+    let mut gates = gates.lock().unwrap_or_else(|p| p.into_inner());
+    if Arc::strong_count(gate) <= 2 {
+        gates.remove(key);
+    }
+}
+
+struct Leasing {
+    store: Arc<dyn LeaseStore>,
+    owner: String,
+    ttl: Duration,
+}
+
+struct Inner<E> {
+    executor: E,
+    store: Arc<dyn SessionStore>,
+    policy: TurnPolicy,
+    history: HistoryPolicy,
+    ttl: Option<Duration>,
+    max_queue: usize,
+    max_wait: Duration,
+    conflict_retries: u32,
+    default_tenant: String,
+    leasing: Option<Leasing>,
+    gates: Arc<Gates>,
+}
+
+/// Runs turns of a session over any executor: loads the history, runs the turn, saves with the
+/// version it loaded (compare-and-set), one turn at a time per session.
+///
+/// The session is named by the invocation's [`Context::session_id`] within its
+/// [`Context::tenant`]. A message arriving mid-turn follows the [`TurnPolicy`]. Within one
+/// process turns are serialized by a per-session FIFO gate; across processes by the version
+/// check (a lost race re-runs the turn on the fresh history, up to a bound) and, when a
+/// [`LeaseStore`] is configured, by a lease whose fencing token guards the save.
+///
+/// ```
+/// use std::sync::Arc;
+/// use agentkit_core::model::ScriptedModel;
+/// use agentkit_core::{Agent, Context, Executor, Invocation};
+/// use agentkit_store::{MemorySessionStore, SessionAgent, TurnPolicy};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let agent = Agent::builder().model(ScriptedModel::demo()).build()?;
+/// let sessions = SessionAgent::builder(agent, Arc::new(MemorySessionStore::new()))
+///     .policy(TurnPolicy::Reject)
+///     .build();
+/// let cx = Context::new().with_tenant("acme").with_session_id("s-1");
+/// let reply = sessions.execute(Invocation::text("hello").with_context(cx.clone())).await?;
+/// assert_eq!(reply.session.unwrap().version, 1);
+/// let reply = sessions.execute(Invocation::text("again").with_context(cx)).await?;
+/// assert_eq!(reply.session.unwrap().version, 2);
+/// # Ok::<_, agentkit_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct SessionAgent<E> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E> Clone for SessionAgent<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E> fmt::Debug for SessionAgent<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionAgent")
+            .field("policy", &self.inner.policy)
+            .field("history", &self.inner.history)
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SessionAgent`].
+#[must_use]
+pub struct SessionAgentBuilder<E> {
+    executor: E,
+    store: Arc<dyn SessionStore>,
+    policy: TurnPolicy,
+    history: HistoryPolicy,
+    ttl: Option<Duration>,
+    max_queue: usize,
+    max_wait: Duration,
+    conflict_retries: u32,
+    default_tenant: String,
+    leasing: Option<Leasing>,
+}
+
+impl<E> fmt::Debug for SessionAgentBuilder<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionAgentBuilder")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E> SessionAgent<E> {
+    /// A builder running `executor` over sessions in `store`.
+    pub fn builder(executor: E, store: Arc<dyn SessionStore>) -> SessionAgentBuilder<E> {
+        SessionAgentBuilder {
+            executor,
+            store,
+            policy: TurnPolicy::default(),
+            history: HistoryPolicy::default(),
+            ttl: None,
+            max_queue: 256,
+            max_wait: Duration::from_secs(60),
+            conflict_retries: 3,
+            default_tenant: "default".to_owned(),
+            leasing: None,
+        }
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    /// The policy for a message that arrives mid-turn.
+    pub fn policy(&self) -> TurnPolicy {
+        self.inner.policy
+    }
+
+    /// The tenant used when the context names none.
+    pub fn default_tenant(&self) -> &str {
+        &self.inner.default_tenant
+    }
+
+    /// The wrapped executor.
+    pub fn executor(&self) -> &E {
+        &self.inner.executor
+    }
+}
+
+impl<E> SessionAgentBuilder<E> {
+    /// The mid-turn policy (default [`TurnPolicy::Enqueue`]).
+    pub fn policy(mut self, policy: TurnPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The history bound (default the last 200 messages).
+    pub fn history(mut self, history: HistoryPolicy) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// The sessions' TTL, sliding on every turn (default: the store's).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// At most this many messages wait per session under [`TurnPolicy::Enqueue`] (default 256);
+    /// beyond it a message is refused with [`ErrorKind::Busy`].
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n.max(1);
+        self
+    }
+
+    /// The longest a message waits for its turn when its context has no deadline (default 60 s).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// How often a turn that lost a compare-and-set race is re-run on the fresh history
+    /// (default 3).
+    pub fn conflict_retries(mut self, n: u32) -> Self {
+        self.conflict_retries = n;
+        self
+    }
+
+    /// The tenant of contexts that name none (default `"default"`).
+    pub fn default_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.default_tenant = tenant.into();
+        self
+    }
+
+    /// Serializes turns across processes with a lease per session held by `owner` (this
+    /// instance's id) for `ttl`, renewed while a turn runs; saves carry its fencing token.
+    pub fn lease(
+        mut self,
+        store: Arc<dyn LeaseStore>,
+        owner: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
+        self.leasing = Some(Leasing {
+            store,
+            owner: owner.into(),
+            ttl,
+        });
+        self
+    }
+
+    /// The session agent.
+    pub fn build(self) -> SessionAgent<E> {
+        SessionAgent {
+            inner: Arc::new(Inner {
+                executor: self.executor,
+                store: self.store,
+                policy: self.policy,
+                history: self.history,
+                ttl: self.ttl,
+                max_queue: self.max_queue,
+                max_wait: self.max_wait,
+                conflict_retries: self.conflict_retries,
+                default_tenant: self.default_tenant,
+                leasing: self.leasing,
+                gates: Arc::default(),
+            }),
+        }
+    }
+}
+
+fn busy(tenant: &str, id: &str, why: &str) -> Error {
+    Error::new(ErrorKind::Busy, format!("session {tenant}/{id} {why}"))
+}
+
+/// A turn in progress: holds the session's gate (and lease) until dropped.
+struct Turn {
+    key: SessionKey,
+    gate: Arc<Gate>,
+    token: Option<(u64, CancellationToken)>,
+    lease: Option<Lease>,
+    gates: Arc<Gates>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some((number, _)) = &self.token {
+            let mut running = self.gate.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.as_ref().is_some_and(|(n, _)| n == number) {
+                *running = None;
+            }
+        }
+        forget_idle(&self.gates, &self.key, &self.gate);
+    }
+}
+
+impl<E: Executor + 'static> SessionAgent<E> {
+    fn key(&self, cx: &Context) -> Result<SessionKey> {
+        let id = cx
+            .session_id()
+            .ok_or_else(|| Error::invalid_input("a session turn needs a session id"))?;
+        let tenant = cx.tenant().unwrap_or(&self.inner.default_tenant);
+        validate_key(tenant, id)?;
+        Ok((tenant.to_owned(), id.to_owned()))
+    }
+
+    fn gate(&self, key: &SessionKey) -> Arc<Gate> {
+        let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.entry(key.clone()).or_default().clone()
+    }
+
+    async fn wait_turn(
+        &self,
+        gate: &Arc<Gate>,
+        cx: &Context,
+        key: &SessionKey,
+    ) -> Result<OwnedMutexGuard<()>> {
+        let wait = cx
+            .remaining()
+            .map_or(self.inner.max_wait, |r| r.min(self.inner.max_wait));
+        tokio::select! {
+            guard = tokio::time::timeout(wait, gate.turn.clone().lock_owned()) => guard.map_err(|_| {
+                busy(&key.0, &key.1, "stayed busy longer than this message could wait").with_retry_after(Duration::from_secs(1))
+            }),
+            () = cx.cancellation().cancelled() => Err(Error::cancelled()),
+        }
+    }
+
+    async fn begin(&self, cx: &Context) -> Result<Turn> {
+        let key = self.key(cx)?;
+        let gate = self.gate(&key);
+        let acquired = match self.inner.policy {
+            TurnPolicy::Reject => gate
+                .turn
+                .clone()
+                .try_lock_owned()
+                .map_err(|_| busy(&key.0, &key.1, "is running another turn")),
+            TurnPolicy::Enqueue => {
+                if gate.queued.fetch_add(1, Ordering::SeqCst) >= self.inner.max_queue {
+                    gate.queued.fetch_sub(1, Ordering::SeqCst);
+                    Err(busy(&key.0, &key.1, "has too many messages waiting")
+                        .with_retry_after(Duration::from_secs(1)))
+                } else {
+                    let guard = self.wait_turn(&gate, cx, &key).await;
+                    gate.queued.fetch_sub(1, Ordering::SeqCst);
+                    guard
+                }
+            }
+            TurnPolicy::Interrupt => {
+                if let Some((_, running)) = gate
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    running.cancel();
+                }
+                self.wait_turn(&gate, cx, &key).await
+            }
+        };
+        let guard = match acquired {
+            Ok(guard) => guard,
+            Err(error) => {
+                forget_idle(&self.inner.gates, &key, &gate);
+                return Err(error);
+            }
+        };
+        let token = (self.inner.policy == TurnPolicy::Interrupt).then(|| {
+            let number = gate.turns.fetch_add(1, Ordering::SeqCst);
+            let token = cx.cancellation().child_token();
+            *gate.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, token.clone()));
+            (number, token)
+        });
+        let mut turn = Turn {
+            key,
+            gate,
+            token,
+            lease: None,
+            gates: self.inner.gates.clone(),
+            _guard: guard,
+        };
+        turn.lease = self.take_lease(&turn.key, cx).await?;
+        Ok(turn)
+    }
+
+    async fn take_lease(&self, key: &SessionKey, cx: &Context) -> Result<Option<Lease>> {
+        let Some(leasing) = &self.inner.leasing else {
+            return Ok(None);
+        };
+        let deadline = tokio::time::Instant::now()
+            + cx.remaining()
+                .map_or(self.inner.max_wait, |r| r.min(self.inner.max_wait));
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(lease) = leasing
+                .store
+                .acquire(&key.0, &key.1, &leasing.owner, leasing.ttl)
+                .await?
+            {
+                return Ok(Some(lease));
+            }
+            if self.inner.policy == TurnPolicy::Reject {
+                return Err(busy(
+                    &key.0,
+                    &key.1,
+                    "is running a turn on another instance",
+                ));
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(
+                    busy(&key.0, &key.1, "stayed leased by another instance too long")
+                        .with_retry_after(Duration::from_secs(1)),
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
+            }
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `work` while renewing the turn's lease in the background.
+    async fn with_renewal<T>(&self, lease: Option<&Lease>, work: impl Future<Output = T>) -> T {
+        let (Some(lease), Some(leasing)) = (lease, &self.inner.leasing) else {
+            return work.await;
+        };
+        let renew = async {
+            loop {
+                tokio::time::sleep(leasing.ttl / 3).await;
+                match leasing.store.renew(lease, leasing.ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(session = %lease.session_id, "session lease lost mid-turn; the save will be fenced");
+                        return std::future::pending().await;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot renew the session lease"),
+                }
+            }
+        };
+        tokio::select! {
+            out = work => out,
+            never = renew => never,
+        }
+    }
+
+    async fn release(&self, turn: &mut Turn) {
+        if let (Some(lease), Some(leasing)) = (turn.lease.take(), &self.inner.leasing)
+            && let Err(error) = leasing.store.release(&lease).await
+        {
+            tracing::warn!(%error, "cannot release the session lease; it will expire");
+        }
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Session> {
+        Ok(self
+            .inner
+            .store
+            .load(&key.0, &key.1)
+            .await?
+            .unwrap_or_else(|| Session::new(&key.0, &key.1)))
+    }
+
+    /// Appends the turn to the session and saves it; the new version.
+    async fn save(
+        &self,
+        mut session: Session,
+        reply: &Reply,
+        lease: Option<&Lease>,
+    ) -> Result<u64> {
+        session.messages.extend(reply.messages.iter().cloned());
+        self.inner.history.apply(&mut session.messages);
+        if self.inner.ttl.is_some() {
+            session.ttl = self.inner.ttl;
+        }
+        let options = SaveOptions {
+            fence: lease.map(|l| l.token),
+        };
+        self.inner.store.save(&session, options).await
+    }
+
+    async fn run_turn(&self, turn: &Turn, mut invocation: Invocation) -> Result<Reply> {
+        if let Some((_, token)) = &turn.token {
+            invocation.context = invocation.context.with_cancellation(token.clone());
+        }
+        let mut attempt = 0;
+        loop {
+            let session = self.load(&turn.key).await?;
+            let mut run = invocation.clone();
+            run.history = session.messages.clone();
+            let mut reply = self
+                .with_renewal(turn.lease.as_ref(), self.inner.executor.execute(run))
+                .await?;
+            match self.save(session, &reply, turn.lease.as_ref()).await {
+                Ok(version) => {
+                    reply.session = Some(SessionState {
+                        id: turn.key.1.clone(),
+                        version,
+                    });
+                    return Ok(reply);
+                }
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    if self.inner.policy == TurnPolicy::Reject {
+                        return Err(busy(
+                            &turn.key.0,
+                            &turn.key.1,
+                            "changed while this turn ran",
+                        ));
+                    }
+                    if attempt >= self.inner.conflict_retries || turn.lease.is_some() {
+                        return Err(error);
+                    }
+                    attempt += 1;
+                    tracing::warn!(session = %turn.key.1, attempt, "session changed during the turn; running it again");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl<E: Executor + 'static> Executor for SessionAgent<E> {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let mut turn = self.begin(&invocation.context).await?;
+        let outcome = self.run_turn(&turn, invocation).await;
+        self.release(&mut turn).await;
+        outcome
+    }
+
+    async fn stream(&self, mut invocation: Invocation) -> Result<EventStream> {
+        let mut turn = self.begin(&invocation.context).await?;
+        if let Some((_, token)) = &turn.token {
+            invocation.context = invocation.context.with_cancellation(token.clone());
+        }
+        let opened = async {
+            let session = self.load(&turn.key).await?;
+            invocation.history = session.messages.clone();
+            let events = self.inner.executor.stream(invocation).await?;
+            Ok::<_, Error>((session, events))
+        }
+        .await;
+        let (session, mut events) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.release(&mut turn).await;
+                return Err(error);
+            }
+        };
+        let (tx, rx) = mpsc::channel::<Result<AgentEvent>>(32);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut session = Some(session);
+            let forward = async {
+                while let Some(event) = events.next().await {
+                    let event = match event {
+                        Ok(AgentEvent::Done(mut reply)) => match session.take() {
+                            Some(session) => {
+                                match this.save(session, &reply, turn.lease.as_ref()).await {
+                                    Ok(version) => {
+                                        reply.session = Some(SessionState {
+                                            id: turn.key.1.clone(),
+                                            version,
+                                        });
+                                        Ok(AgentEvent::Done(reply))
+                                    }
+                                    Err(error) if error.kind() == ErrorKind::Conflict => Err(busy(
+                                        &turn.key.0,
+                                        &turn.key.1,
+                                        "changed while this turn ran",
+                                    )),
+                                    Err(error) => Err(error),
+                                }
+                            }
+                            None => Ok(AgentEvent::Done(reply)),
+                        },
+                        other => other,
+                    };
+                    // The consumer went away: dropping `events` cancels the run.
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            this.with_renewal(turn.lease.as_ref(), forward).await;
+            this.release(&mut turn).await;
+        });
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkit_core::{ContentPart, ToolCall, ToolResult};
+
+    fn call_turn(n: usize) -> Vec<Message> {
+        vec![
+            Message::user(format!("q{n}")),
+            Message {
+                role: Role::Assistant,
+                content: vec![ContentPart::ToolCall(ToolCall {
+                    id: format!("c{n}"),
+                    name: "add".into(),
+                    arguments: "{}".into(),
+                })],
+            },
+            Message::tool_results([ToolResult {
+                call_id: format!("c{n}"),
+                content: "1".into(),
+                is_error: false,
+            }]),
+            Message::assistant(format!("a{n}")),
+        ]
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_leave_no_gate_behind() {
+        use agentkit_core::model::ScriptedModel;
+        let agent = agentkit_core::Agent::builder()
+            .model(ScriptedModel::demo())
+            .build()
+            .unwrap();
+        for policy in [
+            TurnPolicy::Enqueue,
+            TurnPolicy::Reject,
+            TurnPolicy::Interrupt,
+        ] {
+            let sessions =
+                SessionAgent::builder(agent.clone(), Arc::new(crate::MemorySessionStore::new()))
+                    .policy(policy)
+                    .build();
+            for i in 0..50 {
+                let cx = Context::new().with_session_id(format!("s-{i}"));
+                sessions
+                    .execute(Invocation::text("hi").with_context(cx))
+                    .await
+                    .unwrap();
+            }
+            let missing = sessions.execute(Invocation::text("hi")).await.unwrap_err();
+            assert_eq!(missing.kind(), ErrorKind::InvalidInput, "no session id");
+            assert!(
+                sessions.inner.gates.lock().unwrap().is_empty(),
+                "{policy:?} leaked gates"
+            );
+        }
+    }
+
+    #[test]
+    fn trimming_keeps_whole_turns() {
+        let mut history: Vec<Message> = (0..5).flat_map(call_turn).collect();
+        HistoryPolicy::LastMessages(6).apply(&mut history);
+        // Six would start mid-turn; the cut moves forward to the next user message.
+        assert_eq!(history.len(), 4);
+        assert_eq!(history[0].text_content(), "q4");
+
+        let mut history: Vec<Message> = (0..5).flat_map(call_turn).collect();
+        HistoryPolicy::Unbounded.apply(&mut history);
+        assert_eq!(history.len(), 20);
+
+        let mut history: Vec<Message> = (0..50).map(|i| Message::user(format!("{i:04}"))).collect();
+        HistoryPolicy::TokenWindow(10).apply(&mut history);
+        assert_eq!(history.len(), 10, "one token per four-byte message");
+        assert_eq!(history[0].text_content(), "0040");
+    }
+}
