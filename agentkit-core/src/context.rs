@@ -57,9 +57,14 @@ impl Default for Context {
 impl Context {
     /// A context with a freshly generated request id and nothing else.
     pub fn new() -> Self {
+        Self::for_request(generate_id())
+    }
+
+    /// A context for the request `request_id` (the caller's, already checked) and nothing else.
+    pub fn for_request(request_id: impl Into<Arc<str>>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                request_id: Arc::from(generate_id().as_str()),
+                request_id: request_id.into(),
                 tenant: None,
                 user: None,
                 session_id: None,

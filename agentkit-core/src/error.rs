@@ -69,6 +69,27 @@ impl ErrorKind {
         }
     }
 
+    /// The kind whose [`code`](ErrorKind::code) is `code`, for clients reading an error body.
+    pub fn from_code(code: &str) -> Option<Self> {
+        const ALL: [ErrorKind; 14] = [
+            ErrorKind::InvalidInput,
+            ErrorKind::Unauthenticated,
+            ErrorKind::PermissionDenied,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::Busy,
+            ErrorKind::RateLimited,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+            ErrorKind::BudgetExceeded,
+            ErrorKind::StepLimit,
+            ErrorKind::Cancelled,
+            ErrorKind::InvalidOutput,
+            ErrorKind::Internal,
+        ];
+        ALL.into_iter().find(|k| k.code() == code)
+    }
+
     /// The HTTP status a transport answers with for this kind.
     pub const fn http_status(self) -> u16 {
         match self {
@@ -260,6 +281,10 @@ mod tests {
         assert!(ErrorKind::Unavailable.is_retryable());
         assert!(!ErrorKind::InvalidInput.is_retryable());
         assert!(!ErrorKind::Cancelled.is_retryable());
+        for kind in [ErrorKind::Busy, ErrorKind::Timeout, ErrorKind::Internal] {
+            assert_eq!(ErrorKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_code("nope"), None);
     }
 
     #[test]

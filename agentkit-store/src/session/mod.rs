@@ -51,6 +51,7 @@ impl Session {
 }
 
 /// What a store keeps of a session besides its key, version and TTL: one JSON document.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Body {
     #[serde(default)]
@@ -59,6 +60,7 @@ pub(crate) struct Body {
     pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+#[cfg(feature = "redis")]
 impl Body {
     pub(crate) fn encode(session: &Session) -> Result<String> {
         #[derive(Serialize)]

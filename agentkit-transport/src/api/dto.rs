@@ -1,0 +1,238 @@
+//! The wire shapes of the HTTP API, documented in the OpenAPI description.
+
+use agentkit_core::{ContentPart, Message, Reply, Role};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// One message as callers may write it: `content` is a string or a list of parts.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct InputMessage {
+    /// `user`, `assistant`, `system` or `tool`.
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+    /// Text, or the parts of the message (as returned in `messages`).
+    #[serde(deserialize_with = "content")]
+    #[schema(value_type = Object)]
+    pub content: Vec<ContentPart>,
+}
+
+fn content<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ContentPart>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<ContentPart>),
+    }
+    Ok(match Content::deserialize(d)? {
+        Content::Text(text) => vec![ContentPart::Text { text }],
+        Content::Parts(parts) => parts,
+    })
+}
+
+impl From<InputMessage> for Message {
+    fn from(m: InputMessage) -> Self {
+        Message {
+            role: m.role,
+            content: m.content,
+        }
+    }
+}
+
+/// Text, or a list of messages.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Input {
+    /// One user message.
+    Text(String),
+    /// Several messages.
+    Messages(Vec<InputMessage>),
+}
+
+impl Input {
+    pub(crate) fn into_messages(self) -> Vec<Message> {
+        match self {
+            Input::Text(text) => vec![Message::user(text)],
+            Input::Messages(messages) => messages.into_iter().map(Message::from).collect(),
+        }
+    }
+}
+
+/// `POST /v1/agents/{agent}/invoke` and session messages.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    /// The input: text or messages.
+    pub input: Input,
+    /// Prior conversation for a stateless call (ignored by session routes, whose history is stored).
+    #[serde(default)]
+    pub history: Vec<InputMessage>,
+    /// Caller metadata; also the variables of the agent's prompt template.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Tokens of a reply.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageDoc {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// One tool call of a reply.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallDoc {
+    /// The model's call id.
+    #[serde(default)]
+    pub id: String,
+    /// The tool.
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text).
+    pub arguments: String,
+    /// Whether the tool answered without error.
+    pub ok: bool,
+    /// Wall time.
+    pub duration_ms: f64,
+    /// The error sent back to the model, when the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer of an invocation (and, with `session_id` and `version`, of a session turn).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvokeResponse {
+    /// The request id.
+    pub request_id: String,
+    /// The agent that answered.
+    pub agent: String,
+    /// The final answer.
+    pub output: String,
+    /// The messages this turn added.
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Message>,
+    /// Tokens spent.
+    pub usage: UsageDoc,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// The tool calls made.
+    pub tool_calls: Vec<ToolCallDoc>,
+    /// The session, for session turns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The session's version after the turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+impl InvokeResponse {
+    pub(crate) fn new(
+        request_id: &str,
+        agent: &str,
+        reply: Reply,
+        session_id: Option<&str>,
+    ) -> Self {
+        Self {
+            request_id: request_id.to_owned(),
+            agent: agent.to_owned(),
+            output: reply.output,
+            messages: reply.messages,
+            usage: UsageDoc {
+                input_tokens: reply.usage.input_tokens,
+                output_tokens: reply.usage.output_tokens,
+            },
+            cost_usd: reply.cost_usd,
+            tool_calls: reply
+                .tool_calls
+                .into_iter()
+                .map(|t| ToolCallDoc {
+                    id: t.id,
+                    name: t.name,
+                    arguments: t.arguments,
+                    ok: t.ok,
+                    duration_ms: t.duration.as_secs_f64() * 1000.0,
+                    error: t.error,
+                })
+                .collect(),
+            version: reply.session.as_ref().map(|s| s.version),
+            session_id: session_id.map(str::to_owned),
+        }
+    }
+}
+
+impl InvokeResponse {
+    /// The reply this response describes (for clients of the API, such as
+    /// [`RemoteExecutor`](crate::RemoteExecutor)).
+    pub fn into_reply(self) -> Reply {
+        Reply {
+            output: self.output,
+            messages: self.messages,
+            usage: agentkit_core::Usage {
+                input_tokens: self.usage.input_tokens,
+                output_tokens: self.usage.output_tokens,
+                cached_input_tokens: 0,
+            },
+            cost_usd: self.cost_usd,
+            tool_calls: self
+                .tool_calls
+                .into_iter()
+                .map(|t| agentkit_core::tool::ToolCallRecord {
+                    id: t.id,
+                    name: t.name,
+                    arguments: t.arguments,
+                    ok: t.ok,
+                    duration: std::time::Duration::from_secs_f64(t.duration_ms.max(0.0) / 1000.0),
+                    error: t.error,
+                })
+                .collect(),
+            stop_reason: agentkit_core::StopReason::EndTurn,
+            model: String::new(),
+            steps: 0,
+            session: match (self.session_id, self.version) {
+                (Some(id), Some(version)) => Some(agentkit_core::SessionState { id, version }),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// `GET /v1/agents/{agent}/sessions/{session_id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionDoc {
+    /// The session id.
+    pub session_id: String,
+    /// Its version.
+    pub version: u64,
+    /// Its history.
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Message>,
+}
+
+/// The error body of every route except the OpenAI-compatible ones.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable `snake_case` code (`invalid_input`, `session_busy`, `rate_limited`, ...).
+    pub code: String,
+    /// A message for humans.
+    pub message: String,
+    /// The request id, to quote when reporting the problem.
+    pub request_id: String,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthDoc {
+    /// `ok`, `ready` or `unavailable`.
+    pub status: String,
+    /// Per dependency: `ok` or the error.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checks: std::collections::BTreeMap<String, String>,
+}

@@ -1,0 +1,93 @@
+//! What every request passes at the edge: its id, its trace context, its credentials, its
+//! tenant's rate limit; the result is the request's [`Context`].
+
+use std::sync::Arc;
+
+use agentkit_core::{Context, TraceContext, generate_id};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::api::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, REQUEST, RequestScope};
+
+/// The id of the request being handled.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestId(pub(crate) String);
+
+fn valid_request_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?.trim();
+    let ok = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| text.to_owned())
+}
+
+/// Gives every request an id (the caller's `x-request-id` when it is sane, else a new one),
+/// scopes error rendering to it and echoes it on the response.
+pub(crate) async fn request_scope(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(valid_request_id)
+        .unwrap_or_else(generate_id);
+    let path = req.uri().path();
+    let openai = path == "/v1/chat/completions" || path == "/v1/models";
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let scope = RequestScope {
+        request_id: id.clone(),
+        openai,
+    };
+    let mut response = REQUEST.scope(scope, next.run(req)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Authenticates, rate-limits and builds the request's [`Context`] (for `/v1` routes).
+pub(crate) async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = state.auth.authenticate(authorization)?;
+    if let Some(limits) = &state.limits {
+        limits.check(&principal.tenant)?;
+    }
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(generate_id, |r| r.0.clone());
+    let mut cx = Context::for_request(request_id)
+        .with_tenant(principal.tenant.as_str())
+        .with_timeout(state.request_timeout);
+    if let Some(subject) = &principal.subject {
+        cx = cx.with_user(subject.as_str());
+    }
+    if let Some(scopes) = &principal.scopes {
+        cx = cx.with_scopes(scopes.iter().cloned());
+    }
+    if let Some(trace) = trace_of(req.headers()) {
+        cx = cx.with_trace(trace);
+    }
+    req.extensions_mut().insert(cx);
+    req.extensions_mut().insert::<Principal>(principal);
+    Ok(next.run(req).await)
+}
+
+/// The W3C trace context of inbound headers, when valid.
+pub(crate) fn trace_of(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+    let parent = headers.get("traceparent")?.to_str().ok()?;
+    let trace = TraceContext::parse(parent)?;
+    Some(
+        match headers.get("tracestate").and_then(|v| v.to_str().ok()) {
+            Some(state) => trace.with_tracestate(state),
+            None => trace,
+        },
+    )
+}

@@ -1,0 +1,85 @@
+//! Operations: liveness, readiness, metrics, and this API's OpenAPI description.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::AppState;
+use crate::api::dto::HealthDoc;
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthDoc)))]
+pub(crate) async fn healthz() -> Response {
+    axum::Json(HealthDoc {
+        status: "ok".into(),
+        checks: BTreeMap::new(),
+    })
+    .into_response()
+}
+
+/// Every configured dependency answers (each check bounded to 2 s).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = HealthDoc),
+        (status = 503, description = "A dependency does not answer; `checks` names it", body = HealthDoc),
+    )
+)]
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let runs = state.readiness.iter().map(|(name, check)| async move {
+        let outcome = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("did not answer within 2 s".to_owned()),
+        };
+        (name.clone(), outcome)
+    });
+    let outcomes = futures::future::join_all(runs).await;
+    let ready = outcomes.iter().all(|(_, o)| o.is_ok());
+    let checks = outcomes
+        .into_iter()
+        .map(|(name, o)| (name, o.err().unwrap_or_else(|| "ok".to_owned())))
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let doc = HealthDoc {
+        status: if ready { "ready" } else { "unavailable" }.into(),
+        checks,
+    };
+    (status, axum::Json(doc)).into_response()
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.as_ref().map_or_else(
+        || "# agentkit: no metrics recorder is installed (see agentkit-observe)\n".to_owned(),
+        |render| render(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
+pub(crate) async fn openapi_json(
+    Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    axum::Json(doc.as_ref().clone()).into_response()
+}

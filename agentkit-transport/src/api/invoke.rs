@@ -1,0 +1,77 @@
+//! `POST /v1/agents/{agent}/invoke`: one stateless run, as JSON or as Server-Sent Events.
+
+use std::sync::Arc;
+
+use agentkit_core::{Context, Error, Executor, Invocation, Message};
+use axum::Extension;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use crate::api::dto::{ErrorBody, InvokeRequest, InvokeResponse};
+use crate::api::{ApiJson, ApiPath, AppState, ok_json, wants_event_stream};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::events::{Origin, sse_response};
+
+/// Checks the input and builds the invocation.
+pub(crate) fn invocation(request: InvokeRequest, cx: Context) -> Result<Invocation, Error> {
+    let input: Vec<Message> = request.input.into_messages();
+    if input.is_empty() || input.iter().all(|m| m.payload_len() == 0) {
+        return Err(Error::invalid_input("`input` must not be empty"));
+    }
+    let mut invocation = Invocation::new(input).with_context(cx);
+    invocation.history = request.history.into_iter().map(Message::from).collect();
+    invocation.metadata = request.metadata;
+    Ok(invocation)
+}
+
+/// Runs an agent once.
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/invoke",
+    tag = "agents",
+    params(("agent" = String, Path, description = "The agent's name")),
+    request_body = InvokeRequest,
+    responses(
+        (status = 200, description = "The reply (or, with `Accept: text/event-stream`, events `text_delta`, `tool_call_started`, `tool_call_finished`, `usage`, `done`, `error`)", body = InvokeResponse),
+        (status = 400, description = "Malformed JSON, wrong types or empty input", body = ErrorBody),
+        (status = 401, description = "Missing or bad credentials", body = ErrorBody),
+        (status = 403, description = "The caller may not use this agent", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable (see Retry-After)", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn invoke(
+    State(state): State<Arc<AppState>>,
+    Extension(cx): Extension<Context>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiPath(agent): ApiPath<String>,
+    ApiJson(request): ApiJson<InvokeRequest>,
+) -> Result<Response, ApiError> {
+    let mounted = state.agent(&agent, &principal)?;
+    let request_id = cx.request_id().to_owned();
+    let invocation = invocation(request, cx)?;
+    if wants_event_stream(&headers) {
+        let events = mounted.executor.stream(invocation).await?;
+        let origin = Origin {
+            request_id,
+            agent,
+            session_id: None,
+        };
+        return Ok(sse_response(events, origin));
+    }
+    let reply = mounted.executor.execute(invocation).await?;
+    Ok(ok_json(InvokeResponse::new(
+        &request_id,
+        &agent,
+        reply,
+        None,
+    )))
+}

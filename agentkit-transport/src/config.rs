@@ -1,0 +1,117 @@
+//! Service configuration from the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentkit_core::{Error, Result};
+
+use crate::auth::Authenticator;
+use crate::limit::RateLimits;
+
+/// What the bundled service reads from the environment.
+///
+/// | variable | meaning | default |
+/// | --- | --- | --- |
+/// | `AGENTKIT_ADDR` | bind address | `127.0.0.1:8080` |
+/// | `REDIS_URL` | sessions (and jobs) on Redis | in memory |
+/// | `DATABASE_URL` | sessions on PostgreSQL when Redis is not set; run records | none |
+/// | `NATS_URL` | jobs on NATS JetStream | none |
+/// | `AGENTKIT_API_KEYS` | `tenant:key,...`; when set (or a JWT secret), `/v1` needs `Authorization: Bearer` | none |
+/// | `AGENTKIT_JWT_SECRET` | HS256 secret for JWTs with `tenant`, `exp`, `sub`, `scope` | none |
+/// | `AGENTKIT_RATE_LIMIT` | per tenant: `N` or `N/BURST` requests per second | none |
+/// | `AGENTKIT_REQUEST_TIMEOUT_MS` | deadline of each request | 120000 |
+/// | `AGENTKIT_DRAIN_TIMEOUT_MS` | how long shutdown waits for in-flight requests | 30000 |
+/// | `AGENTKIT_BODY_LIMIT` | largest request body, bytes | 1048576 |
+#[derive(Clone)]
+pub struct ServiceConfig {
+    /// Bind address.
+    pub addr: SocketAddr,
+    /// `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// `NATS_URL`.
+    pub nats_url: Option<String>,
+    /// Who may call.
+    pub auth: Authenticator,
+    /// Per-tenant rate limits.
+    pub rate_limits: Option<RateLimits>,
+    /// Deadline of each request.
+    pub request_timeout: Duration,
+    /// How long shutdown drains.
+    pub drain_timeout: Duration,
+    /// Largest body.
+    pub body_limit: usize,
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords; only say whether they are set.
+        f.debug_struct("ServiceConfig")
+            .field("addr", &self.addr)
+            .field("redis", &self.redis_url.is_some())
+            .field("postgres", &self.database_url.is_some())
+            .field("nats", &self.nats_url.is_some())
+            .field("auth", &self.auth)
+            .field("rate_limits", &self.rate_limits)
+            .field("request_timeout", &self.request_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("body_limit", &self.body_limit)
+            .finish()
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn millis(name: &str, default: u64) -> Result<Duration> {
+    match var(name) {
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| Error::invalid_input(format!("{name} must be a number of milliseconds"))),
+        None => Ok(Duration::from_millis(default)),
+    }
+}
+
+impl ServiceConfig {
+    /// Reads the environment; an error names the variable that is wrong.
+    pub fn from_env() -> Result<Self> {
+        let addr = var("AGENTKIT_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned())
+            .parse()
+            .map_err(|_| {
+                Error::invalid_input("AGENTKIT_ADDR must be host:port, like 127.0.0.1:8080")
+            })?;
+        let mut auth = Authenticator::none();
+        if let Some(keys) = var("AGENTKIT_API_KEYS") {
+            auth = auth.with_api_keys_spec(&keys)?;
+        }
+        if let Some(secret) = var("AGENTKIT_JWT_SECRET") {
+            auth = auth.with_jwt_secret(secret.as_bytes())?;
+        }
+        let rate_limits = var("AGENTKIT_RATE_LIMIT")
+            .map(|spec| RateLimits::from_spec(&spec))
+            .transpose()?;
+        let body_limit = match var("AGENTKIT_BODY_LIMIT") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                Error::invalid_input("AGENTKIT_BODY_LIMIT must be a number of bytes")
+            })?,
+            None => 1 << 20,
+        };
+        Ok(Self {
+            addr,
+            redis_url: var("REDIS_URL"),
+            database_url: var("DATABASE_URL"),
+            nats_url: var("NATS_URL"),
+            auth,
+            rate_limits,
+            request_timeout: millis("AGENTKIT_REQUEST_TIMEOUT_MS", 120_000)?,
+            drain_timeout: millis("AGENTKIT_DRAIN_TIMEOUT_MS", 30_000)?,
+            body_limit,
+        })
+    }
+}

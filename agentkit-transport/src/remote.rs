@@ -1,0 +1,255 @@
+//! [`RemoteExecutor`]: an executor that calls an agent of another agentkit service over HTTP.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkit_core::{
+    AgentEvent, Context, Error, ErrorKind, EventStream, Executor, Invocation, Message, Reply,
+    Result,
+};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use serde::Serialize;
+
+use crate::api::dto::{ErrorBody, InvokeResponse};
+use crate::events;
+
+struct Inner {
+    client: reqwest::Client,
+    endpoint: String,
+    agent: String,
+    bearer: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+/// Calls `POST {base}/v1/agents/{agent}/invoke` of another agentkit service, so one agent can
+/// delegate to another over HTTP. The request id and W3C trace context travel in headers; the
+/// context's deadline bounds the call; the remote error's code comes back as the same
+/// [`ErrorKind`]. Cheap to clone.
+///
+/// ```no_run
+/// use agentkit_transport::RemoteExecutor;
+///
+/// let billing = RemoteExecutor::builder("http://billing.internal:8080", "billing")
+///     .bearer("dummy-token")
+///     .build()?;
+/// # Ok::<_, agentkit_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RemoteExecutor {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RemoteExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteExecutor")
+            .field("endpoint", &self.inner.endpoint)
+            .field("agent", &self.inner.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RemoteExecutor`].
+#[must_use]
+pub struct RemoteExecutorBuilder {
+    base: String,
+    agent: String,
+    bearer: Option<String>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RemoteExecutorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteExecutorBuilder")
+            .field("base", &self.base)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteExecutor {
+    /// A builder for the agent `agent` of the service at `base` (`http://host:port`).
+    pub fn builder(base: impl Into<String>, agent: impl Into<String>) -> RemoteExecutorBuilder {
+        RemoteExecutorBuilder {
+            base: base.into(),
+            agent: agent.into(),
+            bearer: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RemoteExecutorBuilder {
+    /// Sends `Authorization: Bearer <token>` (an API key or a JWT of the remote service).
+    pub fn bearer(mut self, token: impl Into<String>) -> Self {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// The longest a call may take when its context has no earlier deadline (default 120 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Validates the URL and builds.
+    pub fn build(self) -> Result<RemoteExecutor> {
+        let base = self.base.trim_end_matches('/');
+        reqwest::Url::parse(base)
+            .map_err(|e| Error::invalid_input(format!("invalid base URL {base:?}: {e}")))?;
+        let bearer = self
+            .bearer
+            .map(|t| {
+                let mut value = HeaderValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    Error::invalid_input("the token contains characters not allowed in a header")
+                })?;
+                value.set_sensitive(true);
+                Ok::<_, Error>(value)
+            })
+            .transpose()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(RemoteExecutor {
+            inner: Arc::new(Inner {
+                client,
+                endpoint: format!("{base}/v1/agents/{}/invoke", self.agent),
+                agent: self.agent,
+                bearer,
+                timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    input: &'a [Message],
+    history: &'a [Message],
+    metadata: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+fn transport_error(error: reqwest::Error) -> Error {
+    if error.is_timeout() {
+        Error::timeout(format!("the remote agent timed out: {error}"))
+    } else {
+        Error::unavailable(format!("cannot reach the remote agent: {error}")).with_source(error)
+    }
+}
+
+async fn remote_error(response: reqwest::Response) -> Error {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response.bytes().await.unwrap_or_default();
+    let mut error = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => Error::new(
+            ErrorKind::from_code(&body.error.code).unwrap_or(ErrorKind::Unavailable),
+            format!("remote agent: {}", body.error.message),
+        ),
+        Err(_) if status.is_server_error() => {
+            Error::unavailable(format!("remote agent answered {status}"))
+        }
+        Err(_) => Error::internal(format!(
+            "remote agent answered {status} without an error body"
+        )),
+    };
+    if let Some(after) = retry_after {
+        error = error.with_retry_after(after);
+    }
+    error
+}
+
+impl RemoteExecutor {
+    async fn post(&self, invocation: &Invocation, stream: bool) -> Result<reqwest::Response> {
+        let cx: &Context = &invocation.context;
+        let wait = cx
+            .remaining()
+            .map_or(self.inner.timeout, |r| r.min(self.inner.timeout));
+        if wait.is_zero() {
+            return Err(Error::timeout("the request deadline passed"));
+        }
+        let body = Body {
+            input: &invocation.input,
+            history: &invocation.history,
+            metadata: &invocation.metadata,
+        };
+        let mut request = self
+            .inner
+            .client
+            .post(&self.inner.endpoint)
+            .header("x-request-id", cx.request_id())
+            .json(&body);
+        if let Some(trace) = cx.trace() {
+            request = request.header("traceparent", trace.new_child().traceparent());
+            if let Some(state) = trace.tracestate() {
+                request = request.header("tracestate", state);
+            }
+        }
+        if let Some(bearer) = &self.inner.bearer {
+            request = request.header(AUTHORIZATION, bearer.clone());
+        }
+        if stream {
+            request = request.header(ACCEPT, "text/event-stream");
+        } else {
+            request = request.timeout(wait);
+        }
+        let response = tokio::select! {
+            sent = tokio::time::timeout(wait, request.send()) => match sent {
+                Ok(result) => result.map_err(transport_error)?,
+                Err(_) => return Err(Error::timeout("the remote agent did not answer in time")),
+            },
+            () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
+        };
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(remote_error(response).await)
+        }
+    }
+}
+
+impl Executor for RemoteExecutor {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let response = self.post(&invocation, false).await?;
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        let doc: InvokeResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::unavailable(format!("malformed reply from the remote agent: {e}"))
+        })?;
+        Ok(doc.into_reply())
+    }
+
+    async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
+        let response = self.post(&invocation, true).await?;
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .filter_map(|item| async move {
+                match item {
+                    Ok(event) => events::decode(&event.event, &event.data).transpose(),
+                    Err(eventsource_stream::EventStreamError::Transport(e)) => {
+                        Some(Err(transport_error(e)))
+                    }
+                    Err(e) => Some(Err(Error::unavailable(format!(
+                        "malformed event stream from the remote agent: {e}"
+                    )))),
+                }
+            });
+        // Stop after `done` or the first error, whatever the server sends after.
+        let events = events.scan(false, |ended, item: Result<AgentEvent>| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            *ended = matches!(item, Err(_) | Ok(AgentEvent::Done(_)));
+            futures::future::ready(Some(item))
+        });
+        Ok(Box::pin(events))
+    }
+}

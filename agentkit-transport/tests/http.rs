@@ -1,0 +1,526 @@
+//! The HTTP API over real loopback HTTP: every route, every error status, streaming order.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkit_store::TurnPolicy;
+use agentkit_transport::{AgentOptions, Api, RateLimits};
+use serde_json::{Value, json};
+use support::*;
+
+#[tokio::test]
+async fn invoke_answers_with_the_documented_shape() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .header("x-request-id", "caller-id-1")
+        .json(&json!({"input": "What is 17 + 25?", "metadata": {"channel": "test"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "caller-id-1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["request_id"], "caller-id-1");
+    assert_eq!(body["agent"], "assistant");
+    assert!(body["output"].as_str().unwrap().contains("42"));
+    assert_eq!(body["messages"].as_array().unwrap().len(), 4);
+    assert!(body["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(body["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    assert!(body["cost_usd"].is_number());
+    let call = &body["tool_calls"][0];
+    assert_eq!(call["name"], "add");
+    assert_eq!(call["arguments"], r#"{"a":17,"b":25}"#);
+    assert_eq!(call["ok"], true);
+    assert!(call["duration_ms"].as_f64().unwrap() >= 0.0);
+
+    // Messages as input, in both content styles; a generated id when the caller sends none.
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .json(&json!({"input": [
+            {"role": "user", "content": "earlier"},
+            {"role": "user", "content": [{"type": "text", "text": "What is 1 + 2?"}]}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"].len(), 32);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["output"], "1 + 2 = 3");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_with_a_json_body_never_a_5xx() {
+    let served = serve(with_demo().body_limit(4096).build().unwrap()).await;
+    let url = format!("{}/v1/agents/assistant/invoke", served.base);
+    let c = client();
+    let post = |body: &'static str| {
+        c.post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        error_code(post("{not json").await.unwrap(), 400).await,
+        "invalid_input"
+    );
+    assert_eq!(
+        error_code(post(r#"{"input": 5}"#).await.unwrap(), 400).await,
+        "invalid_input"
+    );
+    assert_eq!(
+        error_code(post(r#"{"input": ""}"#).await.unwrap(), 400).await,
+        "invalid_input"
+    );
+    assert_eq!(
+        error_code(post(r#"{"input": []}"#).await.unwrap(), 400).await,
+        "invalid_input"
+    );
+    assert_eq!(
+        error_code(post(r#"{"input": "x", "inptu": 1}"#).await.unwrap(), 400).await,
+        "invalid_input"
+    );
+    assert_eq!(
+        error_code(
+            post(r#"{"input": [{"role": "robot", "content": "x"}]}"#)
+                .await
+                .unwrap(),
+            400
+        )
+        .await,
+        "invalid_input"
+    );
+    assert_eq!(
+        error_code(post("").await.unwrap(), 400).await,
+        "invalid_input"
+    );
+    let big = format!(r#"{{"input": "{}"}}"#, "x".repeat(10_000));
+    let response = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 413).await, "payload_too_large");
+    let response = c
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 415).await, "unsupported_media_type");
+    let response = c
+        .post(format!("{}/v1/agents/nobody/invoke", served.base))
+        .json(&json!({"input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 404).await, "not_found");
+    let response = c
+        .get(format!("{}/v1/nothing/here", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 404).await, "not_found");
+    let response = c.get(&url).send().await.unwrap();
+    assert_eq!(error_code(response, 405).await, "method_not_allowed");
+
+    // Garbage of every shape: never a server error.
+    let nasty: Vec<Vec<u8>> = vec![
+        b"[".repeat(10_000),
+        br#"{"input": {"role": "user"}}"#.to_vec(),
+        br#"{"input": "x", "metadata": []}"#.to_vec(),
+        br#"{"input": [{"role": "user", "content": [{"type": "image"}]}]}"#.to_vec(),
+        br#"{"input": "\ud800"}"#.to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        br#"{"input": 1e999}"#.to_vec(),
+        b"null".to_vec(),
+    ];
+    for body in nasty {
+        let response = c
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{} for {:?}",
+            response.status(),
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_default_body_limit_is_one_mebibyte() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let big = format!(r#"{{"input": "{}"}}"#, "x".repeat(1 << 20));
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 413).await, "payload_too_large");
+}
+
+#[tokio::test]
+async fn sessions_keep_history_per_tenant_and_version_each_turn() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let c = client();
+    let base = format!("{}/v1/agents/assistant/sessions/chat-1", served.base);
+    let first: Value = c
+        .post(format!("{base}/messages"))
+        .json(&json!({"input": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["session_id"], "chat-1");
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["output"], "You said: hello");
+    let second: Value = c
+        .post(format!("{base}/messages"))
+        .json(&json!({"input": "What is 2 + 2?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["version"], 2);
+    assert_eq!(second["output"], "2 + 2 = 4");
+    let session: Value = c.get(&base).send().await.unwrap().json().await.unwrap();
+    assert_eq!(session["session_id"], "chat-1");
+    assert_eq!(session["version"], 2);
+    assert_eq!(session["messages"].as_array().unwrap().len(), 6);
+    let deleted = c.delete(&base).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        error_code(c.get(&base).send().await.unwrap(), 404).await,
+        "not_found"
+    );
+    assert_eq!(
+        error_code(c.delete(&base).send().await.unwrap(), 404).await,
+        "not_found"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_session_under_reject_answers_409() {
+    let api = Api::builder()
+        .agent_with(
+            "assistant",
+            slow_agent(Duration::from_millis(300)),
+            AgentOptions {
+                policy: TurnPolicy::Reject,
+                ..AgentOptions::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let url = format!("{}/v1/agents/assistant/sessions/s/messages", served.base);
+    let c = client();
+    let first = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.post(url)
+                .json(&json!({"input": "one"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = c
+        .post(&url)
+        .json(&json!({"input": "two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(second, 409).await, "session_busy");
+    assert_eq!(first.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let served = serve(
+        with_demo()
+            .rate_limits(RateLimits::new(1, 2).unwrap())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let c = client();
+    let url = format!("{}/v1/agents/assistant/invoke", served.base);
+    for _ in 0..2 {
+        assert_eq!(
+            c.post(&url)
+                .json(&json!({"input": "hi"}))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let limited = c
+        .post(&url)
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    let after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&after));
+    assert_eq!(error_code(limited, 429).await, "rate_limited");
+    // Health routes are not rate limited.
+    assert_eq!(
+        c.get(format!("{}/healthz", served.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_503_with_retry_after_and_readyz_names_it() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let store =
+        agentkit_store::redis::RedisSessionStore::connect(&format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .with_timeout(Duration::from_secs(1));
+    let served = serve(with_demo().session_store(Arc::new(store)).build().unwrap()).await;
+    let c = client();
+    let response = c
+        .post(format!(
+            "{}/v1/agents/assistant/sessions/s/messages",
+            served.base
+        ))
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response, 503).await, "unavailable");
+    let ready = c
+        .get(format!("{}/readyz", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_ne!(body["checks"]["sessions"], "ok");
+    // Stateless invocations do not need the store.
+    let ok = c
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn the_request_deadline_answers_504() {
+    let api = Api::builder()
+        .agent("assistant", slow_agent(Duration::from_secs(5)))
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let started = std::time::Instant::now();
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 504).await, "timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn sse_streams_events_in_order_for_invoke_and_sessions() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let c = client();
+    for (url, session) in [
+        (format!("{}/v1/agents/assistant/invoke", served.base), false),
+        (
+            format!(
+                "{}/v1/agents/assistant/sessions/streamed/messages",
+                served.base
+            ),
+            true,
+        ),
+    ] {
+        let response = c
+            .post(&url)
+            .header("accept", "text/event-stream")
+            .json(&json!({"input": "What is 17 + 25?"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let events = parse_sse(&response.text().await.unwrap());
+        let mut names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        names.dedup();
+        assert_eq!(
+            names,
+            [
+                "tool_call_started",
+                "tool_call_finished",
+                "text_delta",
+                "usage",
+                "done"
+            ]
+        );
+        let text: String = events
+            .iter()
+            .filter(|(n, _)| n == "text_delta")
+            .map(|(_, d)| d["text"].as_str().unwrap())
+            .collect();
+        let done = &events.last().unwrap().1;
+        assert_eq!(done["output"], text.as_str());
+        assert_eq!(done["output"], "17 + 25 = 42");
+        assert_eq!(events[0].1["name"], "add");
+        assert_eq!(events[1].1["ok"], true);
+        if session {
+            assert_eq!(done["session_id"], "streamed");
+            assert_eq!(done["version"], 1);
+        }
+    }
+    // The streamed turn was saved.
+    let session: Value = c
+        .get(format!(
+            "{}/v1/agents/assistant/sessions/streamed",
+            served.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["version"], 1);
+}
+
+#[tokio::test]
+async fn a_failing_stream_ends_with_an_error_event() {
+    let api = Api::builder()
+        .agent("assistant", slow_agent(Duration::from_secs(5)))
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .header("accept", "text/event-stream")
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events = parse_sse(&response.text().await.unwrap());
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["code"], "timeout");
+    assert!(
+        data["error"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn operations_routes_and_the_openapi_document() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let c = client();
+    let health: Value = c
+        .get(format!("{}/healthz", served.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = c
+        .get(format!("{}/readyz", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["sessions"], "ok");
+    let metrics = c
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+
+    let doc: Value = c
+        .get(format!("{}/openapi.json", served.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/agents/{agent}/invoke", "post"),
+        ("/v1/agents/{agent}/sessions/{session_id}/messages", "post"),
+        ("/v1/agents/{agent}/sessions/{session_id}", "get"),
+        ("/v1/agents/{agent}/sessions/{session_id}", "delete"),
+        ("/v1/agents/{agent}/sessions/{session_id}/ws", "get"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is documented"
+        );
+    }
+    assert!(doc["components"]["schemas"]["InvokeRequest"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(served.api.openapi().paths.paths.len(), paths.len());
+}

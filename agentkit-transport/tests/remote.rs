@@ -1,0 +1,144 @@
+//! `RemoteExecutor` against a second service on loopback: delegation, propagated request id and
+//! trace, errors mapped back to kinds, streaming.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use agentkit_core::{Context, ErrorKind, Executor, Invocation, TraceContext};
+use agentkit_transport::{Api, Authenticator, RemoteExecutor};
+use axum::extract::Request;
+use axum::middleware::Next;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// The downstream service, recording the request id and traceparent of every call.
+async fn downstream(seen: Seen) -> String {
+    let api = Api::builder()
+        .agent("assistant", demo_agent())
+        .auth(Authenticator::none().with_api_key("acme", "dummy-downstream-key"))
+        .build()
+        .unwrap();
+    let router = api.router().layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let seen = seen.clone();
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            seen.lock()
+                .unwrap()
+                .push((header("x-request-id"), header("traceparent")));
+            async move { next.run(req).await }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_agent_delegates_to_another_service() {
+    let seen: Seen = Arc::default();
+    let down = downstream(seen.clone()).await;
+    let remote = RemoteExecutor::builder(&down, "assistant")
+        .bearer("dummy-downstream-key")
+        .build()
+        .unwrap();
+    let upstream = serve(
+        Api::builder()
+            .agent("delegate", remote.clone())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = client()
+        .post(format!("{}/v1/agents/delegate/invoke", upstream.base))
+        .header("x-request-id", "req-from-edge")
+        .header("traceparent", traceparent)
+        .json(&json!({"input": "What is 17 + 25?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["output"], "17 + 25 = 42");
+    assert_eq!(
+        body["tool_calls"][0]["name"], "add",
+        "the remote run's tool calls come back"
+    );
+    let (request_id, parent) = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(request_id, "req-from-edge");
+    let parent = TraceContext::parse(&parent).expect("a traceparent was sent");
+    assert_eq!(
+        parent.trace_id_hex(),
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "one trace end to end"
+    );
+
+    // Streaming through the remote executor.
+    let mut events = remote
+        .stream(Invocation::text("What is 2 + 2?"))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    let mut output = None;
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        names.push(event.name());
+        if let agentkit_core::AgentEvent::Done(reply) = event {
+            output = Some(reply.output);
+        }
+    }
+    assert_eq!(names.first(), Some(&"tool_call_started"));
+    assert_eq!(names.last(), Some(&"done"));
+    assert_eq!(output.as_deref(), Some("2 + 2 = 4"));
+}
+
+#[tokio::test]
+async fn remote_errors_come_back_as_their_kinds() {
+    let down = downstream(Arc::default()).await;
+    let unknown = RemoteExecutor::builder(&down, "nobody")
+        .bearer("dummy-downstream-key")
+        .build()
+        .unwrap();
+    let error = unknown.execute(Invocation::text("hi")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    let unauthenticated = RemoteExecutor::builder(&down, "assistant").build().unwrap();
+    let error = unauthenticated
+        .execute(Invocation::text("hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unauthenticated);
+    let error = unauthenticated
+        .stream(Invocation::text("hi"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unauthenticated);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nowhere = RemoteExecutor::builder(format!("http://127.0.0.1:{port}"), "assistant")
+        .build()
+        .unwrap();
+    let error = nowhere.execute(Invocation::text("hi")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    assert!(error.is_retryable());
+
+    let past = Context::new().with_timeout(std::time::Duration::ZERO);
+    let error = nowhere
+        .execute(Invocation::text("hi").with_context(past))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+}

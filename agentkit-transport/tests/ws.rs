@@ -1,0 +1,106 @@
+//! The session WebSocket: `{"input": ...}` frames in, the turn's events out, in order.
+
+mod support;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn next_json(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> Value {
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_carry_each_turns_events_in_order() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let url = format!(
+        "{}/v1/agents/assistant/sessions/ws-1/ws",
+        served.base.replace("http", "ws")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+
+    for (turn, input) in [(1, "What is 17 + 25?"), (2, "thanks")] {
+        ws.send(Message::Text(json!({"input": input}).to_string().into()))
+            .await
+            .unwrap();
+        let mut types = Vec::new();
+        let done = loop {
+            let frame = next_json(&mut ws).await;
+            let kind = frame["type"].as_str().unwrap().to_owned();
+            types.push(kind.clone());
+            if kind == "done" {
+                break frame;
+            }
+            assert_ne!(kind, "error", "{frame}");
+        };
+        assert_eq!(done["version"], turn);
+        assert_eq!(done["session_id"], "ws-1");
+        let mut distinct = types.clone();
+        distinct.dedup();
+        if turn == 1 {
+            assert_eq!(
+                distinct,
+                [
+                    "tool_call_started",
+                    "tool_call_finished",
+                    "text_delta",
+                    "usage",
+                    "done"
+                ]
+            );
+            assert_eq!(done["output"], "17 + 25 = 42");
+        } else {
+            assert_eq!(distinct, ["text_delta", "usage", "done"]);
+            assert_eq!(done["output"], "You said: thanks");
+        }
+    }
+
+    // A malformed frame gets an error frame; the socket stays usable.
+    ws.send(Message::Text("{nope".into())).await.unwrap();
+    let error = next_json(&mut ws).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["code"], "invalid_input");
+    ws.send(Message::Text(json!({"input": ""}).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "invalid_input");
+    ws.send(Message::Text(
+        json!({"input": "still here"}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let frame = next_json(&mut ws).await;
+        if frame["type"] == "done" {
+            assert_eq!(frame["version"], 3);
+            break;
+        }
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_agent_is_refused_before_the_upgrade() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let url = format!(
+        "{}/v1/agents/nobody/sessions/s/ws",
+        served.base.replace("http", "ws")
+    );
+    let error = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => assert_eq!(response.status(), 404),
+        other => panic!("expected an HTTP 404, got {other}"),
+    }
+}
