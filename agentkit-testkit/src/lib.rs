@@ -7,6 +7,7 @@
 //!   of [`SessionAgent`](agentkit_store::SessionAgent); [`session_store_conformance!`] expands
 //!   them into one `#[tokio::test]` per case.
 
+pub mod jobs;
 pub mod restart;
 pub mod services;
 pub mod session;

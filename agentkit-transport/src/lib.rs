@@ -12,6 +12,7 @@ mod auth;
 mod config;
 mod error;
 pub mod events;
+pub mod jobs;
 mod limit;
 mod remote;
 mod server;

@@ -1,5 +1,6 @@
 //! Tools: the [`Tool`] contract, typed tools over plain async functions, and the [`Toolbox`].
 
+mod ledger;
 mod record;
 mod toolbox;
 mod typed;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Context, Result};
 
+pub use ledger::{EffectLedger, Ledger, MemoryLedger};
 pub use record::ToolCallRecord;
 pub use toolbox::Toolbox;
 pub use typed::{ArgsOnly, FnTool, WithContext, tool_fn, tool_fn_with_context};

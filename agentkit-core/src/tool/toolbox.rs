@@ -9,7 +9,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use crate::message::{ToolCall, ToolResult};
-use crate::tool::{Tool, ToolCallRecord, ToolContext, ToolSpec};
+use crate::tool::{Ledger, Tool, ToolCallRecord, ToolContext, ToolSpec};
 use crate::{Context, Error, ErrorKind, Result};
 
 /// The tools an agent may call, with their specs ready to send to the model.
@@ -129,9 +129,36 @@ impl Toolbox {
         };
         let timeout = tool.timeout().unwrap_or(timeout);
         let tool_cx = ToolContext::new(&call.id, cx);
+        // A side-effecting call of a job that already completed is not run again.
+        let ledger = match (tool.side_effects(), cx.extension::<Ledger>()) {
+            (true, Some(ledger)) => tool_cx.idempotency_key().map(|key| (ledger, key)),
+            _ => None,
+        };
+        if let Some((ledger, key)) = &ledger {
+            match ledger.0.recorded(key).await {
+                Ok(Some(recorded)) => {
+                    tracing::info!(tool = %call.name, key = %key, "side effect already done; returning the recorded result");
+                    return Ok(recorded);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(Error::unavailable(format!(
+                        "cannot check whether `{}` already ran ({error}); not running it twice",
+                        call.name
+                    )));
+                }
+            }
+        }
         let running = AssertUnwindSafe(tool.call(&call.arguments, &tool_cx)).catch_unwind();
         match tokio::time::timeout(timeout, running).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                if let (Ok(output), Some((ledger, key))) = (&result, &ledger)
+                    && let Err(error) = ledger.0.record(key, output).await
+                {
+                    tracing::error!(tool = %call.name, key = %key, %error, "cannot record a side effect; a redelivery may repeat it");
+                }
+                result
+            }
             Ok(Err(_panic)) => {
                 tracing::error!(tool = %call.name, "tool panicked");
                 Err(Error::new(

@@ -5,6 +5,7 @@ mod edge;
 mod extract;
 mod health;
 mod invoke;
+pub(crate) mod jobs;
 mod openai;
 mod sessions;
 mod ws;
@@ -28,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use extract::{ApiJson, ApiPath};
+pub(crate) use sessions::stored_id as stored_session_id;
 
 use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
@@ -79,6 +81,7 @@ pub(crate) struct AppState {
     pub(crate) body_limit: usize,
     pub(crate) readiness: Vec<(String, ReadinessCheck)>,
     pub(crate) metrics: Option<MetricsRenderer>,
+    pub(crate) jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
 }
 
 impl AppState {
@@ -137,7 +140,7 @@ impl fmt::Debug for Api {
 #[openapi(
     info(title = "agentkit", description = "Agents as a service: invoke, sessions, streaming, OpenAI-compatible chat completions."),
     modifiers(&BearerAuth),
-    tags((name = "agents"), (name = "sessions"), (name = "openai"), (name = "operations"))
+    tags((name = "agents"), (name = "sessions"), (name = "jobs"), (name = "openai"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -168,6 +171,9 @@ impl Api {
             .routes(routes!(ws::session_socket))
             .routes(routes!(openai::chat_completions))
             .routes(routes!(openai::list_models))
+            .routes(routes!(jobs::submit))
+            .routes(routes!(jobs::get_job))
+            .routes(routes!(jobs::job_events))
             .route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 edge::authenticate,
@@ -235,6 +241,7 @@ pub struct ApiBuilder {
     body_limit: usize,
     readiness: Vec<(String, ReadinessCheck)>,
     metrics: Option<MetricsRenderer>,
+    jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
 }
 
 impl Default for ApiBuilder {
@@ -248,6 +255,7 @@ impl Default for ApiBuilder {
             body_limit: 1 << 20,
             readiness: Vec::new(),
             metrics: None,
+            jobs: None,
         }
     }
 }
@@ -320,6 +328,13 @@ impl ApiBuilder {
         self
     }
 
+    /// Accepts jobs on `queue` (`POST /v1/agents/{agent}/jobs`, `GET /v1/jobs/{id}`); workers
+    /// run them. Adds the queue to `/readyz`.
+    pub fn jobs(mut self, queue: Arc<dyn crate::jobs::JobQueue>) -> Self {
+        self.jobs = Some(queue);
+        self
+    }
+
     /// Validates and builds: at least one agent, unique valid names.
     pub fn build(self) -> Result<Api> {
         if self.agents.is_empty() {
@@ -370,6 +385,17 @@ impl ApiBuilder {
                 }),
             ),
         );
+        if let Some(queue) = &self.jobs {
+            let probe = queue.clone();
+            readiness.push((
+                "jobs".to_owned(),
+                Arc::new(move || {
+                    let queue = probe.clone();
+                    Box::pin(async move { queue.ping().await })
+                        as Pin<Box<dyn Future<Output = Result<()>> + Send>>
+                }),
+            ));
+        }
         Ok(Api {
             state: Arc::new(AppState {
                 agents,
@@ -380,6 +406,7 @@ impl ApiBuilder {
                 body_limit: self.body_limit,
                 readiness,
                 metrics: self.metrics,
+                jobs: self.jobs,
             }),
         })
     }

@@ -1,0 +1,451 @@
+//! The job queue conformance suite: every [`JobQueue`] backend runs these cases, each on a fresh
+//! queue of its own, with a one-second visibility timeout.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agentkit_core::model::{ScriptedModel, ScriptedTurn};
+use agentkit_core::tool::tool_fn_with_context;
+use agentkit_core::{Agent, Backoff, Error, Executor, Invocation, Message, Reply, Result};
+use agentkit_transport::jobs::{Finish, JobDoc, JobQueue, JobSpec, JobStatus, Worker};
+
+/// The visibility timeout every conformance queue is made with.
+pub const VISIBILITY: Duration = Duration::from_secs(1);
+
+/// Expands into one `#[tokio::test]` per case. `$factory` is an async closure
+/// `|name: String| -> Option<Arc<dyn JobQueue>>` building a queue with [`VISIBILITY`].
+#[macro_export]
+macro_rules! job_queue_conformance {
+    ($factory:expr) => {
+        $crate::job_queue_conformance!(@cases $factory;
+            enqueue_claim_finish_once, idempotency_keys, release_with_a_delay, reclaim_after_silence,
+            heartbeats_keep_the_claim, depth_counts_waiting_jobs, ledger_round_trip,
+            poison_job_is_dead_after_n_attempts, worker_runs_everything,
+            redelivery_does_not_repeat_side_effects);
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                let Some(queue) = factory($crate::unique(stringify!($case)).replace(['.', ':'], "-")).await else {
+                    return;
+                };
+                $crate::jobs::$case(queue).await;
+            }
+        )*
+    };
+}
+
+/// A job spec for `agent` with `text` as input.
+pub fn spec(agent: &str, text: &str) -> JobSpec {
+    JobSpec {
+        agent: agent.into(),
+        input: vec![Message::user(text)],
+        tenant: "acme".into(),
+        request_id: agentkit_core::generate_id(),
+        ..JobSpec::default()
+    }
+}
+
+async fn claim_one(
+    queue: &dyn JobQueue,
+    wait: Duration,
+) -> Option<agentkit_transport::jobs::Delivery> {
+    queue.claim("conformance", 1, wait).await.unwrap().pop()
+}
+
+async fn wait_for(queue: &dyn JobQueue, job_id: &str, within: Duration) -> JobDoc {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let doc = queue.get(job_id).await.unwrap().expect("the job exists");
+        if doc.status.is_terminal() {
+            return doc;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "job {job_id} stuck in {:?}",
+            doc.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Enqueue, claim, finish; a second finish changes nothing (the result is stored once).
+pub async fn enqueue_claim_finish_once(queue: Arc<dyn JobQueue>) {
+    let job = queue.enqueue(spec("assistant", "hi")).await.unwrap();
+    assert!(job.created);
+    let doc = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(doc.status, JobStatus::Queued);
+    assert_eq!(doc.tenant(), Some("acme"));
+    let delivery = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .expect("a delivery");
+    assert_eq!(delivery.job.job_id, job.job_id);
+    assert_eq!(delivery.attempt, 1);
+    assert_eq!(delivery.spec().unwrap().input[0].text_content(), "hi");
+    assert_eq!(
+        queue.get(&job.job_id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    let result = agentkit_transport::jobs::JobResult::from(Reply {
+        output: "first".into(),
+        ..Reply::default()
+    });
+    let doc = queue
+        .finish(&delivery, Finish::Succeeded(result))
+        .await
+        .unwrap();
+    assert_eq!(doc.status, JobStatus::Succeeded);
+    assert_eq!(doc.result.as_ref().unwrap().output, "first");
+    let again = agentkit_transport::jobs::JobResult::from(Reply {
+        output: "second".into(),
+        ..Reply::default()
+    });
+    let doc = queue
+        .finish(&delivery, Finish::Succeeded(again))
+        .await
+        .unwrap();
+    assert_eq!(
+        doc.result.unwrap().output,
+        "first",
+        "a result is stored once"
+    );
+    assert!(
+        claim_one(queue.as_ref(), Duration::from_millis(200))
+            .await
+            .is_none(),
+        "acknowledged"
+    );
+    assert!(queue.get("no-such-job").await.unwrap().is_none());
+}
+
+/// The same key twice yields the same job; another tenant's key is another job.
+pub async fn idempotency_keys(queue: Arc<dyn JobQueue>) {
+    let mut keyed = spec("assistant", "charge 5");
+    keyed.idempotency_key = Some("order-17".into());
+    let first = queue.enqueue(keyed.clone()).await.unwrap();
+    let second = queue.enqueue(keyed.clone()).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.job_id, second.job_id);
+    let mut other = keyed.clone();
+    other.tenant = "beta".into();
+    let third = queue.enqueue(other).await.unwrap();
+    assert!(third.created);
+    assert_ne!(third.job_id, first.job_id);
+    assert_eq!(queue.depth().await.unwrap(), 2);
+    let mut empty = keyed;
+    empty.input.clear();
+    assert_eq!(
+        queue.enqueue(empty).await.unwrap_err().kind(),
+        agentkit_core::ErrorKind::InvalidInput
+    );
+}
+
+/// A released job comes back after its delay, as a new attempt, with the error kept.
+pub async fn release_with_a_delay(queue: Arc<dyn JobQueue>) {
+    let job = queue.enqueue(spec("assistant", "retry me")).await.unwrap();
+    let delivery = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let error = "model unavailable".parse().unwrap();
+    queue
+        .release(&delivery, Duration::from_millis(600), Some(error))
+        .await
+        .unwrap();
+    let doc = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(doc.status, JobStatus::Queued);
+    assert_eq!(doc.error.unwrap().message, "model unavailable");
+    assert!(
+        claim_one(queue.as_ref(), Duration::from_millis(100))
+            .await
+            .is_none(),
+        "not before its delay"
+    );
+    let again = claim_one(queue.as_ref(), Duration::from_secs(3)).await;
+    let again = match again {
+        Some(d) => d,
+        None => claim_one(queue.as_ref(), Duration::from_secs(2))
+            .await
+            .expect("released job comes back"),
+    };
+    assert_eq!(again.job.job_id, job.job_id);
+    assert_eq!(again.attempt, 2);
+}
+
+/// A claim nobody finishes or heartbeats is delivered again.
+pub async fn reclaim_after_silence(queue: Arc<dyn JobQueue>) {
+    let job = queue
+        .enqueue(spec("assistant", "the worker dies"))
+        .await
+        .unwrap();
+    let first = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    drop(first); // the worker went silent
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
+    let mut again = None;
+    for _ in 0..5 {
+        again = queue
+            .claim("another-worker", 1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .pop();
+        if again.is_some() {
+            break;
+        }
+    }
+    let again = again.expect("reclaimed");
+    assert_eq!(again.job.job_id, job.job_id);
+    assert_eq!(again.attempt, 2);
+}
+
+/// Heartbeats keep a long job claimed past the visibility timeout.
+pub async fn heartbeats_keep_the_claim(queue: Arc<dyn JobQueue>) {
+    queue.enqueue(spec("assistant", "long job")).await.unwrap();
+    let delivery = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(VISIBILITY / 4).await;
+        queue.heartbeat(&delivery).await.unwrap();
+    }
+    let stolen = queue
+        .claim("another-worker", 1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        stolen.is_empty(),
+        "a heartbeaten job is not handed to another worker"
+    );
+    queue
+        .finish(&delivery, Finish::Failed("done".parse().unwrap()))
+        .await
+        .unwrap();
+}
+
+/// Depth counts jobs waiting to run.
+pub async fn depth_counts_waiting_jobs(queue: Arc<dyn JobQueue>) {
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    for i in 0..3 {
+        queue
+            .enqueue(spec("assistant", &format!("job {i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.depth().await.unwrap(), 3);
+    let _held = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 2);
+    queue.ping().await.unwrap();
+}
+
+/// The queue's side-effect ledger keeps what it is told.
+pub async fn ledger_round_trip(queue: Arc<dyn JobQueue>) {
+    let ledger = queue.ledger();
+    assert_eq!(ledger.recorded("job-1:call_0_0").await.unwrap(), None);
+    ledger
+        .record("job-1:call_0_0", "{\"charged\":100}")
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.recorded("job-1:call_0_0").await.unwrap().as_deref(),
+        Some("{\"charged\":100}")
+    );
+}
+
+/// An executor that always fails with a retryable error.
+struct AlwaysDown;
+
+impl Executor for AlwaysDown {
+    async fn execute(&self, _: Invocation) -> Result<Reply> {
+        Err(Error::unavailable("the model provider is down"))
+    }
+}
+
+fn quick_worker(queue: Arc<dyn JobQueue>) -> agentkit_transport::jobs::WorkerBuilder {
+    Worker::builder(queue)
+        .max_attempts(3)
+        .backoff(
+            Backoff::new()
+                .base(Duration::from_millis(20))
+                .max_delay(Duration::from_millis(50)),
+        )
+        .heartbeat(Duration::from_millis(250))
+        .drain(Duration::from_secs(5))
+}
+
+/// A job whose executor always fails is dead after exactly N attempts with the last error,
+/// and does not block the jobs behind it.
+pub async fn poison_job_is_dead_after_n_attempts(queue: Arc<dyn JobQueue>) {
+    let poison = queue.enqueue(spec("poison", "fail")).await.unwrap();
+    let healthy = queue
+        .enqueue(spec("assistant", "What is 1 + 2?"))
+        .await
+        .unwrap();
+    let agent = agentkit_core::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .build()
+        .unwrap();
+    let worker = quick_worker(queue.clone())
+        .agent("poison", AlwaysDown)
+        .agent("assistant", agent)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let good = wait_for(queue.as_ref(), &healthy.job_id, Duration::from_secs(20)).await;
+    assert_eq!(good.status, JobStatus::Succeeded);
+    assert_eq!(good.result.unwrap().output, "1 + 2 = 3");
+    let dead = wait_for(queue.as_ref(), &poison.job_id, Duration::from_secs(20)).await;
+    assert_eq!(dead.status, JobStatus::Dead);
+    assert_eq!(dead.attempts, 3, "exactly N attempts");
+    let error = dead.error.unwrap();
+    assert_eq!(error.code, "unavailable");
+    assert_eq!(error.message, "the model provider is down");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// A worker runs a batch of jobs to success, with the job's request id and tenant.
+pub async fn worker_runs_everything(queue: Arc<dyn JobQueue>) {
+    let agent = agentkit_core::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .build()
+        .unwrap();
+    let worker = quick_worker(queue.clone())
+        .agent("assistant", agent)
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        jobs.push((
+            i,
+            queue
+                .enqueue(spec("assistant", &format!("What is {i} + 1?")))
+                .await
+                .unwrap(),
+        ));
+    }
+    let unknown = queue.enqueue(spec("nobody", "hi")).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    for (i, job) in jobs {
+        let doc = wait_for(queue.as_ref(), &job.job_id, Duration::from_secs(30)).await;
+        assert_eq!(doc.status, JobStatus::Succeeded);
+        assert_eq!(doc.attempts, 1);
+        assert_eq!(doc.result.unwrap().output, format!("{i} + 1 = {}", i + 1));
+    }
+    let failed = wait_for(queue.as_ref(), &unknown.job_id, Duration::from_secs(10)).await;
+    assert_eq!(
+        failed.status,
+        JobStatus::Failed,
+        "an unknown agent is not retried"
+    );
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// Fails the first run after the agent did its work (as if the worker died before the ack).
+struct FailFirstRun {
+    agent: Agent,
+    runs: AtomicUsize,
+}
+
+impl Executor for FailFirstRun {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let reply = self.agent.execute(invocation).await?;
+        if self.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(Error::unavailable(
+                "lost the connection after the side effect",
+            ));
+        }
+        Ok(reply)
+    }
+}
+
+/// A job run again after its side-effecting tool completed gets the recorded result: the
+/// tool body runs once.
+pub async fn redelivery_does_not_repeat_side_effects(queue: Arc<dyn JobQueue>) {
+    let charges = Arc::new(AtomicUsize::new(0));
+    let counter = charges.clone();
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct Charge {
+        cents: u64,
+    }
+    let charge = tool_fn_with_context(
+        "charge",
+        "Charges the card",
+        move |args: Charge, cx: agentkit_core::tool::OwnedToolContext| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(
+                    serde_json::json!({"charged": args.cents, "key": cx.idempotency_key()}),
+                )
+            }
+        },
+    )
+    .with_side_effects();
+    let model = ScriptedModel::new([
+        ScriptedTurn::call("charge", serde_json::json!({"cents": 500})),
+        ScriptedTurn::text("charged"),
+    ]);
+    let agent = Agent::builder().model(model).tool(charge).build().unwrap();
+    let executor = FailFirstRun {
+        agent,
+        runs: AtomicUsize::new(0),
+    };
+    let worker = quick_worker(queue.clone())
+        .agent("billing", executor)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let job = queue.enqueue(spec("billing", "charge 500")).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let doc = wait_for(queue.as_ref(), &job.job_id, Duration::from_secs(20)).await;
+    assert_eq!(doc.status, JobStatus::Succeeded);
+    assert_eq!(doc.attempts, 2, "the job ran twice");
+    assert_eq!(
+        charges.load(Ordering::SeqCst),
+        1,
+        "the side effect ran once"
+    );
+    let result = doc.result.unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(
+        &result.messages[2]
+            .tool_results_iter()
+            .next()
+            .unwrap()
+            .content,
+    )
+    .unwrap();
+    assert_eq!(recorded["key"], format!("{}:call_0_0", job.job_id));
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}

@@ -1,0 +1,117 @@
+//! [`QueueExecutor`]: an executor that runs its invocations as jobs on a queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkit_core::{Error, ErrorKind, Executor, Invocation, Reply, Result};
+
+use super::{JobQueue, JobSpec, JobStatus};
+
+/// Enqueues each invocation as a job for `agent` and awaits its result: agents calling each
+/// other over a queue, with the queue's retries, dead-lettering and crash safety in between.
+/// The wait is bounded by the invocation's deadline (or `max_wait`); a cancelled or timed-out
+/// wait leaves the job to finish on its own.
+#[derive(Clone)]
+pub struct QueueExecutor {
+    queue: Arc<dyn JobQueue>,
+    agent: String,
+    max_wait: Duration,
+}
+
+impl std::fmt::Debug for QueueExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueExecutor")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueExecutor {
+    /// Runs invocations as jobs of `agent` on `queue`.
+    pub fn new(queue: Arc<dyn JobQueue>, agent: impl Into<String>) -> Self {
+        Self {
+            queue,
+            agent: agent.into(),
+            max_wait: Duration::from_secs(600),
+        }
+    }
+
+    /// The longest to wait for a result when the invocation has no deadline (default 10 min).
+    #[must_use]
+    pub fn with_max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+}
+
+impl Executor for QueueExecutor {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let cx = invocation.context;
+        let spec = JobSpec {
+            agent: self.agent.clone(),
+            input: invocation.input,
+            history: invocation.history,
+            session_id: None,
+            metadata: invocation.metadata,
+            tenant: cx.tenant().unwrap_or("default").to_owned(),
+            callback_url: None,
+            idempotency_key: None,
+            request_id: cx.request_id().to_owned(),
+            traceparent: cx.trace().map(|t| t.new_child().traceparent()),
+        };
+        let job = self.queue.enqueue(spec).await?;
+        let wait = cx
+            .remaining()
+            .map_or(self.max_wait, |r| r.min(self.max_wait));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(doc) = self.queue.get(&job.job_id).await? {
+                match doc.status {
+                    JobStatus::Succeeded => {
+                        let result = doc
+                            .result
+                            .ok_or_else(|| Error::internal("a succeeded job has no result"))?;
+                        return Ok(Reply {
+                            output: result.output,
+                            messages: result.messages,
+                            usage: result.usage,
+                            cost_usd: result.cost_usd,
+                            tool_calls: result.tool_calls,
+                            ..Reply::default()
+                        });
+                    }
+                    JobStatus::Failed | JobStatus::Dead => {
+                        let error = doc.error.unwrap_or_else(|| {
+                            "the job ended without a result"
+                                .parse()
+                                .unwrap_or_else(|e| match e {})
+                        });
+                        let kind = ErrorKind::from_code(&error.code).unwrap_or(ErrorKind::Internal);
+                        return Err(Error::new(
+                            kind,
+                            format!(
+                                "job {} {}: {}",
+                                job.job_id,
+                                doc.status.as_str(),
+                                error.message
+                            ),
+                        ));
+                    }
+                    JobStatus::Queued | JobStatus::Running => {}
+                }
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(Error::timeout(format!(
+                    "job {} did not finish in time",
+                    job.job_id
+                )));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
+            }
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The in-memory job queue, the embedded default.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agentkit_core::tool::{EffectLedger, MemoryLedger};
+use agentkit_core::{Error, Result, generate_id};
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION, Receipt,
+    now_ms, validate,
+};
+
+/// Finished jobs kept for lookups; older ones are forgotten first.
+const KEEP_FINISHED: usize = 100_000;
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, (JobDoc, u64)>,
+    /// Queued jobs by the time they may run (then submission order).
+    ready: BTreeMap<(Instant, u64), String>,
+    /// Claimed jobs by the time their claim expires.
+    leases: HashMap<String, Instant>,
+    idempotency: HashMap<(String, String), (String, Instant)>,
+    finished: VecDeque<String>,
+    sequence: u64,
+}
+
+/// Jobs in this process's memory: for single-process services, tests and the embedded default.
+/// Nothing survives the process. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct MemoryJobQueue {
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
+    visibility: Duration,
+    ledger: MemoryLedger,
+}
+
+impl std::fmt::Debug for MemoryJobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryJobQueue")
+            .field("visibility", &self.visibility)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryJobQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryJobQueue {
+    /// An empty queue with a 30 s visibility timeout.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            wake: Arc::default(),
+            visibility: Duration::from_secs(30),
+            ledger: MemoryLedger::default(),
+        }
+    }
+
+    /// How long a claim lasts without a heartbeat before the job is delivered again.
+    #[must_use]
+    pub fn with_visibility_timeout(mut self, visibility: Duration) -> Self {
+        self.visibility = visibility;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn token(delivery: &Delivery) -> Result<u64> {
+        match delivery.receipt {
+            Receipt::Memory { token } => Ok(token),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::invalid_input(
+                "this delivery belongs to another queue",
+            )),
+        }
+    }
+
+    /// Takes due and expired jobs, up to `max`.
+    fn take(&self, state: &mut State, max: usize, now: Instant) -> Vec<Delivery> {
+        let mut ids = Vec::new();
+        let expired: Vec<String> = state
+            .leases
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(id, _)| id.clone())
+            .take(max)
+            .collect();
+        for id in expired {
+            state.leases.remove(&id);
+            ids.push(id);
+        }
+        while ids.len() < max {
+            let Some(entry) = state.ready.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            ids.push(entry.remove());
+        }
+        let mut deliveries = Vec::with_capacity(ids.len());
+        for id in ids {
+            state.sequence += 1;
+            let token = state.sequence;
+            let Some((doc, current)) = state.jobs.get_mut(&id) else {
+                continue;
+            };
+            if doc.status.is_terminal() {
+                continue;
+            }
+            doc.attempts += 1;
+            doc.status = JobStatus::Running;
+            doc.updated_at_ms = now_ms();
+            *current = token;
+            state.leases.insert(id, now + self.visibility);
+            deliveries.push(Delivery {
+                attempt: doc.attempts,
+                job: doc.clone(),
+                receipt: Receipt::Memory { token },
+            });
+        }
+        deliveries
+    }
+
+    /// When the next job becomes due or the next claim expires.
+    fn next_event(state: &State) -> Option<Instant> {
+        let ready = state.ready.keys().next().map(|(at, _)| *at);
+        let lease = state.leases.values().min().copied();
+        match (ready, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn forget_old(state: &mut State, id: &str) {
+        state.finished.push_back(id.to_owned());
+        while state.finished.len() > KEEP_FINISHED {
+            if let Some(old) = state.finished.pop_front() {
+                state.jobs.remove(&old);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for MemoryJobQueue {
+    async fn enqueue(&self, spec: JobSpec) -> Result<Enqueued> {
+        validate(&spec)?;
+        let now = Instant::now();
+        let mut state = self.lock();
+        let key = spec
+            .idempotency_key
+            .clone()
+            .map(|k| (spec.tenant.clone(), k));
+        if let Some(key) = &key
+            && let Some((job_id, until)) = state.idempotency.get(key)
+            && *until > now
+        {
+            return Ok(Enqueued {
+                job_id: job_id.clone(),
+                created: false,
+            });
+        }
+        let job_id = generate_id();
+        if let Some(key) = key {
+            state.idempotency.retain(|_, (_, until)| *until > now);
+            state
+                .idempotency
+                .insert(key, (job_id.clone(), now + RETENTION));
+        }
+        state.sequence += 1;
+        let seq = state.sequence;
+        state.ready.insert((now, seq), job_id.clone());
+        state
+            .jobs
+            .insert(job_id.clone(), (JobDoc::queued(job_id.clone(), spec), 0));
+        drop(state);
+        self.wake.notify_waiters();
+        Ok(Enqueued {
+            job_id,
+            created: true,
+        })
+    }
+
+    async fn claim(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before looking, so an enqueue in between is not missed.
+            let mut notified = std::pin::pin!(self.wake.notified());
+            notified.as_mut().enable();
+            let next = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                let taken = self.take(&mut state, max.max(1), now);
+                if !taken.is_empty() {
+                    return Ok(taken);
+                }
+                Self::next_event(&state)
+            };
+            let until = next.map_or(deadline, |n| n.min(deadline));
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
+        let token = Self::token(delivery)?;
+        let mut state = self.lock();
+        let id = &delivery.job.job_id;
+        let current = state.jobs.get(id).map(|(_, t)| *t);
+        if current == Some(token) && state.leases.contains_key(id) {
+            state
+                .leases
+                .insert(id.clone(), Instant::now() + self.visibility);
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
+        let mut state = self.lock();
+        let id = delivery.job.job_id.clone();
+        let Some((doc, _)) = state.jobs.get_mut(&id) else {
+            return Err(Error::not_found(format!("no job {id}")));
+        };
+        let changed = finish.apply(doc);
+        let doc = doc.clone();
+        if changed {
+            state.leases.remove(&id);
+            Self::forget_old(&mut state, &id);
+        }
+        Ok(doc)
+    }
+
+    async fn release(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        error: Option<JobError>,
+    ) -> Result<()> {
+        let token = Self::token(delivery)?;
+        let mut state = self.lock();
+        let id = delivery.job.job_id.clone();
+        let Some((doc, current)) = state.jobs.get_mut(&id) else {
+            return Ok(());
+        };
+        if *current != token || doc.status.is_terminal() {
+            return Ok(());
+        }
+        doc.status = JobStatus::Queued;
+        doc.updated_at_ms = now_ms();
+        if error.is_some() {
+            doc.error = error;
+        }
+        state.leases.remove(&id);
+        state.sequence += 1;
+        let seq = state.sequence;
+        state.ready.insert((Instant::now() + delay, seq), id);
+        drop(state);
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        Ok(self.lock().jobs.get(job_id).map(|(doc, _)| doc.clone()))
+    }
+
+    async fn depth(&self) -> Result<u64> {
+        Ok(self.lock().ready.len() as u64)
+    }
+
+    fn ledger(&self) -> Arc<dyn EffectLedger> {
+        Arc::new(self.ledger.clone())
+    }
+}

@@ -1,0 +1,389 @@
+//! Event-driven execution: jobs on real queues, workers that may die, nothing lost, nothing done
+//! twice.
+//!
+//! A caller [`enqueue`](JobQueue::enqueue)s a [`JobSpec`] (optionally with an idempotency key:
+//! the same key twice within the retention window yields the same job). A [`Worker`] claims
+//! deliveries with a visibility timeout, heartbeats while it runs them, and finishes each once:
+//! succeeded, failed (a final error), or dead (retries exhausted). A delivery whose worker went
+//! silent is reclaimed by another. Backends: [`MemoryJobQueue`], Redis Streams (feature
+//! `redis`) and NATS JetStream (feature `nats`), all passing one conformance suite.
+
+mod executor;
+mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub(crate) mod webhook;
+mod worker;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentkit_core::tool::ToolCallRecord;
+use agentkit_core::{Error, Message, Reply, Result, Usage};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use executor::QueueExecutor;
+pub use memory::MemoryJobQueue;
+pub use webhook::{SIGNATURE_HEADER, WebhookSender, sign, verify};
+pub use worker::{Worker, WorkerBuilder};
+
+/// What to run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The agent to run.
+    pub agent: String,
+    /// The input messages.
+    pub input: Vec<Message>,
+    /// Conversation before the input, for a stateless job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Message>,
+    /// Run as a turn of this session (within `tenant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Caller metadata (the agent's prompt variables).
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Who submitted it; only this tenant can read it.
+    pub tenant: String,
+    /// Where to POST the job document when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Deduplicates submissions within the retention window (per tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The submitting request's id, continued by the run.
+    #[serde(default)]
+    pub request_id: String,
+    /// The submitting request's W3C `traceparent`, continued by the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a worker (or for its retry time).
+    Queued,
+    /// A worker runs it.
+    Running,
+    /// It finished with a result.
+    Succeeded,
+    /// It ended with an error that retrying cannot fix.
+    Failed,
+    /// Its retries ran out (dead-lettered).
+    Dead,
+}
+
+impl JobStatus {
+    /// Whether the job will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+    }
+
+    /// The `snake_case` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// A job's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The final answer.
+    pub output: String,
+    /// The messages the run added.
+    pub messages: Vec<Message>,
+    /// Tokens spent.
+    pub usage: Usage,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// The tool calls made.
+    pub tool_calls: Vec<ToolCallRecord>,
+}
+
+impl From<Reply> for JobResult {
+    fn from(reply: Reply) -> Self {
+        Self {
+            output: reply.output,
+            messages: reply.messages,
+            usage: reply.usage,
+            cost_usd: reply.cost_usd,
+            tool_calls: reply.tool_calls,
+        }
+    }
+}
+
+/// The last error of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// The error's code (`unavailable`, `timeout`, ...).
+    pub code: String,
+    /// Its message.
+    pub message: String,
+}
+
+impl From<&Error> for JobError {
+    fn from(error: &Error) -> Self {
+        Self {
+            code: error.code().to_owned(),
+            message: error.message().to_owned(),
+        }
+    }
+}
+
+/// A job and where it is: what `GET /v1/jobs/{id}` answers and webhooks carry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDoc {
+    /// The job id.
+    pub job_id: String,
+    /// The agent.
+    pub agent: String,
+    /// Its status.
+    pub status: JobStatus,
+    /// How many times a worker started it.
+    pub attempts: u32,
+    /// The result, once succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+    /// The last error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// The session, for session jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it last changed.
+    pub updated_at_ms: u64,
+    /// What to run (not shown to callers).
+    #[serde(skip)]
+    pub spec: Option<JobSpec>,
+}
+
+impl JobDoc {
+    /// A new, queued job.
+    pub fn queued(job_id: String, spec: JobSpec) -> Self {
+        let now = now_ms();
+        Self {
+            job_id,
+            agent: spec.agent.clone(),
+            status: JobStatus::Queued,
+            attempts: 0,
+            result: None,
+            error: None,
+            session_id: spec.session_id.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            spec: Some(spec),
+        }
+    }
+
+    /// The tenant that owns the job.
+    pub fn tenant(&self) -> Option<&str> {
+        self.spec.as_ref().map(|s| s.tenant.as_str())
+    }
+}
+
+/// What [`JobQueue::enqueue`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The job id (an existing one when the idempotency key was seen before).
+    pub job_id: String,
+    /// Whether a new job was created.
+    pub created: bool,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finish {
+    /// With a result.
+    Succeeded(JobResult),
+    /// With an error retrying cannot fix.
+    Failed(JobError),
+    /// With retries exhausted.
+    Dead(JobError),
+}
+
+impl Finish {
+    pub(crate) fn status(&self) -> JobStatus {
+        match self {
+            Self::Succeeded(_) => JobStatus::Succeeded,
+            Self::Failed(_) => JobStatus::Failed,
+            Self::Dead(_) => JobStatus::Dead,
+        }
+    }
+
+    /// Applies this ending to `doc` unless it already ended; whether it changed.
+    pub(crate) fn apply(self, doc: &mut JobDoc) -> bool {
+        if doc.status.is_terminal() {
+            return false;
+        }
+        doc.status = self.status();
+        doc.updated_at_ms = now_ms();
+        match self {
+            Self::Succeeded(result) => {
+                doc.result = Some(result);
+                doc.error = None;
+            }
+            Self::Failed(error) | Self::Dead(error) => doc.error = Some(error),
+        }
+        true
+    }
+}
+
+/// One claimed job, held by one worker until finished, released or reclaimed.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The job, with its spec.
+    pub job: JobDoc,
+    /// This delivery's attempt number (1 for the first run).
+    pub attempt: u32,
+    pub(crate) receipt: Receipt,
+}
+
+impl Delivery {
+    /// The job's spec.
+    pub fn spec(&self) -> Result<&JobSpec> {
+        self.job
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::internal(format!("job {} has no spec", self.job.job_id)))
+    }
+}
+
+/// How a backend finds a delivery again.
+#[derive(Debug)]
+pub(crate) enum Receipt {
+    Memory {
+        token: u64,
+    },
+    #[cfg(feature = "redis")]
+    Redis {
+        entry: String,
+        consumer: String,
+    },
+    #[cfg(feature = "nats")]
+    Nats(Box<async_nats::jetstream::Message>),
+}
+
+/// A queue of jobs with at-least-once delivery.
+///
+/// ```
+/// use std::time::Duration;
+/// use agentkit_core::Message;
+/// use agentkit_transport::jobs::{Finish, JobQueue, JobSpec, JobStatus, MemoryJobQueue};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let queue = MemoryJobQueue::new();
+/// let spec = JobSpec {
+///     agent: "assistant".into(),
+///     input: vec![Message::user("hi")],
+///     tenant: "acme".into(),
+///     idempotency_key: Some("order-17".into()),
+///     ..JobSpec::default()
+/// };
+/// let first = queue.enqueue(spec.clone()).await?;
+/// let again = queue.enqueue(spec).await?;
+/// assert_eq!(first.job_id, again.job_id); // one job per key
+///
+/// let delivery = queue.claim("worker-1", 1, Duration::from_millis(10)).await?.pop().unwrap();
+/// assert_eq!(delivery.attempt, 1);
+/// let doc = queue.finish(&delivery, Finish::Failed("nope".parse().unwrap())).await;
+/// # let _ = doc;
+/// # Ok::<_, agentkit_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Adds a job; with an idempotency key seen within the retention window, returns that job.
+    async fn enqueue(&self, spec: JobSpec) -> Result<Enqueued>;
+
+    /// Claims up to `max` jobs for `consumer`, waiting up to `wait` for the first. Each claim
+    /// counts as an attempt and marks the job running; a claim not finished, released or
+    /// heartbeaten within the visibility timeout is delivered again.
+    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Tells the queue the job is still being worked on (extends the visibility timeout).
+    async fn heartbeat(&self, delivery: &Delivery) -> Result<()>;
+
+    /// Ends the job (once: a job that already ended keeps its first ending) and acknowledges
+    /// the delivery; the job's document afterwards.
+    async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc>;
+
+    /// Gives the delivery back to run again after `delay` (a retry, or a worker stopping);
+    /// `error` is kept as the job's last error.
+    async fn release(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        error: Option<JobError>,
+    ) -> Result<()>;
+
+    /// The job's document.
+    async fn get(&self, job_id: &str) -> Result<Option<JobDoc>>;
+
+    /// Jobs waiting to run (not claimed).
+    async fn depth(&self) -> Result<u64>;
+
+    /// Whether the backend answers.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The ledger of side effects kept with this queue, so that a job redelivered to another
+    /// worker does not repeat them.
+    fn ledger(&self) -> std::sync::Arc<dyn agentkit_core::tool::EffectLedger>;
+}
+
+const _: Option<&dyn JobQueue> = None;
+
+impl std::str::FromStr for JobError {
+    type Err = std::convert::Infallible;
+
+    /// An internal error with this message (for tests and tools).
+    fn from_str(message: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self {
+            code: "internal".to_owned(),
+            message: message.to_owned(),
+        })
+    }
+}
+
+/// How long idempotency keys, finished jobs and recorded side effects are kept: 7 days.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Checks a spec before it is queued.
+pub(crate) fn validate(spec: &JobSpec) -> Result<()> {
+    if spec.agent.is_empty() {
+        return Err(Error::invalid_input("a job needs an agent"));
+    }
+    if spec.input.is_empty() || spec.input.iter().all(|m| m.payload_len() == 0) {
+        return Err(Error::invalid_input("a job's input must not be empty"));
+    }
+    if spec.tenant.is_empty() {
+        return Err(Error::invalid_input("a job needs a tenant"));
+    }
+    if let Some(key) = &spec.idempotency_key
+        && (key.is_empty() || key.len() > 256)
+    {
+        return Err(Error::invalid_input(
+            "an idempotency key must be 1 to 256 bytes long",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! Jobs on NATS JetStream: a work-queue stream per queue, a durable pull consumer with explicit
+//! acks and `ack_wait` as the visibility timeout, in-progress acks while a job runs, and job
+//! documents, idempotency keys and side effects in a key-value bucket (compare-and-set updates).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkit_core::tool::EffectLedger;
+use agentkit_core::{Error, Result, generate_id};
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
+use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy};
+use async_nats::jetstream::{self, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
+    RETENTION, Receipt, now_ms, validate,
+};
+
+/// A job as kept in the bucket.
+#[derive(Clone, Serialize, Deserialize)]
+struct Stored {
+    spec: JobSpec,
+    status: JobStatus,
+    attempts: u32,
+    #[serde(default)]
+    result: Option<JobResult>,
+    #[serde(default)]
+    error: Option<JobError>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl Stored {
+    fn doc(self, job_id: &str) -> JobDoc {
+        let mut doc = JobDoc::queued(job_id.to_owned(), self.spec);
+        doc.status = self.status;
+        doc.attempts = self.attempts;
+        doc.result = self.result;
+        doc.error = self.error;
+        doc.created_at_ms = self.created_at_ms;
+        doc.updated_at_ms = self.updated_at_ms;
+        doc
+    }
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> Error {
+    Error::unavailable(format!("NATS {what}: {error}"))
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A job queue on NATS JetStream.
+#[derive(Clone)]
+pub struct NatsJobQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subject: String,
+    consumer: PullConsumer,
+    kv: Store,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsJobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsJobQueue")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsJobQueue {
+    /// Connects to `url` and opens (creating if needed) the queue `name` with a 30 s
+    /// visibility timeout.
+    pub async fn connect(url: &str, name: &str) -> Result<Self> {
+        Self::connect_with(url, name, Duration::from_secs(30)).await
+    }
+
+    /// Like [`connect`](Self::connect), with the visibility timeout (`ack_wait`) given.
+    pub async fn connect_with(url: &str, name: &str, visibility: Duration) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        Self::open(client, name, visibility).await
+    }
+
+    /// Opens the queue `name` on an existing client.
+    pub async fn open(
+        client: async_nats::Client,
+        name: &str,
+        visibility: Duration,
+    ) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(Error::invalid_input(
+                "a NATS queue name must be [A-Za-z0-9_-]+",
+            ));
+        }
+        let js = jetstream::new(client.clone());
+        let stream_name = format!("AGENTKIT_JOBS_{name}");
+        let subject = format!("agentkit.jobs.{name}");
+        let stream = js
+            .get_or_create_stream(StreamConfig {
+                name: stream_name.clone(),
+                subjects: vec![subject.clone()],
+                retention: RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("stream", e))?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                "workers",
+                PullConfig {
+                    durable_name: Some("workers".to_owned()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: visibility,
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| unavailable("consumer", e))?;
+        let bucket = format!("AGENTKIT_JOBS_{name}");
+        let kv = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => {
+                // The bucket's stream is made here rather than by `create_key_value`, which first
+                // reads account information in a shape older servers (2.9) do not send.
+                js.get_or_create_stream(StreamConfig {
+                    name: format!("KV_{bucket}"),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    max_age: RETENTION,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: DiscardPolicy::New,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable("key-value stream", e))?;
+                js.get_key_value(&bucket)
+                    .await
+                    .map_err(|e| unavailable("key-value bucket", e))?
+            }
+        };
+        Ok(Self {
+            client,
+            js,
+            subject,
+            consumer,
+            kv,
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    async fn load(&self, job_id: &str) -> Result<Option<(Stored, u64)>> {
+        let entry = self
+            .kv
+            .entry(format!("job.{job_id}"))
+            .await
+            .map_err(|e| unavailable("read", e))?;
+        let Some(entry) = entry else { return Ok(None) };
+        if entry.value.is_empty() {
+            return Ok(None);
+        }
+        let stored: Stored = serde_json::from_slice(&entry.value)
+            .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
+        Ok(Some((stored, entry.revision)))
+    }
+
+    /// Applies `change` to the job with compare-and-set, retrying on a concurrent update.
+    async fn change<T>(
+        &self,
+        job_id: &str,
+        mut change: impl FnMut(&mut Stored) -> Option<T>,
+    ) -> Result<Option<(T, Stored)>> {
+        for _ in 0..16 {
+            let Some((mut stored, revision)) = self.load(job_id).await? else {
+                return Ok(None);
+            };
+            let Some(out) = change(&mut stored) else {
+                return Ok(None);
+            };
+            let bytes = serde_json::to_vec(&stored)
+                .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+            match self
+                .kv
+                .update(format!("job.{job_id}"), bytes.into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(Some((out, stored))),
+                Err(error) => tracing::debug!(%job_id, %error, "concurrent job update; retrying"),
+            }
+        }
+        Err(Error::unavailable(format!(
+            "job {job_id} kept changing under this update"
+        )))
+    }
+
+    fn message(delivery: &Delivery) -> Result<&jetstream::Message> {
+        match &delivery.receipt {
+            Receipt::Nats(message) => Ok(message),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::invalid_input(
+                "this delivery belongs to another queue",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for NatsJobQueue {
+    async fn enqueue(&self, spec: JobSpec) -> Result<Enqueued> {
+        validate(&spec)?;
+        let job_id = generate_id();
+        let idem = spec
+            .idempotency_key
+            .as_ref()
+            .map(|key| format!("idem.{}.{}", hex(&spec.tenant), hex(key)));
+        if let Some(idem) = &idem {
+            match self.kv.create(idem, job_id.clone().into()).await {
+                Ok(_) => {}
+                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                    let existing = self
+                        .kv
+                        .get(idem.as_str())
+                        .await
+                        .map_err(|e| unavailable("read", e))?;
+                    if let Some(existing) = existing {
+                        return Ok(Enqueued {
+                            job_id: String::from_utf8_lossy(&existing).into_owned(),
+                            created: false,
+                        });
+                    }
+                    return Err(Error::unavailable(
+                        "an idempotency key vanished while being read; retry",
+                    ));
+                }
+                Err(error) => return Err(unavailable("write", error)),
+            }
+        }
+        let now = now_ms();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", job_id.as_str());
+        if !spec.request_id.is_empty() {
+            headers.insert("x-request-id", spec.request_id.as_str());
+        }
+        if let Some(parent) = &spec.traceparent {
+            headers.insert("traceparent", parent.as_str());
+        }
+        let stored = Stored {
+            spec,
+            status: JobStatus::Queued,
+            attempts: 0,
+            result: None,
+            error: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let bytes = serde_json::to_vec(&stored)
+            .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+        let published = async {
+            self.kv
+                .create(format!("job.{job_id}"), bytes.into())
+                .await
+                .map_err(|e| unavailable("write", e))?;
+            let ack = self
+                .js
+                .publish_with_headers(self.subject.clone(), headers, job_id.clone().into())
+                .await
+                .map_err(|e| unavailable("publish", e))?;
+            ack.await.map_err(|e| unavailable("publish ack", e))?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(error) = published {
+            // Do not leave a key pointing at a job that will never run.
+            let _ = self.kv.delete(format!("job.{job_id}")).await;
+            if let Some(idem) = &idem {
+                let _ = self.kv.delete(idem).await;
+            }
+            return Err(error);
+        }
+        Ok(Enqueued {
+            job_id,
+            created: true,
+        })
+    }
+
+    async fn claim(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(max.max(1))
+            .expires(wait.max(Duration::from_millis(100)))
+            .messages()
+            .await
+            .map_err(|e| unavailable("fetch", e))?;
+        let mut deliveries = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| unavailable("fetch", e))?;
+            let job_id = String::from_utf8_lossy(&message.payload).into_owned();
+            let started = self
+                .change(&job_id, |stored| {
+                    if stored.status.is_terminal() {
+                        return None;
+                    }
+                    stored.attempts += 1;
+                    stored.status = JobStatus::Running;
+                    stored.updated_at_ms = now_ms();
+                    Some(())
+                })
+                .await?;
+            match started {
+                Some(((), stored)) => deliveries.push(Delivery {
+                    attempt: stored.attempts,
+                    job: stored.doc(&job_id),
+                    receipt: Receipt::Nats(Box::new(message)),
+                }),
+                // Ended or gone: nothing to run; stop its redelivery.
+                None => message.ack().await.map_err(|e| unavailable("ack", e))?,
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
+        Self::message(delivery)?
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| unavailable("in-progress ack", e))
+    }
+
+    async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
+        let job_id = &delivery.job.job_id;
+        let mut finish = Some(finish);
+        self.change(job_id, |stored| {
+            if stored.status.is_terminal() {
+                return None;
+            }
+            let ending = finish.take()?;
+            let mut doc = JobDoc::queued(job_id.clone(), stored.spec.clone());
+            doc.status = stored.status;
+            ending.apply(&mut doc);
+            stored.status = doc.status;
+            stored.result = doc.result;
+            stored.error = doc.error;
+            stored.updated_at_ms = doc.updated_at_ms;
+            Some(())
+        })
+        .await?;
+        Self::message(delivery)?
+            .double_ack()
+            .await
+            .map_err(|e| unavailable("ack", e))?;
+        self.get(job_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job {job_id} vanished")))
+    }
+
+    async fn release(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        error: Option<JobError>,
+    ) -> Result<()> {
+        let job_id = &delivery.job.job_id;
+        let attempt = delivery.attempt;
+        let mut error = error;
+        self.change(job_id, |stored| {
+            // A newer delivery owns the job, or it ended: leave it be.
+            if stored.status.is_terminal() || stored.attempts != attempt {
+                return None;
+            }
+            stored.status = JobStatus::Queued;
+            stored.updated_at_ms = now_ms();
+            if let Some(error) = error.take() {
+                stored.error = Some(error);
+            }
+            Some(())
+        })
+        .await?;
+        Self::message(delivery)?
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| unavailable("nak", e))
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        Ok(self
+            .load(job_id)
+            .await?
+            .map(|(stored, _)| stored.doc(job_id)))
+    }
+
+    async fn depth(&self) -> Result<u64> {
+        let mut consumer = self.consumer.clone();
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| unavailable("consumer info", e))?;
+        Ok(info.num_pending)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        tokio::time::timeout(self.timeout, self.client.flush())
+            .await
+            .map_err(|_| Error::unavailable("NATS did not answer in time"))?
+            .map_err(|e| unavailable("flush", e))
+    }
+
+    fn ledger(&self) -> Arc<dyn EffectLedger> {
+        Arc::new(NatsLedger {
+            kv: self.kv.clone(),
+        })
+    }
+}
+
+/// Side effects recorded in the queue's key-value bucket.
+#[derive(Clone)]
+struct NatsLedger {
+    kv: Store,
+}
+
+#[async_trait]
+impl EffectLedger for NatsLedger {
+    async fn recorded(&self, key: &str) -> Result<Option<String>> {
+        let value = self
+            .kv
+            .get(format!("effect.{}", hex(key)))
+            .await
+            .map_err(|e| unavailable("read", e))?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    async fn record(&self, key: &str, output: &str) -> Result<()> {
+        self.kv
+            .put(format!("effect.{}", hex(key)), output.to_owned().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("write", e))
+    }
+}

@@ -1,0 +1,587 @@
+//! Jobs on Redis Streams: one stream per queue with a consumer group, `XAUTOCLAIM` for stalled
+//! deliveries, job status in a hash, delayed retries in a sorted set, side effects in keys with
+//! a TTL. Every key of a queue shares one hash tag, so its scripts run on one Redis Cluster slot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agentkit_core::tool::EffectLedger;
+use agentkit_core::{Error, Result, generate_id};
+use agentkit_store::redis::{RedisClient, connection, redis_error};
+use async_trait::async_trait;
+use redis::Script;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+
+use super::{
+    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
+    RETENTION, Receipt, now_ms, validate,
+};
+
+const GROUP: &str = "workers";
+
+/// The longest one `XREADGROUP BLOCK` waits (under redis-rs's 500 ms response timeout).
+const BLOCK_SLICE: Duration = Duration::from_millis(300);
+
+const ENQUEUE: &str = r"
+if ARGV[1] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {existing, 0} end
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4])
+end
+redis.call('HSET', KEYS[2], 'spec', ARGV[3], 'status', 'queued', 'attempts', 0, 'created', ARGV[5], 'updated', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[2])
+return {ARGV[2], 1}
+";
+
+const PROMOTE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('XADD', KEYS[2], '*', 'job', id)
+end
+return #due
+";
+
+const MARK: &str = r"
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return false end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'entry', ARGV[2], 'updated', ARGV[1])
+return redis.call('HMGET', KEYS[1], 'spec', 'attempts', 'created', 'error')
+";
+
+const HEARTBEAT: &str = r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #pending == 0 then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+";
+
+const FINISH: &str = r"
+local status = redis.call('HGET', KEYS[1], 'status')
+redis.call('XACK', KEYS[2], ARGV[6], ARGV[5])
+redis.call('XDEL', KEYS[2], ARGV[5])
+if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[4])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+if ARGV[1] ~= 'succeeded' then
+  redis.call('LPUSH', KEYS[3], ARGV[8])
+  redis.call('LTRIM', KEYS[3], 0, 9999)
+end
+return 1
+";
+
+const RELEASE: &str = r"
+local status = redis.call('HGET', KEYS[1], 'status')
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[2], ARGV[1])
+if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return 0 end
+if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+";
+
+struct Scripts {
+    enqueue: Script,
+    promote: Script,
+    mark: Script,
+    heartbeat: Script,
+    finish: Script,
+    release: Script,
+}
+
+/// A job queue on Redis Streams, sharing a [`RedisClient`] with the session store.
+#[derive(Clone)]
+pub struct RedisJobQueue {
+    client: RedisClient,
+    prefix: String,
+    visibility: Duration,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+    grouped: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RedisJobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisJobQueue")
+            .field("prefix", &self.prefix)
+            .field("visibility", &self.visibility)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisJobQueue {
+    /// The queue `name` on `client` (keys under `agentkit:{jobs:NAME}`), with a 30 s
+    /// visibility timeout.
+    pub fn new(client: RedisClient, name: &str) -> Self {
+        Self {
+            client,
+            prefix: format!("agentkit:{{jobs:{name}}}"),
+            visibility: Duration::from_secs(30),
+            timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
+            scripts: Arc::new(Scripts {
+                enqueue: Script::new(ENQUEUE),
+                promote: Script::new(PROMOTE),
+                mark: Script::new(MARK),
+                heartbeat: Script::new(HEARTBEAT),
+                finish: Script::new(FINISH),
+                release: Script::new(RELEASE),
+            }),
+            grouped: Arc::default(),
+        }
+    }
+
+    /// The queue `name` on a new client of `url`.
+    pub fn connect(url: &str, name: &str) -> Result<Self> {
+        Ok(Self::new(RedisClient::connect(url, 16)?, name))
+    }
+
+    /// How long a claim lasts without a heartbeat before `XAUTOCLAIM` hands it to another worker.
+    #[must_use]
+    pub fn with_visibility_timeout(mut self, visibility: Duration) -> Self {
+        self.visibility = visibility;
+        self
+    }
+
+    fn key(&self, part: &str) -> String {
+        format!("{}:{part}", self.prefix)
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    async fn ensure_group(&self) -> Result<()> {
+        if self.grouped.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let stream = self.key("stream");
+        let created = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(error) if error.message().contains("BUSYGROUP") => {}
+            Err(error) => return Err(error),
+        }
+        self.grouped.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn entry(delivery: &Delivery) -> Result<(&str, &str)> {
+        match &delivery.receipt {
+            Receipt::Redis { entry, consumer } => Ok((entry, consumer)),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::invalid_input(
+                "this delivery belongs to another queue",
+            )),
+        }
+    }
+
+    /// Marks a claimed stream entry running; `None` (and the entry dropped) when its job ended.
+    async fn mark(&self, entry: StreamId, consumer: &str) -> Result<Option<Delivery>> {
+        let Some(job_id) = entry.get::<String>("job") else {
+            self.drop_entry(&entry.id).await?;
+            return Ok(None);
+        };
+        let job = self.job_key(&job_id);
+        let now = now_ms();
+        let entry_id = entry.id.as_str();
+        let marked: Option<(String, u32, u64, Option<String>)> = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .mark
+                    .key(&job)
+                    .arg(now)
+                    .arg(entry_id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some((spec, attempts, created, error)) = marked else {
+            self.drop_entry(&entry.id).await?;
+            return Ok(None);
+        };
+        let spec: JobSpec = serde_json::from_str(&spec)
+            .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
+        let mut doc = JobDoc::queued(job_id, spec);
+        doc.status = JobStatus::Running;
+        doc.attempts = attempts;
+        doc.created_at_ms = created;
+        doc.updated_at_ms = now;
+        doc.error = error.and_then(|e| serde_json::from_str(&e).ok());
+        Ok(Some(Delivery {
+            attempt: attempts,
+            job: doc,
+            receipt: Receipt::Redis {
+                entry: entry.id,
+                consumer: consumer.to_owned(),
+            },
+        }))
+    }
+
+    async fn drop_entry(&self, id: &str) -> Result<()> {
+        let stream = self.key("stream");
+        self.client
+            .run(self.timeout, |mut c| async move {
+                redis::pipe()
+                    .cmd("XACK")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(id)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(&stream)
+                    .arg(id)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+}
+
+#[async_trait]
+impl JobQueue for RedisJobQueue {
+    async fn enqueue(&self, spec: JobSpec) -> Result<Enqueued> {
+        validate(&spec)?;
+        self.ensure_group().await?;
+        let job_id = generate_id();
+        let idem = match &spec.idempotency_key {
+            Some(key) => self.key(&format!("idem:{}:{}:{key}", spec.tenant.len(), spec.tenant)),
+            None => self.key("idem:-"),
+        };
+        let used = if spec.idempotency_key.is_some() {
+            "1"
+        } else {
+            "0"
+        };
+        let body = json(&spec)?;
+        let job = self.job_key(&job_id);
+        let stream = self.key("stream");
+        let (id, created): (String, u8) = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .enqueue
+                    .key(&idem)
+                    .key(&job)
+                    .key(&stream)
+                    .arg(used)
+                    .arg(&job_id)
+                    .arg(&body)
+                    .arg(RETENTION.as_secs())
+                    .arg(now_ms())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(Enqueued {
+            job_id: id,
+            created: created == 1,
+        })
+    }
+
+    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.ensure_group().await?;
+        let max = max.max(1);
+        let stream = self.key("stream");
+        let stream = stream.as_str();
+        let delayed = self.key("delayed");
+        let now = now_ms();
+        let _: u64 = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .promote
+                    .key(&delayed)
+                    .key(stream)
+                    .arg(now)
+                    .arg(100)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let idle = self.visibility.as_millis() as u64;
+        let reclaimed: StreamAutoClaimReply = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(idle)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut entries: Vec<StreamId> = reclaimed.claimed;
+        if entries.len() < max {
+            // Blocking reads get a connection of their own, not the shared one, and block in
+            // slices shorter than the client's 500 ms response timeout.
+            let mut conn = connection(self.client.pool()).await?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let block = left.min(BLOCK_SLICE).as_millis().max(1) as u64;
+                let read = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(max - entries.len())
+                    .arg("BLOCK")
+                    .arg(block)
+                    .arg("STREAMS")
+                    .arg(stream)
+                    .arg(">")
+                    .query_async::<Option<StreamReadReply>>(&mut *conn)
+                    .await
+                    .map_err(redis_error)?;
+                if let Some(reply) = read {
+                    entries.extend(reply.keys.into_iter().flat_map(|k| k.ids));
+                }
+                if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if let Some(delivery) = self.mark(entry, consumer).await? {
+                deliveries.push(delivery);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
+        let (entry, consumer) = Self::entry(delivery)?;
+        let stream = self.key("stream");
+        let _: u8 = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .heartbeat
+                    .key(&stream)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(entry)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
+        let (entry, _) = Self::entry(delivery)?;
+        let job_id = &delivery.job.job_id;
+        let status = finish.status();
+        let (result, error) = match &finish {
+            Finish::Succeeded(result) => (json(result)?, String::new()),
+            Finish::Failed(error) | Finish::Dead(error) => (String::new(), json(error)?),
+        };
+        let job = self.job_key(job_id);
+        let stream = self.key("stream");
+        let dead = self.key("dead");
+        let _: u8 = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .finish
+                    .key(&job)
+                    .key(&stream)
+                    .key(&dead)
+                    .arg(status.as_str())
+                    .arg(&result)
+                    .arg(&error)
+                    .arg(now_ms())
+                    .arg(entry)
+                    .arg(GROUP)
+                    .arg(RETENTION.as_secs())
+                    .arg(job_id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.get(job_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job {job_id} vanished")))
+    }
+
+    async fn release(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        error: Option<JobError>,
+    ) -> Result<()> {
+        let (entry, _) = Self::entry(delivery)?;
+        let job_id = &delivery.job.job_id;
+        let error = error.as_ref().map(json).transpose()?.unwrap_or_default();
+        let job = self.job_key(job_id);
+        let stream = self.key("stream");
+        let delayed = self.key("delayed");
+        let ready_at = now_ms() + delay.as_millis() as u64;
+        let _: u8 = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .release
+                    .key(&job)
+                    .key(&stream)
+                    .key(&delayed)
+                    .arg(entry)
+                    .arg(GROUP)
+                    .arg(ready_at)
+                    .arg(job_id)
+                    .arg(&error)
+                    .arg(now_ms())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let job = self.job_key(job_id);
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<u32>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+        );
+        let (spec, status, attempts, created, updated, result, error): Fields = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&job)
+                    .arg(&[
+                        "spec", "status", "attempts", "created", "updated", "result", "error",
+                    ])
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let (Some(spec), Some(status)) = (spec, status) else {
+            return Ok(None);
+        };
+        let spec: JobSpec = serde_json::from_str(&spec)
+            .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
+        let status: JobStatus = serde_json::from_value(serde_json::Value::String(status))
+            .map_err(|e| Error::internal(format!("stored job {job_id} has a bad status: {e}")))?;
+        let mut doc = JobDoc::queued(job_id.to_owned(), spec);
+        doc.status = status;
+        doc.attempts = attempts.unwrap_or(0);
+        doc.created_at_ms = created.unwrap_or(0);
+        doc.updated_at_ms = updated.unwrap_or(0);
+        doc.result = result.and_then(|r| serde_json::from_str::<JobResult>(&r).ok());
+        doc.error = error.and_then(|e| serde_json::from_str::<JobError>(&e).ok());
+        Ok(Some(doc))
+    }
+
+    async fn depth(&self) -> Result<u64> {
+        self.ensure_group().await?;
+        let stream = self.key("stream");
+        let delayed = self.key("delayed");
+        let (length, pending, waiting): (
+            u64,
+            (u64, Option<String>, Option<String>, redis::Value),
+            u64,
+        ) = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&stream)
+                    .cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .cmd("ZCARD")
+                    .arg(&delayed)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(length.saturating_sub(pending.0) + waiting)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("PING").query_async::<()>(&mut c).await
+            })
+            .await
+    }
+
+    fn ledger(&self) -> Arc<dyn EffectLedger> {
+        Arc::new(RedisLedger {
+            client: self.client.clone(),
+            prefix: self.key("effect"),
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// Side effects recorded in Redis keys that expire after [`RETENTION`].
+#[derive(Clone)]
+struct RedisLedger {
+    client: RedisClient,
+    prefix: String,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl EffectLedger for RedisLedger {
+    async fn recorded(&self, key: &str) -> Result<Option<String>> {
+        let key = format!("{}:{key}", self.prefix);
+        self.client
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await
+    }
+
+    async fn record(&self, key: &str, output: &str) -> Result<()> {
+        let key = format!("{}:{key}", self.prefix);
+        self.client
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(output)
+                    .arg("EX")
+                    .arg(RETENTION.as_secs())
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+}

@@ -1,0 +1,433 @@
+//! [`Worker`]: claims jobs, runs their agents, finishes each once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkit_core::tool::{JobId, Ledger};
+use agentkit_core::{
+    Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply, Result,
+    TraceContext, generate_id,
+};
+use agentkit_store::{SessionAgent, SessionStore};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::webhook::WebhookSender;
+use super::{Delivery, Finish, JobDoc, JobError, JobQueue, JobSpec};
+
+struct Inner {
+    queue: Arc<dyn JobQueue>,
+    agents: HashMap<String, BoxExecutor>,
+    sessions: HashMap<String, SessionAgent<BoxExecutor>>,
+    id: String,
+    concurrency: usize,
+    max_attempts: u32,
+    backoff: Backoff,
+    heartbeat: Duration,
+    job_timeout: Duration,
+    drain: Duration,
+    webhooks: Option<WebhookSender>,
+}
+
+/// Runs jobs: claims up to `concurrency` at a time, runs each job's agent in the job's
+/// [`Context`] (request id, tenant and trace context from the submission, the job id and the
+/// queue's side-effect ledger as extensions), heartbeats while it runs, and finishes it:
+///
+/// - a reply → succeeded, the result stored once;
+/// - a retryable error (unavailable, rate limited, timeout, busy) → released for a retry after
+///   an exponential backoff with full jitter, until `max_attempts`, then dead;
+/// - any other error → failed;
+/// - a delivery already attempted `max_attempts` times (its workers kept dying) → dead.
+///
+/// Terminal jobs with a `callback_url` get a signed webhook. On shutdown the worker stops
+/// claiming, lets running jobs finish for the drain timeout, and hands back the rest.
+///
+/// ```
+/// use std::sync::Arc;
+/// use agentkit_core::model::ScriptedModel;
+/// use agentkit_transport::jobs::{MemoryJobQueue, Worker};
+///
+/// let queue = Arc::new(MemoryJobQueue::new());
+/// let agent = agentkit_core::demo::assistant_builder(Arc::new(ScriptedModel::demo())).build()?;
+/// let worker = Worker::builder(queue).agent("assistant", agent).concurrency(8).build()?;
+/// // tokio::spawn(async move { worker.run(agentkit_transport::shutdown_signal()).await });
+/// # let _ = worker;
+/// # Ok::<_, agentkit_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.inner.id)
+            .field("concurrency", &self.inner.concurrency)
+            .field("max_attempts", &self.inner.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Worker`].
+#[must_use]
+pub struct WorkerBuilder {
+    queue: Arc<dyn JobQueue>,
+    agents: Vec<(String, BoxExecutor)>,
+    store: Option<Arc<dyn SessionStore>>,
+    id: Option<String>,
+    concurrency: usize,
+    max_attempts: u32,
+    backoff: Backoff,
+    heartbeat: Duration,
+    job_timeout: Duration,
+    drain: Duration,
+    webhooks: Option<WebhookSender>,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("agents", &self.agents.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A builder for a worker of `queue`.
+    pub fn builder(queue: Arc<dyn JobQueue>) -> WorkerBuilder {
+        WorkerBuilder {
+            queue,
+            agents: Vec::new(),
+            store: None,
+            id: None,
+            concurrency: 8,
+            max_attempts: 5,
+            backoff: Backoff::new()
+                .base(Duration::from_millis(500))
+                .max_delay(Duration::from_secs(60)),
+            heartbeat: Duration::from_secs(10),
+            job_timeout: Duration::from_secs(600),
+            drain: Duration::from_secs(30),
+            webhooks: None,
+        }
+    }
+
+    /// This worker's consumer id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+}
+
+impl WorkerBuilder {
+    /// Runs jobs for the agent `name` with `executor`.
+    pub fn agent(mut self, name: impl Into<String>, executor: impl Executor + 'static) -> Self {
+        self.agents.push((name.into(), BoxExecutor::new(executor)));
+        self
+    }
+
+    /// Runs session jobs as turns of sessions in `store`.
+    pub fn sessions(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The consumer id (default: random).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Jobs run at once (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Attempts before a job is dead (default 5).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The backoff between attempts of a job (default 500 ms base, 60 s cap, full jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How often a running job is heartbeaten (default 10 s; keep it well under the queue's
+    /// visibility timeout).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// The deadline of one run (default 10 min).
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown lets running jobs finish before handing them back (default 30 s).
+    pub fn drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Sends signed webhooks to the jobs' callback URLs.
+    pub fn webhooks(mut self, sender: WebhookSender) -> Self {
+        self.webhooks = Some(sender);
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Worker> {
+        if self.agents.is_empty() {
+            return Err(Error::invalid_input("a worker needs at least one agent"));
+        }
+        let mut agents = HashMap::new();
+        let mut sessions = HashMap::new();
+        for (name, executor) in self.agents {
+            if let Some(store) = &self.store {
+                sessions.insert(
+                    name.clone(),
+                    SessionAgent::builder(executor.clone(), store.clone()).build(),
+                );
+            }
+            if agents.insert(name.clone(), executor).is_some() {
+                return Err(Error::invalid_input(format!(
+                    "agent `{name}` is registered twice"
+                )));
+            }
+        }
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                queue: self.queue,
+                agents,
+                sessions,
+                id: self
+                    .id
+                    .unwrap_or_else(|| format!("worker-{}", &generate_id()[..12])),
+                concurrency: self.concurrency,
+                max_attempts: self.max_attempts,
+                backoff: self.backoff.max_attempts(self.max_attempts),
+                heartbeat: self.heartbeat,
+                job_timeout: self.job_timeout,
+                drain: self.drain,
+                webhooks: self.webhooks,
+            }),
+        })
+    }
+}
+
+impl Worker {
+    /// Claims and runs jobs until `shutdown` resolves, then drains (see the type's docs).
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let inner = &self.inner;
+        let slots = Arc::new(Semaphore::new(inner.concurrency));
+        let hand_back = CancellationToken::new();
+        let mut running = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        tracing::info!(worker = %inner.id, concurrency = inner.concurrency, "worker started");
+        loop {
+            while running.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = running.join_next() => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+            let claimed = tokio::select! {
+                claimed = inner.queue.claim(&inner.id, free, Duration::from_secs(1)) => claimed,
+                () = &mut shutdown => break,
+            };
+            let deliveries = match claimed {
+                Ok(deliveries) => deliveries,
+                Err(error) => {
+                    tracing::warn!(worker = %inner.id, %error, "cannot claim jobs; retrying in 1 s");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            };
+            for delivery in deliveries {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // More than asked for: give it back at once.
+                    let _ = inner.queue.release(&delivery, Duration::ZERO, None).await;
+                    continue;
+                };
+                let worker = self.clone();
+                let hand_back = hand_back.clone();
+                running.spawn(async move {
+                    worker.process(delivery, hand_back).await;
+                    drop(slot);
+                });
+            }
+        }
+        tracing::info!(worker = %inner.id, running = running.len(), "worker stopping: draining running jobs");
+        let drained = tokio::time::timeout(inner.drain, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            hand_back.cancel();
+            while running.join_next().await.is_some() {}
+        }
+        tracing::info!(worker = %inner.id, "worker stopped");
+        Ok(())
+    }
+
+    fn context(&self, job_id: &str, spec: &JobSpec) -> Context {
+        let request_id = if spec.request_id.is_empty() {
+            generate_id()
+        } else {
+            spec.request_id.clone()
+        };
+        let mut cx = Context::for_request(request_id)
+            .with_tenant(spec.tenant.as_str())
+            .with_timeout(self.inner.job_timeout)
+            .with_extension(JobId(job_id.into()))
+            .with_extension(Ledger(self.inner.queue.ledger()));
+        if let Some(trace) = spec.traceparent.as_deref().and_then(TraceContext::parse) {
+            cx = cx.with_trace(trace);
+        }
+        if let Some(session) = &spec.session_id
+            && let Ok(stored) = crate::api::stored_session_id(&spec.agent, session)
+        {
+            cx = cx.with_session_id(stored);
+        }
+        cx
+    }
+
+    async fn execute(&self, spec: &JobSpec, cx: Context) -> Result<Reply> {
+        let invocation = Invocation {
+            input: spec.input.clone(),
+            history: spec.history.clone(),
+            context: cx,
+            metadata: spec.metadata.clone(),
+        };
+        if spec.session_id.is_some() {
+            let sessions = self.inner.sessions.get(&spec.agent).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    "this worker keeps no sessions; it cannot run a session job",
+                )
+            })?;
+            return sessions.execute(invocation).await;
+        }
+        let executor = self.inner.agents.get(&spec.agent).ok_or_else(|| {
+            Error::not_found(format!("this worker runs no agent named `{}`", spec.agent))
+        })?;
+        executor.execute(invocation).await
+    }
+
+    /// Runs `work` while heartbeating `delivery`.
+    async fn heartbeating<T>(&self, delivery: &Delivery, work: impl Future<Output = T>) -> T {
+        let beat = async {
+            loop {
+                tokio::time::sleep(self.inner.heartbeat).await;
+                if let Err(error) = self.inner.queue.heartbeat(delivery).await {
+                    tracing::warn!(job_id = %delivery.job.job_id, %error, "heartbeat failed");
+                }
+            }
+        };
+        tokio::select! {
+            out = work => out,
+            never = beat => never,
+        }
+    }
+
+    async fn process(&self, delivery: Delivery, hand_back: CancellationToken) {
+        let inner = &self.inner;
+        let job_id = delivery.job.job_id.clone();
+        let spec = match delivery.spec() {
+            Ok(spec) => spec.clone(),
+            Err(error) => {
+                self.end(&delivery, Finish::Failed(JobError::from(&error)), None)
+                    .await;
+                return;
+            }
+        };
+        if delivery.attempt > inner.max_attempts {
+            let error = JobError {
+                code: ErrorKind::Unavailable.code().to_owned(),
+                message: format!(
+                    "gave up after {} attempts: the workers running it stopped or timed out",
+                    inner.max_attempts
+                ),
+            };
+            self.end(&delivery, Finish::Dead(error), spec.callback_url.as_deref())
+                .await;
+            return;
+        }
+        let cx = self.context(&job_id, &spec);
+        let outcome = tokio::select! {
+            outcome = self.heartbeating(&delivery, self.execute(&spec, cx)) => outcome,
+            () = hand_back.cancelled() => {
+                tracing::info!(%job_id, "handing the job back on shutdown");
+                if let Err(error) = inner.queue.release(&delivery, Duration::ZERO, None).await {
+                    tracing::warn!(%job_id, %error, "cannot hand the job back; it will be reclaimed after the visibility timeout");
+                }
+                return;
+            }
+        };
+        let callback = spec.callback_url.as_deref();
+        match outcome {
+            Ok(reply) => {
+                self.end(&delivery, Finish::Succeeded(reply.into()), callback)
+                    .await
+            }
+            Err(error) if error.is_retryable() => {
+                match inner.backoff.next_delay(delivery.attempt, &error, None) {
+                    Some(delay) => {
+                        tracing::warn!(%job_id, attempt = delivery.attempt, %error, delay_ms = delay.as_millis() as u64, "job failed; retrying");
+                        if let Err(e) = inner
+                            .queue
+                            .release(&delivery, delay, Some(JobError::from(&error)))
+                            .await
+                        {
+                            tracing::warn!(%job_id, error = %e, "cannot release the job; it will be reclaimed");
+                        }
+                    }
+                    None => {
+                        self.end(&delivery, Finish::Dead(JobError::from(&error)), callback)
+                            .await
+                    }
+                }
+            }
+            Err(error) => {
+                self.end(&delivery, Finish::Failed(JobError::from(&error)), callback)
+                    .await
+            }
+        }
+    }
+
+    async fn end(&self, delivery: &Delivery, finish: Finish, callback: Option<&str>) {
+        let job_id = &delivery.job.job_id;
+        let status = finish.status();
+        let doc = match self.inner.queue.finish(delivery, finish).await {
+            Ok(doc) => doc,
+            Err(error) => {
+                tracing::error!(%job_id, %error, "cannot finish the job; it will be delivered again");
+                return;
+            }
+        };
+        tracing::info!(%job_id, status = status.as_str(), attempts = doc.attempts, "job ended");
+        if let (Some(url), Some(sender)) = (callback, &self.inner.webhooks) {
+            self.notify(sender, url, &doc).await;
+        }
+    }
+
+    async fn notify(&self, sender: &WebhookSender, url: &str, doc: &JobDoc) {
+        if let Err(error) = sender.deliver(url, doc).await {
+            tracing::error!(job_id = %doc.job_id, %error, "webhook delivery failed");
+        }
+    }
+}
