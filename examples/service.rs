@@ -6,7 +6,10 @@
 //! `REDIS_URL` / `DATABASE_URL` keep sessions in Redis / PostgreSQL (with `DATABASE_URL`, run
 //! records go to PostgreSQL too); `OPENAI_API_KEY` (+ `OPENAI_BASE_URL`, `AGENTKIT_MODEL`)
 //! switches to a real model; `AGENTKIT_API_KEYS` / `AGENTKIT_JWT_SECRET` require credentials;
-//! `AGENTKIT_RATE_LIMIT` limits each tenant. SIGTERM drains in-flight requests, then exits 0.
+//! `AGENTKIT_RATE_LIMIT` limits each tenant. Jobs (`POST /v1/agents/assistant/jobs`) go to
+//! `NATS_URL` or `REDIS_URL` for `cargo run --example worker` to run; with neither, to an
+//! in-memory queue with a worker inside this process. SIGTERM drains in-flight requests, then
+//! exits 0.
 //!
 //!     curl -s localhost:8080/v1/agents/assistant/invoke -H 'content-type: application/json' \
 //!          -d '{"input": "What is 17 + 25?"}'
@@ -15,6 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentkit::store::{RecordLayer, RecordStore, SessionStore};
+use agentkit::transport::jobs::{JobQueue, MemoryJobQueue, Worker};
 use agentkit::transport::{Api, ServiceConfig};
 use agentkit::{BoxExecutor, ExecutorExt};
 use tower::Layer;
@@ -57,8 +61,23 @@ async fn run() -> agentkit::Result<()> {
         }
         None => agent.boxed(),
     };
+    let queue: Arc<dyn JobQueue> = match config.job_queue().await? {
+        Some(queue) => queue,
+        None => {
+            // Embedded default: the queue and a worker live in this process.
+            let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+            let mut worker = Worker::builder(queue.clone()).agent("assistant", executor.clone());
+            if let Some(webhooks) = config.webhooks()? {
+                worker = worker.webhooks(webhooks);
+            }
+            let worker = worker.build()?;
+            tokio::spawn(async move { worker.run(agentkit::transport::shutdown_signal()).await });
+            queue
+        }
+    };
     let mut api = Api::builder()
         .agent("assistant", executor)
+        .jobs(queue)
         .session_store(sessions(&config).await?)
         .auth(config.auth.clone())
         .request_timeout(config.request_timeout)

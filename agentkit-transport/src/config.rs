@@ -23,6 +23,9 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_REQUEST_TIMEOUT_MS` | deadline of each request | 120000 |
 /// | `AGENTKIT_DRAIN_TIMEOUT_MS` | how long shutdown waits for in-flight requests | 30000 |
 /// | `AGENTKIT_BODY_LIMIT` | largest request body, bytes | 1048576 |
+/// | `AGENTKIT_QUEUE` | job queue name | `agentkit` |
+/// | `AGENTKIT_VISIBILITY_MS` | how long a claimed job may go without a heartbeat | 30000 |
+/// | `AGENTKIT_WEBHOOK_SECRET` | HMAC secret for job webhooks | none (no webhooks) |
 #[derive(Clone)]
 pub struct ServiceConfig {
     /// Bind address.
@@ -43,6 +46,12 @@ pub struct ServiceConfig {
     pub drain_timeout: Duration,
     /// Largest body.
     pub body_limit: usize,
+    /// Job queue name.
+    pub queue_name: String,
+    /// Job visibility timeout.
+    pub visibility: Duration,
+    /// Job webhook secret.
+    pub webhook_secret: Option<String>,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -58,6 +67,12 @@ impl fmt::Debug for ServiceConfig {
             .field("request_timeout", &self.request_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("body_limit", &self.body_limit)
+            .field("queue_name", &self.queue_name)
+            .field("visibility", &self.visibility)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "[redacted]"),
+            )
             .finish()
     }
 }
@@ -112,6 +127,57 @@ impl ServiceConfig {
             request_timeout: millis("AGENTKIT_REQUEST_TIMEOUT_MS", 120_000)?,
             drain_timeout: millis("AGENTKIT_DRAIN_TIMEOUT_MS", 30_000)?,
             body_limit,
+            queue_name: var("AGENTKIT_QUEUE").unwrap_or_else(|| "agentkit".to_owned()),
+            visibility: millis("AGENTKIT_VISIBILITY_MS", 30_000)?,
+            webhook_secret: var("AGENTKIT_WEBHOOK_SECRET"),
         })
+    }
+
+    /// The job queue the environment names: NATS JetStream for `NATS_URL`, else Redis Streams
+    /// for `REDIS_URL`, else `None` (the caller picks the in-memory queue).
+    pub async fn job_queue(&self) -> Result<Option<std::sync::Arc<dyn crate::jobs::JobQueue>>> {
+        if let Some(url) = &self.nats_url {
+            #[cfg(feature = "nats")]
+            {
+                let queue = crate::jobs::nats::NatsJobQueue::connect_with(
+                    url,
+                    &self.queue_name,
+                    self.visibility,
+                )
+                .await?;
+                return Ok(Some(std::sync::Arc::new(queue)));
+            }
+            #[cfg(not(feature = "nats"))]
+            {
+                let _ = url;
+                return Err(Error::invalid_input(
+                    "NATS_URL is set but this build lacks the `nats` feature",
+                ));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            #[cfg(feature = "redis")]
+            {
+                let queue = crate::jobs::redis::RedisJobQueue::connect(url, &self.queue_name)?
+                    .with_visibility_timeout(self.visibility);
+                return Ok(Some(std::sync::Arc::new(queue)));
+            }
+            #[cfg(not(feature = "redis"))]
+            {
+                let _ = url;
+                return Err(Error::invalid_input(
+                    "REDIS_URL is set but this build lacks the `redis` feature",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The webhook sender, when `AGENTKIT_WEBHOOK_SECRET` is set.
+    pub fn webhooks(&self) -> Result<Option<crate::jobs::WebhookSender>> {
+        self.webhook_secret
+            .as_deref()
+            .map(|secret| crate::jobs::WebhookSender::new(secret.as_bytes()))
+            .transpose()
     }
 }

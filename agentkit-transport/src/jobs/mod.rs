@@ -272,7 +272,7 @@ pub(crate) enum Receipt {
         consumer: String,
     },
     #[cfg(feature = "nats")]
-    Nats(Box<async_nats::jetstream::Message>),
+    Nats(Box<nats::NatsReceipt>),
 }
 
 /// A queue of jobs with at-least-once delivery.

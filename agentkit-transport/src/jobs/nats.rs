@@ -56,6 +56,20 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a NATS delivery keeps: the message to ack, and the job as this delivery wrote it.
+pub(crate) struct NatsReceipt {
+    message: jetstream::Message,
+    written: (Stored, u64),
+}
+
+impl std::fmt::Debug for NatsReceipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsReceipt")
+            .field("revision", &self.written.1)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A job queue on NATS JetStream.
 #[derive(Clone)]
 pub struct NatsJobQueue {
@@ -183,13 +197,19 @@ impl NatsJobQueue {
     }
 
     /// Applies `change` to the job with compare-and-set, retrying on a concurrent update.
+    /// `known` is the job as last written by this process (saves a read while still current).
     async fn change<T>(
         &self,
         job_id: &str,
+        mut known: Option<(Stored, u64)>,
         mut change: impl FnMut(&mut Stored) -> Option<T>,
-    ) -> Result<Option<(T, Stored)>> {
+    ) -> Result<Option<(T, Stored, u64)>> {
         for _ in 0..16 {
-            let Some((mut stored, revision)) = self.load(job_id).await? else {
+            let current = match known.take() {
+                Some(known) => Some(known),
+                None => self.load(job_id).await?,
+            };
+            let Some((mut stored, revision)) = current else {
                 return Ok(None);
             };
             let Some(out) = change(&mut stored) else {
@@ -202,7 +222,7 @@ impl NatsJobQueue {
                 .update(format!("job.{job_id}"), bytes.into(), revision)
                 .await
             {
-                Ok(_) => return Ok(Some((out, stored))),
+                Ok(revision) => return Ok(Some((out, stored, revision))),
                 Err(error) => tracing::debug!(%job_id, %error, "concurrent job update; retrying"),
             }
         }
@@ -211,9 +231,40 @@ impl NatsJobQueue {
         )))
     }
 
-    fn message(delivery: &Delivery) -> Result<&jetstream::Message> {
+    /// Marks the job of a fetched message running; `None` (and the message acked) when it
+    /// already ended or is gone.
+    async fn start(&self, message: jetstream::Message) -> Result<Option<Delivery>> {
+        let job_id = String::from_utf8_lossy(&message.payload).into_owned();
+        let started = self
+            .change(&job_id, None, |stored| {
+                if stored.status.is_terminal() {
+                    return None;
+                }
+                stored.attempts += 1;
+                stored.status = JobStatus::Running;
+                stored.updated_at_ms = now_ms();
+                Some(())
+            })
+            .await?;
+        match started {
+            Some(((), stored, revision)) => Ok(Some(Delivery {
+                attempt: stored.attempts,
+                job: stored.clone().doc(&job_id),
+                receipt: Receipt::Nats(Box::new(NatsReceipt {
+                    message,
+                    written: (stored, revision),
+                })),
+            })),
+            None => {
+                message.ack().await.map_err(|e| unavailable("ack", e))?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn receipt(delivery: &Delivery) -> Result<&NatsReceipt> {
         match &delivery.receipt {
-            Receipt::Nats(message) => Ok(message),
+            Receipt::Nats(receipt) => Ok(receipt),
             #[allow(unreachable_patterns)]
             _ => Err(Error::invalid_input(
                 "this delivery belongs to another queue",
@@ -310,36 +361,25 @@ impl JobQueue for NatsJobQueue {
             .messages()
             .await
             .map_err(|e| unavailable("fetch", e))?;
-        let mut deliveries = Vec::new();
+        let mut messages = Vec::new();
         while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| unavailable("fetch", e))?;
-            let job_id = String::from_utf8_lossy(&message.payload).into_owned();
-            let started = self
-                .change(&job_id, |stored| {
-                    if stored.status.is_terminal() {
-                        return None;
-                    }
-                    stored.attempts += 1;
-                    stored.status = JobStatus::Running;
-                    stored.updated_at_ms = now_ms();
-                    Some(())
-                })
-                .await?;
-            match started {
-                Some(((), stored)) => deliveries.push(Delivery {
-                    attempt: stored.attempts,
-                    job: stored.doc(&job_id),
-                    receipt: Receipt::Nats(Box::new(message)),
-                }),
-                // Ended or gone: nothing to run; stop its redelivery.
-                None => message.ack().await.map_err(|e| unavailable("ack", e))?,
+            messages.push(message.map_err(|e| unavailable("fetch", e))?);
+        }
+        let started =
+            futures::future::join_all(messages.into_iter().map(|message| self.start(message)))
+                .await;
+        let mut deliveries = Vec::with_capacity(started.len());
+        for delivery in started {
+            if let Some(delivery) = delivery? {
+                deliveries.push(delivery);
             }
         }
         Ok(deliveries)
     }
 
     async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
-        Self::message(delivery)?
+        Self::receipt(delivery)?
+            .message
             .ack_with(AckKind::Progress)
             .await
             .map_err(|e| unavailable("in-progress ack", e))
@@ -347,26 +387,33 @@ impl JobQueue for NatsJobQueue {
 
     async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
         let job_id = &delivery.job.job_id;
+        let receipt = Self::receipt(delivery)?;
         let mut finish = Some(finish);
-        self.change(job_id, |stored| {
-            if stored.status.is_terminal() {
-                return None;
-            }
-            let ending = finish.take()?;
-            let mut doc = JobDoc::queued(job_id.clone(), stored.spec.clone());
-            doc.status = stored.status;
-            ending.apply(&mut doc);
-            stored.status = doc.status;
-            stored.result = doc.result;
-            stored.error = doc.error;
-            stored.updated_at_ms = doc.updated_at_ms;
-            Some(())
-        })
-        .await?;
-        Self::message(delivery)?
-            .double_ack()
+        let changed = self
+            .change(job_id, Some(receipt.written.clone()), |stored| {
+                if stored.status.is_terminal() {
+                    return None;
+                }
+                let ending = finish.take()?;
+                let mut doc = JobDoc::queued(job_id.clone(), stored.spec.clone());
+                doc.status = stored.status;
+                ending.apply(&mut doc);
+                stored.status = doc.status;
+                stored.result = doc.result;
+                stored.error = doc.error;
+                stored.updated_at_ms = doc.updated_at_ms;
+                Some(())
+            })
+            .await?;
+        // A lost ack only means one more delivery, which sees the job ended and acks again.
+        receipt
+            .message
+            .ack()
             .await
             .map_err(|e| unavailable("ack", e))?;
+        if let Some(((), stored, _)) = changed {
+            return Ok(stored.doc(job_id));
+        }
         self.get(job_id)
             .await?
             .ok_or_else(|| Error::not_found(format!("job {job_id} vanished")))
@@ -380,8 +427,9 @@ impl JobQueue for NatsJobQueue {
     ) -> Result<()> {
         let job_id = &delivery.job.job_id;
         let attempt = delivery.attempt;
+        let receipt = Self::receipt(delivery)?;
         let mut error = error;
-        self.change(job_id, |stored| {
+        self.change(job_id, Some(receipt.written.clone()), |stored| {
             // A newer delivery owns the job, or it ended: leave it be.
             if stored.status.is_terminal() || stored.attempts != attempt {
                 return None;
@@ -394,7 +442,8 @@ impl JobQueue for NatsJobQueue {
             Some(())
         })
         .await?;
-        Self::message(delivery)?
+        receipt
+            .message
             .ack_with(AckKind::Nak(Some(delay)))
             .await
             .map_err(|e| unavailable("nak", e))

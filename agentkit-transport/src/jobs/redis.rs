@@ -3,7 +3,7 @@
 //! a TTL. Every key of a queue shares one hash tag, so its scripts run on one Redis Cluster slot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentkit_core::tool::EffectLedger;
@@ -22,6 +22,10 @@ const GROUP: &str = "workers";
 
 /// The longest one `XREADGROUP BLOCK` waits (under redis-rs's 500 ms response timeout).
 const BLOCK_SLICE: Duration = Duration::from_millis(300);
+
+/// How often claims promote due retries and reclaim stalled deliveries (each costs a round
+/// trip, so not on every claim).
+const HOUSEKEEPING_MS: u64 = 100;
 
 const ENQUEUE: &str = r"
 if ARGV[1] == '1' then
@@ -105,6 +109,8 @@ pub struct RedisJobQueue {
     timeout: Duration,
     scripts: Arc<Scripts>,
     grouped: Arc<AtomicBool>,
+    /// When delayed jobs were last promoted and stalled ones reclaimed (ms since the epoch).
+    housekept: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisJobQueue {
@@ -134,6 +140,7 @@ impl RedisJobQueue {
                 release: Script::new(RELEASE),
             }),
             grouped: Arc::default(),
+            housekept: Arc::default(),
         }
     }
 
@@ -310,36 +317,45 @@ impl JobQueue for RedisJobQueue {
         let stream = stream.as_str();
         let delayed = self.key("delayed");
         let now = now_ms();
-        let _: u64 = self
-            .client
-            .run(self.timeout, |mut c| async move {
-                self.scripts
-                    .promote
-                    .key(&delayed)
-                    .key(stream)
-                    .arg(now)
-                    .arg(100)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        let idle = self.visibility.as_millis() as u64;
-        let reclaimed: StreamAutoClaimReply = self
-            .client
-            .run(self.timeout, |mut c| async move {
-                redis::cmd("XAUTOCLAIM")
-                    .arg(stream)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(idle)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(max)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        let mut entries: Vec<StreamId> = reclaimed.claimed;
+        let last = self.housekept.load(Ordering::Relaxed);
+        let mut entries: Vec<StreamId> = Vec::new();
+        if now.saturating_sub(last) >= HOUSEKEEPING_MS
+            && self
+                .housekept
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _: u64 = self
+                .client
+                .run(self.timeout, |mut c| async move {
+                    self.scripts
+                        .promote
+                        .key(&delayed)
+                        .key(stream)
+                        .arg(now)
+                        .arg(100)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            let idle = self.visibility.as_millis() as u64;
+            let reclaimed: StreamAutoClaimReply = self
+                .client
+                .run(self.timeout, |mut c| async move {
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(stream)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(idle)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(max)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            entries = reclaimed.claimed;
+        }
         if entries.len() < max {
             // Blocking reads get a connection of their own, not the shared one, and block in
             // slices shorter than the client's 500 ms response timeout.
@@ -370,9 +386,12 @@ impl JobQueue for RedisJobQueue {
                 }
             }
         }
-        let mut deliveries = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if let Some(delivery) = self.mark(entry, consumer).await? {
+        let marked =
+            futures::future::join_all(entries.into_iter().map(|entry| self.mark(entry, consumer)))
+                .await;
+        let mut deliveries = Vec::with_capacity(marked.len());
+        for delivery in marked {
+            if let Some(delivery) = delivery? {
                 deliveries.push(delivery);
             }
         }
@@ -409,7 +428,7 @@ impl JobQueue for RedisJobQueue {
         let job = self.job_key(job_id);
         let stream = self.key("stream");
         let dead = self.key("dead");
-        let _: u8 = self
+        let changed: u8 = self
             .client
             .run(self.timeout, |mut c| async move {
                 self.scripts
@@ -429,6 +448,11 @@ impl JobQueue for RedisJobQueue {
                     .await
             })
             .await?;
+        if changed == 1 {
+            let mut doc = delivery.job.clone();
+            finish.apply(&mut doc);
+            return Ok(doc);
+        }
         self.get(job_id)
             .await?
             .ok_or_else(|| Error::not_found(format!("job {job_id} vanished")))

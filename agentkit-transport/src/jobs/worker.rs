@@ -237,6 +237,15 @@ impl Worker {
         loop {
             while running.try_join_next().is_some() {}
             let free = slots.available_permits();
+            // Claim in batches: wait for a quarter of the slots to free up (a claim costs round
+            // trips whatever its size), unless nothing runs at all.
+            let batch = (inner.concurrency / 4).max(1);
+            if free < batch && !running.is_empty() {
+                tokio::select! {
+                    _ = running.join_next() => continue,
+                    () = &mut shutdown => break,
+                }
+            }
             if free == 0 {
                 tokio::select! {
                     _ = running.join_next() => continue,

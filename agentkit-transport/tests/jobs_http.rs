@@ -1,0 +1,355 @@
+//! Job routes over real HTTP with an in-process worker: 202 then the result, idempotency keys,
+//! tenant isolation, the status stream, signed webhooks with retries, and QueueExecutor.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentkit_core::{Backoff, Executor, Invocation, Reply, Result};
+use agentkit_transport::jobs::{
+    JobQueue, MemoryJobQueue, QueueExecutor, SIGNATURE_HEADER, WebhookSender, Worker, verify,
+};
+use agentkit_transport::{Api, Authenticator};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use support::*;
+
+const WEBHOOK_SECRET: &[u8] = b"dummy-webhook-secret";
+
+/// Counts the runs of the demo agent.
+#[derive(Clone)]
+struct Counted {
+    runs: Arc<AtomicUsize>,
+}
+
+impl Executor for Counted {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        demo_agent().execute(invocation).await
+    }
+}
+
+struct Setup {
+    served: Served,
+    queue: Arc<dyn JobQueue>,
+    runs: Arc<AtomicUsize>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn setup() -> Setup {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Counted { runs: runs.clone() };
+    let api = Api::builder()
+        .agent("assistant", counted.clone())
+        .auth(
+            Authenticator::none()
+                .with_api_key("acme", "dummy-key-acme")
+                .with_api_key("beta", "dummy-key-beta"),
+        )
+        .jobs(queue.clone())
+        .build()
+        .unwrap();
+    let webhooks = WebhookSender::new(WEBHOOK_SECRET).unwrap().with_backoff(
+        Backoff::new()
+            .max_attempts(5)
+            .base(Duration::from_millis(20)),
+    );
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", counted)
+        .webhooks(webhooks)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Setup {
+        served: serve(api).await,
+        queue,
+        runs,
+        _stop: stop,
+    }
+}
+
+async fn submit(
+    base: &str,
+    key: &str,
+    body: Value,
+    extra: Option<(&str, &str)>,
+) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{base}/v1/agents/assistant/jobs"))
+        .header("authorization", format!("Bearer {key}"))
+        .json(&body);
+    if let Some((name, value)) = extra {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap()
+}
+
+async fn wait_done(base: &str, key: &str, job_id: &str) -> Value {
+    for _ in 0..200 {
+        let doc: Value = client()
+            .get(format!("{base}/v1/jobs/{job_id}"))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["succeeded", "failed", "dead"].contains(&doc["status"].as_str().unwrap()) {
+            return doc;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {job_id} did not finish");
+}
+
+#[tokio::test]
+async fn a_job_is_accepted_at_once_and_finishes_on_a_worker() {
+    let s = setup().await;
+    let response = submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 17 + 25?"}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "queued");
+    let job_id = accepted["job_id"].as_str().unwrap();
+    assert_eq!(location, format!("/v1/jobs/{job_id}"));
+    let doc = wait_done(&s.served.base, "dummy-key-acme", job_id).await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["agent"], "assistant");
+    assert_eq!(doc["attempts"], 1);
+    assert_eq!(doc["result"]["output"], "17 + 25 = 42");
+    assert!(doc.get("spec").is_none(), "the spec is not shown");
+
+    // Another tenant cannot see it.
+    let other = client()
+        .get(format!("{}/v1/jobs/{job_id}", s.served.base))
+        .header("authorization", "Bearer dummy-key-beta")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(other, 404).await, "not_found");
+}
+
+#[tokio::test]
+async fn one_idempotency_key_is_one_job_and_one_run() {
+    let s = setup().await;
+    let body = json!({"input": "What is 1 + 1?", "idempotency_key": "order-17"});
+    let first: Value = submit(&s.served.base, "dummy-key-acme", body.clone(), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = submit(&s.served.base, "dummy-key-acme", body, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let third: Value = submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 1 + 1?"}),
+        Some(("idempotency-key", "order-17")),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(first["job_id"], second["job_id"]);
+    assert_eq!(first["job_id"], third["job_id"]);
+    wait_done(
+        &s.served.base,
+        "dummy-key-acme",
+        first["job_id"].as_str().unwrap(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1, "one run");
+    let conflicting = submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "x", "idempotency_key": "a"}),
+        Some(("idempotency-key", "b")),
+    )
+    .await;
+    assert_eq!(error_code(conflicting, 400).await, "invalid_input");
+    assert_eq!(s.queue.depth().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn bad_submissions_are_4xx() {
+    let s = setup().await;
+    for body in [
+        json!({"input": ""}),
+        json!({"input": "x", "callback_url": "ftp://example.com"}),
+        json!({"input": "x", "callback_url": "not a url"}),
+        json!({"input": "x", "unknown": 1}),
+    ] {
+        let response = submit(&s.served.base, "dummy-key-acme", body.clone(), None).await;
+        assert_eq!(error_code(response, 400).await, "invalid_input", "{body}");
+    }
+    let none = serve(with_demo().build().unwrap()).await;
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/jobs", none.base))
+        .json(&json!({"input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 501).await, "not_implemented");
+}
+
+#[tokio::test]
+async fn the_events_stream_follows_the_job_to_its_end() {
+    let s = setup().await;
+    let accepted: Value = submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 2 + 2?"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap();
+    let text = client()
+        .get(format!("{}/v1/jobs/{job_id}/events", s.served.base))
+        .header("authorization", "Bearer dummy-key-acme")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = parse_sse(&text);
+    assert!(events.iter().all(|(name, _)| name == "status"));
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["status"], "succeeded");
+    assert_eq!(last["result"]["output"], "2 + 2 = 4");
+}
+
+/// A webhook receiver that fails `failures` times, then records what it gets.
+async fn receiver(
+    failures: usize,
+) -> (
+    String,
+    Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    Arc<AtomicUsize>,
+) {
+    let received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (r, a) = (received.clone(), attempts.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (r, a) = (r.clone(), a.clone());
+            async move {
+                if a.fetch_add(1, Ordering::SeqCst) < failures {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r.lock().unwrap().push((headers, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), received, attempts)
+}
+
+async fn delivered(received: &Arc<Mutex<Vec<(HeaderMap, Bytes)>>>, n: usize) {
+    for _ in 0..200 {
+        if received.lock().unwrap().len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the webhook did not arrive");
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_and_retried_until_the_receiver_answers() {
+    let s = setup().await;
+    let (hook, received, _) = receiver(0).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let accepted: Value = submit(
+            &s.served.base,
+            "dummy-key-acme",
+            json!({"input": format!("What is {i} + 1?"), "callback_url": hook}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        ids.push(accepted["job_id"].as_str().unwrap().to_owned());
+    }
+    delivered(&received, 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "one POST per job");
+    for (headers, body) in &got {
+        let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
+        assert!(
+            verify(WEBHOOK_SECRET, body, signature),
+            "the signature verifies"
+        );
+        assert!(!verify(b"another-secret", body, signature));
+        let doc: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(doc["status"], "succeeded");
+        assert!(ids.contains(&doc["job_id"].as_str().unwrap().to_owned()));
+    }
+
+    let (flaky, received, attempts) = receiver(2).await;
+    submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 5 + 5?", "callback_url": flaky}),
+        None,
+    )
+    .await;
+    delivered(&received, 1).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "failed twice, then answered"
+    );
+    let (_, body) = received.lock().unwrap()[0].clone();
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["result"]["output"], "5 + 5 = 10");
+}
+
+#[tokio::test]
+async fn agents_call_each_other_over_the_queue() {
+    let s = setup().await;
+    let delegate = QueueExecutor::new(s.queue.clone(), "assistant");
+    let reply = delegate
+        .execute(
+            Invocation::text("What is 20 + 22?")
+                .with_context(agentkit_core::Context::new().with_tenant("acme")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.output, "20 + 22 = 42");
+    let missing = QueueExecutor::new(s.queue.clone(), "nobody");
+    let error = missing.execute(Invocation::text("hi")).await.unwrap_err();
+    assert_eq!(error.kind(), agentkit_core::ErrorKind::NotFound);
+}

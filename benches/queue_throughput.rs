@@ -1,0 +1,333 @@
+//! `queue_throughput`: jobs per second end to end (enqueue → worker claims → scripted agent
+//! runs with zero latency → result stored and acknowledged) on Redis Streams and on NATS
+//! JetStream, beside the raw queue operations with the same client in the same run:
+//!
+//! - Redis: `XADD` by the producers, `XREADGROUP` + one batched `XACK` per read by one
+//!   consumer;
+//! - NATS: JetStream publish (awaiting the ack) by the producers, pull `fetch` + ack by one
+//!   consumer.
+//!
+//! Method: 16 producer tasks submit N jobs as fast as they can while one in-process worker
+//! (concurrency 16) runs them; throughput is N over the time from the first submission to the
+//! last job stored; latency is submit-to-done per job (from the job's timestamps; for the raw
+//! figures, from a timestamp carried in the message). Both run on one multi-threaded Tokio
+//! runtime with the servers on loopback, so the client, the worker and the server share the
+//! machine's 2 cores. Goal: at least 0.5× the raw figure.
+//!
+//! Run: `cargo bench --bench queue_throughput` (`-- --test` for a quick check). Needs Redis and
+//! NATS on loopback (`REDIS_URL`, `NATS_URL`); a missing one is skipped with a message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agentkit::Message;
+use agentkit::model::ScriptedModel;
+use agentkit::transport::jobs::{JobQueue, JobSpec, JobStatus, Worker};
+use futures::StreamExt;
+
+const PRODUCERS: usize = 16;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+struct Figures {
+    jobs: usize,
+    elapsed: Duration,
+    latencies_ms: Vec<f64>,
+}
+
+impl Figures {
+    fn new(jobs: usize, elapsed: Duration, mut latencies_ms: Vec<f64>) -> Self {
+        latencies_ms.sort_by(|a, b| a.total_cmp(b));
+        Self {
+            jobs,
+            elapsed,
+            latencies_ms,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_ms[((self.latencies_ms.len() - 1) as f64 * p).round() as usize]
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "  {name:<28} {:>8.0} jobs/s   p50 {:>8.2} ms   p99 {:>8.2} ms   ({} in {:.2} s)",
+            self.rate(),
+            self.pct(0.5),
+            self.pct(0.99),
+            self.jobs,
+            self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// Submits `n` jobs from 16 producers while a worker runs them; waits for all to be stored.
+async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
+    let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .build()
+        .unwrap();
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", agent)
+        .concurrency(16)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let started = Instant::now();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in (p..n).step_by(PRODUCERS) {
+                    let spec = JobSpec {
+                        agent: "assistant".into(),
+                        input: vec![Message::user(format!("What is {i} + 1?"))],
+                        tenant: "bench".into(),
+                        ..JobSpec::default()
+                    };
+                    ids.push(queue.enqueue(spec).await.unwrap().job_id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(n);
+    for producer in producers {
+        ids.extend(producer.await.unwrap());
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut last_done = 0;
+    let mut first_created = u64::MAX;
+    for id in &ids {
+        let doc = loop {
+            let doc = queue.get(id).await.unwrap().unwrap();
+            if doc.status.is_terminal() {
+                break doc;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(doc.status, JobStatus::Succeeded);
+        latencies.push(doc.updated_at_ms.saturating_sub(doc.created_at_ms) as f64);
+        last_done = last_done.max(doc.updated_at_ms);
+        first_created = first_created.min(doc.created_at_ms);
+    }
+    let _ = started;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let elapsed = Duration::from_millis(last_done.saturating_sub(first_created).max(1));
+    Figures::new(n, elapsed, latencies)
+}
+
+async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Figures {
+    let stream = format!("agentkit-bench-raw:{}", agentkit_testkit::unique("s"));
+    let timeout = Duration::from_secs(5);
+    let s = stream.clone();
+    client
+        .run(timeout, |mut c| async move {
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&s)
+                .arg("g")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let consumer = {
+        let (client, stream) = (client.clone(), stream.clone());
+        tokio::spawn(async move {
+            let mut conn = agentkit::store::redis::connection(client.pool())
+                .await
+                .unwrap();
+            let mut latencies = Vec::with_capacity(n);
+            while latencies.len() < n {
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("g")
+                    .arg("c")
+                    .arg("COUNT")
+                    .arg(64)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(&mut *conn)
+                    .await
+                    .unwrap();
+                let Some(reply) = reply else { continue };
+                let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                let s = stream.as_str();
+                client
+                    .run(timeout, |mut c| async move {
+                        redis::cmd("XACK")
+                            .arg(s)
+                            .arg("g")
+                            .arg(&ids)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await
+                    .unwrap();
+                for entry in entries {
+                    let sent: u64 = entry.get("t").unwrap();
+                    latencies.push(now_us().saturating_sub(sent) as f64 / 1000.0);
+                }
+            }
+            latencies
+        })
+    };
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let (client, stream) = (client.clone(), stream.clone());
+            tokio::spawn(async move {
+                for _ in (p..n).step_by(PRODUCERS) {
+                    let s = stream.as_str();
+                    client
+                        .run(timeout, |mut c| async move {
+                            redis::cmd("XADD")
+                                .arg(s)
+                                .arg("*")
+                                .arg("t")
+                                .arg(now_us())
+                                .query_async::<String>(&mut c)
+                                .await
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let latencies = consumer.await.unwrap();
+    Figures::new(n, started.elapsed(), latencies)
+}
+
+async fn nats_raw(url: &str, n: usize) -> Figures {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = agentkit_testkit::unique("rawbench").replace(['.', ':'], "-");
+    let subject = format!("agentkit.bench.{name}");
+    let stream = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: format!("RAW_{name}"),
+            subjects: vec![subject.clone()],
+            retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "c",
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("c".into()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(n);
+        while latencies.len() < n {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(64)
+                .expires(Duration::from_millis(100))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(message) = batch.next().await {
+                let message = message.unwrap();
+                let sent: u64 = std::str::from_utf8(&message.payload)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                message.ack().await.unwrap();
+                latencies.push(now_us().saturating_sub(sent) as f64 / 1000.0);
+            }
+        }
+        latencies
+    });
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let (js, subject) = (js.clone(), subject.clone());
+            tokio::spawn(async move {
+                for _ in (p..n).step_by(PRODUCERS) {
+                    js.publish(subject.clone(), now_us().to_string().into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let latencies = reader.await.unwrap();
+    Figures::new(n, started.elapsed(), latencies)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let n = if quick { 64 } else { 3000 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("queue_throughput ({n} jobs, {PRODUCERS} producers, worker concurrency 16)");
+        if let Some(url) = agentkit_testkit::redis_url() {
+            let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
+            let raw = redis_raw(&client, n).await;
+            let name = agentkit_testkit::unique("bench");
+            let queue = agentkit::transport::jobs::redis::RedisJobQueue::new(client, &name);
+            let e2e = end_to_end(Arc::new(queue), n).await;
+            raw.print("redis raw XADD/XREADGROUP/XACK");
+            e2e.print("redis end to end");
+            println!("  redis ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+        }
+        if let Some(url) = agentkit_testkit::nats_url() {
+            let raw = nats_raw(&url, n).await;
+            let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
+            let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
+                .await
+                .unwrap();
+            let e2e = end_to_end(Arc::new(queue), n).await;
+            raw.print("nats raw publish/fetch/ack");
+            e2e.print("nats end to end");
+            println!("  nats ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+        }
+    });
+}
