@@ -22,8 +22,16 @@ def start(binary, extra_env=None):
     env["AGENTKIT_ADDR"] = "127.0.0.1:0"
     env.update(extra_env or {})
     proc = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), f"unexpected first line: {line!r}"
+    # JSON log lines may come first; the address line is plain text.
+    for _ in range(100):
+        line = proc.stdout.readline().strip()
+        if line.startswith("listening on "):
+            break
+    else:
+        raise AssertionError("the service did not print its address")
+    # Keep reading stdout so the service never blocks on a full pipe.
+    import threading
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     return proc, line[len("listening on "):]
 
 

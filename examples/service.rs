@@ -6,7 +6,9 @@
 //! `REDIS_URL` / `DATABASE_URL` keep sessions in Redis / PostgreSQL (with `DATABASE_URL`, run
 //! records go to PostgreSQL too); `OPENAI_API_KEY` (+ `OPENAI_BASE_URL`, `AGENTKIT_MODEL`)
 //! switches to a real model; `AGENTKIT_API_KEYS` / `AGENTKIT_JWT_SECRET` require credentials;
-//! `AGENTKIT_RATE_LIMIT` limits each tenant. Jobs (`POST /v1/agents/assistant/jobs`) go to
+//! `AGENTKIT_RATE_LIMIT` limits each tenant. Logs are JSON lines on stdout (`RUST_LOG`,
+//! `AGENTKIT_LOG_FORMAT=pretty`), metrics are on `/metrics`, and traces go to
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` when set. Jobs (`POST /v1/agents/assistant/jobs`) go to
 //! `NATS_URL` or `REDIS_URL` for `cargo run --example worker` to run; with neither, to an
 //! in-memory queue with a worker inside this process. SIGTERM drains in-flight requests, then
 //! exits 0.
@@ -49,6 +51,8 @@ async fn sessions(config: &ServiceConfig) -> agentkit::Result<Arc<dyn SessionSto
 }
 
 async fn run() -> agentkit::Result<()> {
+    // JSON logs, Prometheus metrics and (with OTEL_EXPORTER_OTLP_ENDPOINT) traces.
+    let telemetry = agentkit::observe::init()?;
     let config = ServiceConfig::from_env()?;
     let agent = agentkit::demo::assistant()?;
     let executor: BoxExecutor = match &config.database_url {
@@ -81,7 +85,8 @@ async fn run() -> agentkit::Result<()> {
         .session_store(sessions(&config).await?)
         .auth(config.auth.clone())
         .request_timeout(config.request_timeout)
-        .body_limit(config.body_limit);
+        .body_limit(config.body_limit)
+        .metrics(telemetry.metrics_renderer());
     if let Some(limits) = config.rate_limits.clone() {
         api = api.rate_limits(limits);
     }
@@ -104,5 +109,6 @@ async fn run() -> agentkit::Result<()> {
     .await
     .map_err(|e| agentkit::Error::internal(format!("server error: {e}")))?;
     println!("drained; bye");
+    drop(telemetry);
     Ok(())
 }

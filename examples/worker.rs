@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> agentkit::Result<()> {
+    let _telemetry = agentkit::observe::init()?;
     let config = ServiceConfig::from_env()?;
     let queue = config.job_queue().await?.ok_or_else(|| {
         agentkit::Error::invalid_input(

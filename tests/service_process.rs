@@ -51,11 +51,16 @@ fn start(envs: &[(&str, &str)]) -> Service {
     let mut child = command.spawn().expect("the service starts");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a first line").unwrap();
-    let base = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    // Log lines (JSON) may come first; the address line is plain text.
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the service printed its address")
+            .unwrap();
+        if let Some(base) = line.strip_prefix("listening on ") {
+            break base.to_owned();
+        }
+    };
     // Keep draining stdout so the child never blocks on a full pipe.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -39,4 +39,5 @@ pub use message::{ContentPart, Message, Role, StopReason, ToolCall, ToolResult, 
 pub use pricing::{Price, PriceTable};
 pub use trace::TraceContext;
 
+pub use async_trait::async_trait;
 pub use tokio_util::sync::CancellationToken;

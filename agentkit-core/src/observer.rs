@@ -6,7 +6,8 @@
 //! Prometheus metrics and JSON log lines. With no observer installed the runtime pays one
 //! atomic load per run.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::executor::Reply;
 use crate::message::{ToolCall, Usage};
@@ -63,6 +64,40 @@ pub struct RunEnd<'a> {
     pub steps: u32,
 }
 
+/// What the edge knows when an HTTP request starts.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RequestStart<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// The matched route template (`/v1/agents/{agent}/invoke`), never the raw path.
+    pub route: &'a str,
+    /// The request's context so far (request id, inbound trace).
+    pub context: &'a Context,
+}
+
+impl<'a> RequestStart<'a> {
+    /// What a transport tells the observer when a request starts.
+    pub fn new(method: &'a str, route: &'a str, context: &'a Context) -> Self {
+        Self {
+            method,
+            route,
+            context,
+        }
+    }
+}
+
+/// One observed HTTP request.
+pub trait RequestScope: Send + Sync {
+    /// The trace context of the request's span: the parent of the runs and jobs it starts.
+    fn trace(&self) -> Option<TraceContext> {
+        None
+    }
+
+    /// The response was sent with `status`.
+    fn end(self: Box<Self>, status: u16);
+}
+
 /// Watches runs. Installed per agent ([`AgentBuilder::observer`](crate::AgentBuilder::observer))
 /// or for the whole process ([`set_global_observer`]).
 ///
@@ -90,8 +125,30 @@ pub struct RunEnd<'a> {
 /// # let _ = observer;
 /// ```
 pub trait Observer: Send + Sync {
+    /// Whether this observer records anything; when `false` the runtime skips it entirely, so
+    /// telemetry that is switched off costs one call per run.
+    fn enabled(&self) -> bool {
+        true
+    }
+
     /// A run starts; the scope sees the rest of it.
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope>;
+
+    /// An HTTP request starts (called by transports); `None` to not trace requests.
+    fn start_request(&self, _request: &RequestStart<'_>) -> Option<Box<dyn RequestScope>> {
+        None
+    }
+
+    /// A queue holds `depth` jobs waiting (reported periodically by workers).
+    fn queue_depth(&self, _queue: &str, _depth: u64) {}
+
+    /// A session save lost a compare-and-set race.
+    fn session_conflict(&self) {}
+
+    /// Whether prompt and completion text may be recorded (off unless switched on).
+    fn capture_content(&self) -> bool {
+        false
+    }
 }
 
 /// One observed run.
@@ -132,6 +189,67 @@ pub trait CallScope: Send + Sync {
 struct NoCall;
 
 impl CallScope for NoCall {}
+
+/// What a finished run tells whoever logs the request or job around it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunSummary {
+    /// The agent's name.
+    pub agent: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The model that answered last (or was asked).
+    pub model: String,
+    /// The tenant of the run's context.
+    pub tenant: Option<String>,
+    /// The session of the run's context.
+    pub session_id: Option<String>,
+    /// Input tokens.
+    pub tokens_in: u64,
+    /// Output tokens.
+    pub tokens_out: u64,
+    /// The names of the tools called, in order.
+    pub tool_names: Vec<String>,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// The error code when the run failed.
+    pub error_code: Option<&'static str>,
+    /// The run's trace id (32 hex digits), when traced.
+    pub trace_id: Option<String>,
+    /// The run's span id (16 hex digits), when traced.
+    pub span_id: Option<String>,
+    /// The final answer (kept only when content capture is on).
+    pub output: Option<String>,
+    /// How long the run took.
+    pub duration: Duration,
+}
+
+/// A slot the edge (an HTTP handler, a queue worker) puts in the [`Context`] as an extension;
+/// the agent loop leaves the [`RunSummary`] of its run there, so one log line per request can
+/// carry what the run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    summary: Arc<Mutex<Option<RunSummary>>>,
+}
+
+impl RunReport {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Leaves `summary` (the last run wins).
+    pub fn set(&self, summary: RunSummary) {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
+    }
+
+    /// The summary left, if any.
+    pub fn get(&self) -> Option<RunSummary> {
+        self.summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
 
 static GLOBAL: OnceLock<Arc<dyn Observer>> = OnceLock::new();
 

@@ -1,1 +1,427 @@
-//! agentkit-observe
+//! agentkit observability: what an operator needs to answer "what did request X do, what did it
+//! cost, what failed, and how is agent Y doing right now" from agentkit's own output.
+//!
+//! [`init`] reads the standard environment and installs:
+//!
+//! - **JSON-lines logs** (or pretty ones) through `tracing-subscriber`: the HTTP edge writes one
+//!   line per request and workers one line per job, with `request_id`, `trace_id`, `span_id`,
+//!   `tenant`, `agent`, `agent_version`, `session_id`, `model`, `tokens_in`, `tokens_out`,
+//!   `tool_calls`, `tool_names`, `cost_usd`, `latency_ms`, `outcome`, `error_code`. Prompt and
+//!   completion text only with content capture on; credentials never.
+//! - **OpenTelemetry traces** exported over OTLP/HTTP (protobuf), named and attributed by the
+//!   GenAI semantic conventions: `invoke_agent {agent}`, `chat {model}`, `execute_tool {tool}`,
+//!   under the HTTP request's span, continuing inbound `traceparent`s and queue messages.
+//! - **Prometheus metrics** rendered by [`Telemetry::metrics`] for `/metrics`.
+//!
+//! ```no_run
+//! # fn main() -> agentkit_core::Result<()> {
+//! let telemetry = agentkit_observe::init()?; // flushes spans when dropped
+//! let metrics = telemetry.metrics_renderer(); // hand to the API's /metrics
+//! # let _ = metrics;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `RUST_LOG` | log filter | `info` |
+//! | `AGENTKIT_LOG_FORMAT` | `json` or `pretty` | `json` |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL (`/v1/traces` is appended) | traces off |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | full traces URL (wins over the above) | |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (the only one supported) | `http/protobuf` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS` | `key=value,...` sent to the collector | none |
+//! | `OTEL_SERVICE_NAME` | `service.name` | `agentkit` |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | `key=value,...` | none |
+//! | `OTEL_TRACES_SAMPLER` (+ `_ARG`) | `always_on`, `always_off`, `traceidratio`, `parentbased_*` | `parentbased_always_on` |
+//! | `OTEL_SEMCONV_STABILITY_OPT_IN` | `gen_ai/dup` also emits the older attribute names | latest names |
+//! | `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` | `true` records prompt and completion text | off |
+
+mod metrics;
+mod observer;
+mod otlp;
+pub mod semconv;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agentkit_core::observer::Observer;
+use agentkit_core::{Error, Result};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+pub use metrics::MetricsHandle;
+pub use observer::AgentObserver;
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default).
+    #[default]
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// Configures and installs telemetry; [`from_env`](Self::from_env) reads the standard
+/// environment, the setters override it.
+#[must_use]
+pub struct ObserveBuilder {
+    service_name: String,
+    resource: Vec<KeyValue>,
+    log_format: LogFormat,
+    log_filter: String,
+    logs: bool,
+    writer: Option<BoxMakeWriter>,
+    otlp_endpoint: Option<String>,
+    otlp_headers: HashMap<String, String>,
+    protocol: Option<String>,
+    sampler: Sampler,
+    exporter: Option<
+        Box<
+            dyn FnOnce(
+                    opentelemetry_sdk::trace::TracerProviderBuilder,
+                ) -> opentelemetry_sdk::trace::TracerProviderBuilder
+                + Send,
+        >,
+    >,
+    names: &'static [semconv::Names],
+    capture: bool,
+    metrics: bool,
+    global: bool,
+}
+
+impl std::fmt::Debug for ObserveBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveBuilder")
+            .field("service_name", &self.service_name)
+            .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("capture", &self.capture)
+            .finish_non_exhaustive()
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampler> {
+    let ratio = || -> Result<f64> {
+        match arg {
+            None => Ok(1.0),
+            Some(a) => a
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    Error::invalid_input("OTEL_TRACES_SAMPLER_ARG must be a ratio between 0 and 1")
+                }),
+        }
+    };
+    Ok(
+        match name.map(str::trim).unwrap_or("parentbased_always_on") {
+            "always_on" => Sampler::AlwaysOn,
+            "always_off" => Sampler::AlwaysOff,
+            "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+            "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            "parentbased_traceidratio" => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?)))
+            }
+            other => {
+                return Err(Error::invalid_input(format!(
+                    "unsupported OTEL_TRACES_SAMPLER {other:?}"
+                )));
+            }
+        },
+    )
+}
+
+impl ObserveBuilder {
+    /// Everything from the environment (see the crate documentation).
+    pub fn from_env() -> Result<Self> {
+        let log_format = match var("AGENTKIT_LOG_FORMAT")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty" | "text") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(Error::invalid_input(format!(
+                    "AGENTKIT_LOG_FORMAT must be json or pretty, not {other:?}"
+                )));
+            }
+        };
+        let otlp_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+            var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        });
+        let resource = var("OTEL_RESOURCE_ATTRIBUTES")
+            .map(|text| {
+                pairs(&text)
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k, v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| "agentkit".to_owned()),
+            resource,
+            log_format,
+            log_filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            logs: true,
+            writer: None,
+            otlp_endpoint,
+            otlp_headers: var("OTEL_EXPORTER_OTLP_HEADERS")
+                .map(|h| pairs(&h).into_iter().collect())
+                .unwrap_or_default(),
+            protocol: var("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            sampler: sampler(
+                var("OTEL_TRACES_SAMPLER").as_deref(),
+                var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+            )?,
+            exporter: None,
+            names: semconv::from_opt_in(var("OTEL_SEMCONV_STABILITY_OPT_IN").as_deref()),
+            capture: var("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            metrics: true,
+            global: true,
+        })
+    }
+
+    /// The `service.name` resource attribute.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = name.into();
+        self
+    }
+
+    /// JSON or pretty log lines.
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.log_format = format;
+        self
+    }
+
+    /// The log filter (`RUST_LOG` syntax).
+    pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
+        self.log_filter = filter.into();
+        self
+    }
+
+    /// Where log lines go (default stdout); for tests and log shippers.
+    pub fn log_writer(mut self, writer: BoxMakeWriter) -> Self {
+        self.writer = Some(writer);
+        self
+    }
+
+    /// Whether to install the log subscriber at all (default yes).
+    pub fn logs(mut self, on: bool) -> Self {
+        self.logs = on;
+        self
+    }
+
+    /// Exports spans over OTLP/HTTP to this full traces URL.
+    pub fn otlp_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(url.into());
+        self
+    }
+
+    /// Exports spans to `exporter` (synchronously, span by span), e.g. an in-memory exporter
+    /// in tests; replaces OTLP.
+    pub fn span_exporter(mut self, exporter: impl SpanExporter + 'static) -> Self {
+        self.exporter = Some(Box::new(move |builder| {
+            builder.with_simple_exporter(exporter)
+        }));
+        self
+    }
+
+    /// Exports spans to `exporter` in batches from a background thread (as OTLP does).
+    pub fn span_exporter_batched(mut self, exporter: impl SpanExporter + 'static) -> Self {
+        self.exporter = Some(Box::new(move |builder| {
+            builder.with_batch_exporter(exporter)
+        }));
+        self
+    }
+
+    /// The sampler.
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Records prompt and completion text in spans and request logs.
+    pub fn capture_content(mut self, on: bool) -> Self {
+        self.capture = on;
+        self
+    }
+
+    /// Whether to keep Prometheus metrics (default yes).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// Whether to install the observer for every agent and the log subscriber process-wide
+    /// (default yes; tests of several configurations in one process turn it off).
+    pub fn global(mut self, on: bool) -> Self {
+        self.global = on;
+        self
+    }
+
+    /// Installs what was configured and returns the guard that flushes spans when dropped.
+    pub fn init(self) -> Result<Telemetry> {
+        if let Some(protocol) = &self.protocol
+            && protocol != "http/protobuf"
+        {
+            return Err(Error::invalid_input(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL {protocol:?} is not supported; use http/protobuf"
+            )));
+        }
+        let mut runtime = None;
+        let tracing_on = self.exporter.is_some() || self.otlp_endpoint.is_some();
+        let provider = if tracing_on {
+            let resource = Resource::builder()
+                .with_service_name(self.service_name.clone())
+                .with_attributes(self.resource.clone())
+                .build();
+            let mut builder = SdkTracerProvider::builder()
+                .with_resource(resource)
+                .with_sampler(self.sampler.clone());
+            if let Some(exporter) = self.exporter {
+                builder = exporter(builder);
+            } else if let Some(endpoint) = &self.otlp_endpoint {
+                let export = otlp::ExportRuntime::start()?;
+                builder = builder.with_batch_exporter(otlp::exporter(
+                    &export,
+                    endpoint,
+                    self.otlp_headers.clone(),
+                )?);
+                runtime = Some(export);
+            }
+            Some(builder.build())
+        } else {
+            None
+        };
+        let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
+        let observer = AgentObserver {
+            inner: Arc::new(observer::Inner {
+                tracer: provider.as_ref().map(|p| p.tracer("agentkit")),
+                metrics: metrics.clone(),
+                names: self.names,
+                capture: self.capture,
+                log_runs: self.logs,
+            }),
+        };
+        if self.logs && self.global {
+            let filter = EnvFilter::try_new(&self.log_filter).map_err(|e| {
+                Error::invalid_input(format!("invalid log filter {:?}: {e}", self.log_filter))
+            })?;
+            let writer = self
+                .writer
+                .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
+            let installed = match self.log_format {
+                LogFormat::Json => tracing_subscriber::fmt()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_env_filter(filter)
+                    .with_writer(writer)
+                    .try_init(),
+                LogFormat::Pretty => tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(writer)
+                    .try_init(),
+            };
+            if installed.is_err() {
+                eprintln!("agentkit-observe: a log subscriber was already installed; keeping it");
+            }
+        }
+        if self.global && !agentkit_core::observer::set_global_observer(Arc::new(observer.clone()))
+        {
+            tracing::warn!("an agentkit observer was already installed; keeping it");
+        }
+        Ok(Telemetry {
+            observer,
+            provider,
+            metrics: metrics.map(MetricsHandle),
+            _runtime: runtime,
+        })
+    }
+}
+
+/// Installs telemetry from the environment; see the crate documentation.
+pub fn init() -> Result<Telemetry> {
+    ObserveBuilder::from_env()?.init()
+}
+
+/// What [`init`] installed. Dropping it flushes and shuts down the span exporter.
+pub struct Telemetry {
+    observer: AgentObserver,
+    provider: Option<SdkTracerProvider>,
+    metrics: Option<MetricsHandle>,
+    _runtime: Option<otlp::ExportRuntime>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("observer", &self.observer)
+            .field("tracing", &self.provider.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// The observer, for agents, APIs and workers built without the global one.
+    pub fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(self.observer.clone())
+    }
+
+    /// The metrics, when kept.
+    pub fn metrics(&self) -> Option<MetricsHandle> {
+        self.metrics.clone()
+    }
+
+    /// A renderer of the Prometheus text, for `Api::builder().metrics(...)`.
+    pub fn metrics_renderer(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let metrics = self.metrics.clone();
+        Arc::new(move || {
+            metrics
+                .as_ref()
+                .map(MetricsHandle::render)
+                .unwrap_or_default()
+        })
+    }
+
+    /// Exports the spans finished so far.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            eprintln!("agentkit-observe: flushing spans failed: {error}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        }
+    }
+}

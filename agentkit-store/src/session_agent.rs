@@ -543,6 +543,9 @@ impl<E: Executor + 'static> SessionAgent<E> {
                     return Ok(reply);
                 }
                 Err(error) if error.kind() == ErrorKind::Conflict => {
+                    if let Some(observer) = agentkit_core::observer::global_observer() {
+                        observer.session_conflict();
+                    }
                     if self.inner.policy == TurnPolicy::Reject {
                         return Err(busy(
                             &turn.key.0,

@@ -2,7 +2,6 @@
 //! shape on the OpenAI-compatible routes. The status and code come from the error's kind, in
 //! one place ([`ErrorKind::http_status`], [`ErrorKind::code`]).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use agentkit_core::{Error, ErrorKind};
@@ -26,21 +25,17 @@ pub(crate) struct RequestScope {
 #[derive(Clone, Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: Cow<'static, str>,
+    code: &'static str,
     message: String,
     retry_after: Option<Duration>,
 }
 
 impl ApiError {
     /// An error with an explicit status and code (for HTTP-only failures such as 413 or 415).
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: code.into(),
+            code,
             message: message.into(),
             retry_after: None,
         }
@@ -57,8 +52,8 @@ impl ApiError {
     }
 
     /// The code.
-    pub fn code(&self) -> &str {
-        &self.code
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     /// The message.
@@ -81,6 +76,9 @@ impl ApiError {
             json!({"error": {"code": self.code, "message": self.message, "request_id": request_id}})
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(crate::api::logline::ErrorCode(self.code));
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
@@ -111,7 +109,7 @@ impl From<Error> for ApiError {
         };
         Self {
             status,
-            code: Cow::Borrowed(kind.code()),
+            code: kind.code(),
             message,
             retry_after,
         }

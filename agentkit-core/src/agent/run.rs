@@ -12,8 +12,9 @@ use crate::message::{Message, ToolCall, ToolResult, Usage};
 use crate::model::{
     ModelEvent, ModelRequest, ModelResponse, ResponseBuilder, ResponseFormat, ToolChoice,
 };
-use crate::observer::{self, ModelCallStart, RunEnd, RunScope, RunStart};
+use crate::observer::{self, ModelCallStart, RunEnd, RunReport, RunScope, RunStart, RunSummary};
 use crate::tool::ToolCallRecord;
+use crate::trace::TraceContext;
 use crate::{Context, Error, ErrorKind, Result};
 
 /// Where a run's events go: nowhere for [`Agent::execute`], a bounded channel for streams.
@@ -86,7 +87,8 @@ impl Agent {
         let observer = inner
             .observer
             .as_ref()
-            .or_else(|| observer::global_observer());
+            .or_else(|| observer::global_observer())
+            .filter(|o| o.enabled());
         let scope = observer.map(|o| {
             o.start_run(&RunStart {
                 agent: &inner.name,
@@ -96,6 +98,16 @@ impl Agent {
                 context: &invocation.context,
             })
         });
+        let report = invocation.context.extension::<RunReport>().cloned();
+        let tenant = report
+            .as_ref()
+            .and(invocation.context.tenant())
+            .map(str::to_owned);
+        let session_id = report
+            .as_ref()
+            .and(invocation.context.session_id())
+            .map(str::to_owned);
+        let started = report.as_ref().map(|_| std::time::Instant::now());
         let outcome = self
             .run_bounded(
                 invocation,
@@ -106,6 +118,35 @@ impl Agent {
                 scope.as_deref(),
             )
             .await;
+        if let (Some(report), Some(started)) = (report, started) {
+            let trace = scope.as_ref().and_then(|s| s.trace());
+            let capture = observer.is_some_and(|o| o.capture_content());
+            report.set(RunSummary {
+                agent: inner.name.clone(),
+                agent_version: inner.version.clone(),
+                model: match &outcome {
+                    Ok(reply) => reply.model.clone(),
+                    Err(_) => inner.model.id().to_owned(),
+                },
+                tenant,
+                session_id,
+                tokens_in: state.usage.input_tokens,
+                tokens_out: state.usage.output_tokens,
+                tool_names: match &outcome {
+                    Ok(reply) => reply.tool_calls.iter().map(|t| t.name.clone()).collect(),
+                    Err(_) => state.records.iter().map(|t| t.name.clone()).collect(),
+                },
+                cost_usd: state.cost,
+                error_code: outcome.as_ref().err().map(Error::code),
+                trace_id: trace.as_ref().map(TraceContext::trace_id_hex),
+                span_id: trace.as_ref().map(TraceContext::span_id_hex),
+                output: match &outcome {
+                    Ok(reply) if capture => Some(reply.output.clone()),
+                    _ => None,
+                },
+                duration: started.elapsed(),
+            });
+        }
         if let Some(scope) = scope {
             let model = match &outcome {
                 Ok(reply) => reply.model.as_str(),

@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
+use agentkit_core::observer::RequestStart;
 use agentkit_core::{Context, TraceContext, generate_id};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::api::AppState;
+use crate::api::logline::{EdgeFacts, ErrorCode, Finish, finish_with};
 use crate::auth::Principal;
 use crate::error::{ApiError, REQUEST, RequestScope};
 
@@ -24,8 +26,14 @@ fn valid_request_id(value: &HeaderValue) -> Option<String> {
 }
 
 /// Gives every request an id (the caller's `x-request-id` when it is sane, else a new one),
-/// scopes error rendering to it and echoes it on the response.
-pub(crate) async fn request_scope(mut req: Request, next: Next) -> Response {
+/// scopes error rendering to it, echoes it on the response, opens the request's span and writes
+/// its log line when the response is done.
+pub(crate) async fn request_scope(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
     let id = req
         .headers()
         .get("x-request-id")
@@ -33,16 +41,49 @@ pub(crate) async fn request_scope(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(generate_id);
     let path = req.uri().path();
     let openai = path == "/v1/chat/completions" || path == "/v1/models";
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let inbound = trace_of(req.headers());
+    let facts = Arc::new(EdgeFacts::default());
+    let scope = state.observer().and_then(|observer| {
+        let mut cx = Context::for_request(id.as_str());
+        if let Some(trace) = &inbound {
+            cx = cx.with_trace(trace.clone());
+        }
+        observer.start_request(&RequestStart::new(&method, &route, &cx))
+    });
+    // Without a tracer, a request still gets a trace id: for its log line and for the
+    // traceparent sent to providers, remote agents and queued jobs.
+    let trace = scope
+        .as_ref()
+        .and_then(|s| s.trace())
+        .or(inbound)
+        .unwrap_or_else(TraceContext::new_root);
+    *facts.trace.lock().unwrap_or_else(|p| p.into_inner()) = Some(trace);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let scope = RequestScope {
+    req.extensions_mut().insert(facts.clone());
+    let rendering = RequestScope {
         request_id: id.clone(),
         openai,
     };
-    let mut response = REQUEST.scope(scope, next.run(req)).await;
+    let mut response = REQUEST.scope(rendering, next.run(req)).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    response
+    let guard = Finish {
+        request_id: id,
+        method,
+        route,
+        status: response.status().as_u16(),
+        error_code: response.extensions().get::<ErrorCode>().map(|c| c.0),
+        started,
+        facts,
+        scope,
+    };
+    finish_with(response, guard)
 }
 
 /// Authenticates, rate-limits and builds the request's [`Context`] (for `/v1` routes).
@@ -55,7 +96,11 @@ pub(crate) async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let facts = req.extensions().get::<Arc<EdgeFacts>>().cloned();
     let principal = state.auth.authenticate(authorization)?;
+    if let Some(facts) = &facts {
+        *facts.tenant.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal.tenant.clone());
+    }
     if let Some(limits) = &state.limits {
         limits.check(&principal.tenant)?;
     }
@@ -72,8 +117,19 @@ pub(crate) async fn authenticate(
     if let Some(scopes) = &principal.scopes {
         cx = cx.with_scopes(scopes.iter().cloned());
     }
-    if let Some(trace) = trace_of(req.headers()) {
+    let trace = match &facts {
+        Some(facts) => facts
+            .trace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        None => trace_of(req.headers()),
+    };
+    if let Some(trace) = trace {
         cx = cx.with_trace(trace);
+    }
+    if let Some(facts) = &facts {
+        cx = cx.with_extension(facts.report.clone());
     }
     req.extensions_mut().insert(cx);
     req.extensions_mut().insert::<Principal>(principal);

@@ -66,14 +66,14 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         || "# agentkit: no metrics recorder is installed (see agentkit-observe)\n".to_owned(),
         |render| render(),
     );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    // prometheus-client writes OpenMetrics text (ending in `# EOF`); say so, so that
+    // Prometheus parses it with the right grammar.
+    let content_type = if body.trim_end().ends_with("# EOF") {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// This document.

@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod invoke;
 pub(crate) mod jobs;
+pub(crate) mod logline;
 mod openai;
 mod sessions;
 mod ws;
@@ -17,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentkit_core::observer::Observer;
 use agentkit_core::{BoxExecutor, Error, ErrorKind, Executor, Result};
 use agentkit_store::{HistoryPolicy, MemorySessionStore, SessionAgent, SessionStore, TurnPolicy};
 use axum::extract::DefaultBodyLimit;
@@ -82,9 +84,17 @@ pub(crate) struct AppState {
     pub(crate) readiness: Vec<(String, ReadinessCheck)>,
     pub(crate) metrics: Option<MetricsRenderer>,
     pub(crate) jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 
 impl AppState {
+    /// The observer of this API: its own, else the process-wide one.
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer
+            .as_ref()
+            .or_else(|| agentkit_core::observer::global_observer())
+    }
+
     /// The agent `name` as `principal` may use it: 404 when unknown, 403 when not allowed.
     pub(crate) fn agent(&self, name: &str, principal: &Principal) -> Result<&Mounted> {
         let mounted = self
@@ -206,7 +216,10 @@ impl Api {
             })
             .layer(DefaultBodyLimit::max(self.state.body_limit))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-            .layer(middleware::from_fn(edge::request_scope))
+            .layer(middleware::from_fn_with_state(
+                self.state.clone(),
+                edge::request_scope,
+            ))
     }
 
     /// The OpenAPI 3.1 description of every route, generated from the handlers.
@@ -242,6 +255,7 @@ pub struct ApiBuilder {
     readiness: Vec<(String, ReadinessCheck)>,
     metrics: Option<MetricsRenderer>,
     jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Default for ApiBuilder {
@@ -256,6 +270,7 @@ impl Default for ApiBuilder {
             readiness: Vec::new(),
             metrics: None,
             jobs: None,
+            observer: None,
         }
     }
 }
@@ -335,6 +350,12 @@ impl ApiBuilder {
         self
     }
 
+    /// Traces requests with `observer` (default: the process-wide one, if installed).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Validates and builds: at least one agent, unique valid names.
     pub fn build(self) -> Result<Api> {
         if self.agents.is_empty() {
@@ -407,6 +428,7 @@ impl ApiBuilder {
                 readiness,
                 metrics: self.metrics,
                 jobs: self.jobs,
+                observer: self.observer,
             }),
         })
     }

@@ -339,6 +339,11 @@ pub trait JobQueue: Send + Sync {
         Ok(())
     }
 
+    /// The queue's name, for metrics and logs.
+    fn name(&self) -> &str {
+        "jobs"
+    }
+
     /// The ledger of side effects kept with this queue, so that a job redelivered to another
     /// worker does not repeat them.
     fn ledger(&self) -> std::sync::Arc<dyn agentkit_core::tool::EffectLedger>;

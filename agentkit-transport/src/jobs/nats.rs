@@ -74,6 +74,7 @@ impl std::fmt::Debug for NatsReceipt {
 #[derive(Clone)]
 pub struct NatsJobQueue {
     client: async_nats::Client,
+    name: String,
     js: jetstream::Context,
     subject: String,
     consumer: PullConsumer,
@@ -173,6 +174,7 @@ impl NatsJobQueue {
         };
         Ok(Self {
             client,
+            name: name.to_owned(),
             js,
             subject,
             consumer,
@@ -470,6 +472,10 @@ impl JobQueue for NatsJobQueue {
             .await
             .map_err(|_| Error::unavailable("NATS did not answer in time"))?
             .map_err(|e| unavailable("flush", e))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn ledger(&self) -> Arc<dyn EffectLedger> {

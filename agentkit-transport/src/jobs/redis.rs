@@ -104,6 +104,7 @@ struct Scripts {
 #[derive(Clone)]
 pub struct RedisJobQueue {
     client: RedisClient,
+    name: String,
     prefix: String,
     visibility: Duration,
     timeout: Duration,
@@ -128,6 +129,7 @@ impl RedisJobQueue {
     pub fn new(client: RedisClient, name: &str) -> Self {
         Self {
             client,
+            name: name.to_owned(),
             prefix: format!("agentkit:{{jobs:{name}}}"),
             visibility: Duration::from_secs(30),
             timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
@@ -564,6 +566,10 @@ impl JobQueue for RedisJobQueue {
                 redis::cmd("PING").query_async::<()>(&mut c).await
             })
             .await
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn ledger(&self) -> Arc<dyn EffectLedger> {

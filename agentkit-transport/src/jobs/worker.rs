@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentkit_core::observer::{Observer, RunReport, RunSummary};
 use agentkit_core::tool::{JobId, Ledger};
 use agentkit_core::{
     Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply, Result,
@@ -31,6 +32,7 @@ struct Inner {
     job_timeout: Duration,
     drain: Duration,
     webhooks: Option<WebhookSender>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// Runs jobs: claims up to `concurrency` at a time, runs each job's agent in the job's
@@ -87,6 +89,7 @@ pub struct WorkerBuilder {
     job_timeout: Duration,
     drain: Duration,
     webhooks: Option<WebhookSender>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -114,6 +117,7 @@ impl Worker {
             job_timeout: Duration::from_secs(600),
             drain: Duration::from_secs(30),
             webhooks: None,
+            observer: None,
         }
     }
 
@@ -185,6 +189,12 @@ impl WorkerBuilder {
         self
     }
 
+    /// Reports queue depth to `observer` (default: the process-wide one, if installed).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<Worker> {
         if self.agents.is_empty() {
@@ -220,6 +230,7 @@ impl WorkerBuilder {
                 job_timeout: self.job_timeout,
                 drain: self.drain,
                 webhooks: self.webhooks,
+                observer: self.observer,
             }),
         })
     }
@@ -234,6 +245,8 @@ impl Worker {
         let mut running = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(worker = %inner.id, concurrency = inner.concurrency, "worker started");
+        let reporting = self.report_depth();
+        let _stop_reporting = reporting.map(AbortOnDrop);
         loop {
             while running.try_join_next().is_some() {}
             let free = slots.available_permits();
@@ -293,6 +306,27 @@ impl Worker {
         Ok(())
     }
 
+    fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.inner
+            .observer
+            .as_ref()
+            .or_else(|| agentkit_core::observer::global_observer())
+    }
+
+    /// Reports the queue's depth every 5 s while running, when someone observes.
+    fn report_depth(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let observer = self.observer()?.clone();
+        let queue = self.inner.queue.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                if let Ok(depth) = queue.depth().await {
+                    observer.queue_depth(queue.name(), depth);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }))
+    }
+
     fn context(&self, job_id: &str, spec: &JobSpec) -> Context {
         let request_id = if spec.request_id.is_empty() {
             generate_id()
@@ -303,10 +337,14 @@ impl Worker {
             .with_tenant(spec.tenant.as_str())
             .with_timeout(self.inner.job_timeout)
             .with_extension(JobId(job_id.into()))
-            .with_extension(Ledger(self.inner.queue.ledger()));
-        if let Some(trace) = spec.traceparent.as_deref().and_then(TraceContext::parse) {
-            cx = cx.with_trace(trace);
-        }
+            .with_extension(Ledger(self.inner.queue.ledger()))
+            .with_extension(RunReport::new());
+        let trace = spec
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .unwrap_or_else(TraceContext::new_root);
+        cx = cx.with_trace(trace);
         if let Some(session) = &spec.session_id
             && let Ok(stored) = crate::api::stored_session_id(&spec.agent, session)
         {
@@ -377,6 +415,9 @@ impl Worker {
             return;
         }
         let cx = self.context(&job_id, &spec);
+        let report = cx.extension::<RunReport>().cloned();
+        let trace = cx.trace().cloned();
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             outcome = self.heartbeating(&delivery, self.execute(&spec, cx)) => outcome,
             () = hand_back.cancelled() => {
@@ -388,6 +429,14 @@ impl Worker {
             }
         };
         let callback = spec.callback_url.as_deref();
+        log_job(
+            &delivery,
+            &spec,
+            trace.as_ref(),
+            report.and_then(|r| r.get()),
+            started,
+            outcome.as_ref().err(),
+        );
         match outcome {
             Ok(reply) => {
                 self.end(&delivery, Finish::Succeeded(reply.into()), callback)
@@ -439,4 +488,47 @@ impl Worker {
             tracing::error!(job_id = %doc.job_id, %error, "webhook delivery failed");
         }
     }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One log line per finished job run, with what the run left in its [`RunReport`].
+fn log_job(
+    delivery: &Delivery,
+    spec: &JobSpec,
+    trace: Option<&TraceContext>,
+    summary: Option<RunSummary>,
+    started: std::time::Instant,
+    error: Option<&Error>,
+) {
+    let s = summary.unwrap_or_default();
+    tracing::info!(
+        target: "agentkit::job",
+        job_id = %delivery.job.job_id,
+        attempt = delivery.attempt,
+        request_id = %spec.request_id,
+        trace_id = s.trace_id.clone().or_else(|| trace.map(TraceContext::trace_id_hex)).as_deref(),
+        span_id = s.span_id.as_deref(),
+        tenant = %spec.tenant,
+        agent = %spec.agent,
+        agent_version = (!s.agent_version.is_empty()).then_some(s.agent_version.as_str()),
+        session_id = spec.session_id.as_deref(),
+        model = (!s.model.is_empty()).then_some(s.model.as_str()),
+        tokens_in = s.tokens_in,
+        tokens_out = s.tokens_out,
+        tool_calls = s.tool_names.len(),
+        tool_names = %s.tool_names.join(","),
+        cost_usd = s.cost_usd,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        outcome = if error.is_none() { "ok" } else { "error" },
+        error_code = error.map(Error::code),
+        "job run finished"
+    );
 }

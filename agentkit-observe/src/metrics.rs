@@ -1,0 +1,189 @@
+//! Prometheus metrics (prometheus-client): request counts by outcome, latency, GenAI token usage
+//! and operation duration, tool calls, cost, in-flight requests, queue depth, session conflicts.
+//! Labels stay low-cardinality: agent, model, tool, outcome, token type, queue; never a
+//! request, session or user id.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AgentOutcome {
+    pub(crate) agent: String,
+    pub(crate) outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AgentLabel {
+    pub(crate) agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TokenLabels {
+    pub(crate) agent: String,
+    pub(crate) model: String,
+    pub(crate) token_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OperationLabels {
+    pub(crate) model: String,
+    pub(crate) operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ToolLabels {
+    pub(crate) tool: String,
+    pub(crate) outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CostLabels {
+    pub(crate) agent: String,
+    pub(crate) model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QueueLabel {
+    pub(crate) queue: String,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ]
+    .into_iter()
+}
+
+fn token_buckets() -> impl Iterator<Item = f64> {
+    [
+        1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+    ]
+    .into_iter()
+}
+
+/// The metric families, registered in one registry.
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
+    pub(crate) requests: Family<AgentOutcome, Counter>,
+    pub(crate) duration: Family<AgentLabel, Histogram>,
+    pub(crate) tokens: Family<TokenLabels, Histogram>,
+    pub(crate) operations: Family<OperationLabels, Histogram>,
+    pub(crate) tool_calls: Family<ToolLabels, Counter>,
+    pub(crate) cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub(crate) inflight: Family<AgentLabel, Gauge>,
+    pub(crate) queue_depth: Family<QueueLabel, Gauge>,
+    pub(crate) session_conflicts: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<AgentOutcome, Counter>::default();
+        registry.register(
+            "agentkit_requests",
+            "Agent runs by outcome (ok or the error code)",
+            requests.clone(),
+        );
+        let duration = Family::<AgentLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register_with_unit(
+            "agentkit_request_duration",
+            "Wall time of agent runs",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let tokens = Family::<TokenLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(token_buckets())
+        });
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens per model call, by type (input, output)",
+            tokens.clone(),
+        );
+        let operations = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "Duration of model calls",
+            Unit::Seconds,
+            operations.clone(),
+        );
+        let tool_calls = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "agentkit_tool_calls",
+            "Tool calls by outcome (ok or error)",
+            tool_calls.clone(),
+        );
+        let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "agentkit_cost_usd",
+            "Cost of agent runs in US dollars",
+            cost.clone(),
+        );
+        let inflight = Family::<AgentLabel, Gauge>::default();
+        registry.register(
+            "agentkit_inflight_requests",
+            "Agent runs in progress",
+            inflight.clone(),
+        );
+        let queue_depth = Family::<QueueLabel, Gauge>::default();
+        registry.register(
+            "agentkit_queue_depth",
+            "Jobs waiting in a queue",
+            queue_depth.clone(),
+        );
+        let session_conflicts = Counter::default();
+        registry.register(
+            "agentkit_session_conflicts",
+            "Session saves that lost a compare-and-set race",
+            session_conflicts.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            tokens,
+            operations,
+            tool_calls,
+            cost,
+            inflight,
+            queue_depth,
+            session_conflicts,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// A handle on the metrics, for serving `/metrics` (see [`crate::Telemetry::metrics`]).
+#[derive(Clone)]
+pub struct MetricsHandle(pub(crate) Arc<Metrics>);
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsHandle")
+    }
+}
+
+impl MetricsHandle {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.0.render()
+    }
+}

@@ -1,0 +1,271 @@
+//! `/metrics` parses as Prometheus (OpenMetrics) text and its counters move by the right
+//! amounts for a known sequence of requests, failures included.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agentkit::model::{Model, ModelRequest, ModelResponse, ScriptedModel};
+use agentkit::transport::Api;
+use agentkit::{Context, Error, Price};
+use serde_json::{Value, json};
+use support::*;
+
+/// A model whose provider is down.
+struct Down;
+
+#[agentkit::async_trait]
+impl Model for Down {
+    fn id(&self) -> &str {
+        "down-model"
+    }
+
+    async fn complete(&self, _: &ModelRequest<'_>, _: &Context) -> agentkit::Result<ModelResponse> {
+        Err(Error::unavailable("the provider is down"))
+    }
+}
+
+/// One sample: name, labels, value.
+type Sample = (String, HashMap<String, String>, f64);
+
+/// Parses the OpenMetrics text format strictly enough to catch malformed output: every line is a
+/// `# HELP`/`# TYPE`/`# UNIT` comment, a sample of a declared family, or the final `# EOF`.
+fn parse(text: &str) -> Vec<Sample> {
+    let mut families: HashMap<String, String> = HashMap::new();
+    let mut samples = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "OpenMetrics ends with # EOF");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                [
+                    "counter",
+                    "gauge",
+                    "histogram",
+                    "summary",
+                    "unknown",
+                    "info",
+                    "stateset",
+                    "gaugehistogram"
+                ]
+                .contains(&kind)
+            );
+            families.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment {line:?}");
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair
+                            .split_once("=\"")
+                            .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), HashMap::new()),
+        };
+        let family = ["_total", "_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| families.contains_key(*f))
+            })
+            .unwrap_or(&name);
+        assert!(
+            families.contains_key(family),
+            "sample {name} of an undeclared family"
+        );
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_the_right_amounts() {
+    let telemetry = agentkit::observe::ObserveBuilder::from_env()
+        .unwrap()
+        .logs(false)
+        .init()
+        .unwrap();
+    let assistant = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .price("scripted", Price::per_million(1.0, 2.0))
+        .build()
+        .unwrap();
+    let broken = agentkit::Agent::builder()
+        .name("broken")
+        .model(Down)
+        .build()
+        .unwrap();
+    let api = Api::builder()
+        .agent("assistant", assistant)
+        .agent("broken", broken)
+        .metrics(telemetry.metrics_renderer())
+        .build()
+        .unwrap();
+    let base = serve(api).await;
+    let client = reqwest::Client::new();
+    let mut cost = 0.0;
+    for i in 0..3 {
+        let body: Value = client
+            .post(format!("{base}/v1/agents/assistant/invoke"))
+            .json(&json!({"input": format!("What is {i} + 1?")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        cost += body["cost_usd"].as_f64().unwrap();
+    }
+    for _ in 0..2 {
+        let status = client
+            .post(format!("{base}/v1/agents/broken/invoke"))
+            .json(&json!({"input": "hi"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 503);
+    }
+    // Refused before any run: not an agent request.
+    let refused = client
+        .post(format!("{base}/v1/agents/assistant/invoke"))
+        .json(&json!({"input": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+
+    let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    let samples = parse(&text);
+    let assistant = [("agent", "assistant")];
+    assert_eq!(
+        value(
+            &samples,
+            "agentkit_requests_total",
+            &[("agent", "assistant"), ("outcome", "ok")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "agentkit_requests_total",
+            &[("agent", "broken"), ("outcome", "unavailable")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, "agentkit_requests_total", &assistant),
+        3.0,
+        "the refused request ran nothing"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "agentkit_request_duration_seconds_count",
+            &assistant
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "agentkit_tool_calls_total",
+            &[("tool", "add"), ("outcome", "ok")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "gen_ai_client_token_usage_count",
+            &[
+                ("agent", "assistant"),
+                ("model", "scripted"),
+                ("token_type", "input")
+            ]
+        ),
+        6.0,
+        "two model calls per run"
+    );
+    assert!(
+        value(
+            &samples,
+            "gen_ai_client_token_usage_sum",
+            &[("agent", "assistant"), ("token_type", "output")]
+        ) > 0.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("model", "scripted"), ("operation", "chat")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("model", "down-model"), ("operation", "chat")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, "agentkit_inflight_requests", &assistant),
+        0.0
+    );
+    let counted = value(
+        &samples,
+        "agentkit_cost_usd_total",
+        &[("agent", "assistant"), ("model", "scripted")],
+    );
+    assert!((counted - cost).abs() < 1e-12, "{counted} vs {cost}");
+    assert!(
+        samples
+            .iter()
+            .all(|(_, labels, _)| !labels.contains_key("request_id")
+                && !labels.contains_key("session_id"))
+    );
+}
