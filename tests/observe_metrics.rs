@@ -268,4 +268,33 @@ async fn counters_move_by_the_right_amounts() {
             .all(|(_, labels, _)| !labels.contains_key("request_id")
                 && !labels.contains_key("session_id"))
     );
+
+    // Two instances (separate turn gates, no leases) racing on one session: the loser of the
+    // compare-and-set is counted, and its turn runs again.
+    let before = value(&samples, "agentkit_session_conflicts_total", &[]);
+    let store: Arc<dyn agentkit::store::SessionStore> =
+        Arc::new(agentkit::store::MemorySessionStore::new());
+    let slow = || {
+        let model = ScriptedModel::builder()
+            .demo_rules()
+            .latency(std::time::Duration::from_millis(50))
+            .build();
+        agentkit::Agent::builder().model(model).build().unwrap()
+    };
+    let instances = [
+        agentkit::store::SessionAgent::builder(slow(), store.clone()).build(),
+        agentkit::store::SessionAgent::builder(slow(), store.clone()).build(),
+    ];
+    let turns = instances.iter().map(|sessions| {
+        use agentkit::Executor;
+        let cx = Context::new().with_session_id("raced");
+        sessions.execute(agentkit::Invocation::text("hi").with_context(cx))
+    });
+    for outcome in futures::future::join_all(turns).await {
+        outcome.unwrap();
+    }
+    let samples = parse(&telemetry.metrics().unwrap().render());
+    assert!(value(&samples, "agentkit_session_conflicts_total", &[]) >= before + 1.0);
+    let saved = store.load("default", "raced").await.unwrap().unwrap();
+    assert_eq!(saved.version, 2, "both turns saved");
 }

@@ -519,7 +519,15 @@ impl<E: Executor + 'static> SessionAgent<E> {
         let options = SaveOptions {
             fence: lease.map(|l| l.token),
         };
-        self.inner.store.save(&session, options).await
+        let saved = self.inner.store.save(&session, options).await;
+        if saved
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Conflict)
+            && let Some(observer) = agentkit_core::observer::global_observer()
+        {
+            observer.session_conflict();
+        }
+        saved
     }
 
     async fn run_turn(&self, turn: &Turn, mut invocation: Invocation) -> Result<Reply> {
@@ -543,9 +551,6 @@ impl<E: Executor + 'static> SessionAgent<E> {
                     return Ok(reply);
                 }
                 Err(error) if error.kind() == ErrorKind::Conflict => {
-                    if let Some(observer) = agentkit_core::observer::global_observer() {
-                        observer.session_conflict();
-                    }
                     if self.inner.policy == TurnPolicy::Reject {
                         return Err(busy(
                             &turn.key.0,

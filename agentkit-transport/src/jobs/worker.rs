@@ -395,7 +395,7 @@ impl Worker {
         let inner = &self.inner;
         let job_id = delivery.job.job_id.clone();
         let spec = match delivery.spec() {
-            Ok(spec) => spec.clone(),
+            Ok(spec) => spec,
             Err(error) => {
                 self.end(&delivery, Finish::Failed(JobError::from(&error)), None)
                     .await;
@@ -414,12 +414,12 @@ impl Worker {
                 .await;
             return;
         }
-        let cx = self.context(&job_id, &spec);
+        let cx = self.context(&job_id, spec);
         let report = cx.extension::<RunReport>().cloned();
         let trace = cx.trace().cloned();
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
-            outcome = self.heartbeating(&delivery, self.execute(&spec, cx)) => outcome,
+            outcome = self.heartbeating(&delivery, self.execute(spec, cx)) => outcome,
             () = hand_back.cancelled() => {
                 tracing::info!(%job_id, "handing the job back on shutdown");
                 if let Err(error) = inner.queue.release(&delivery, Duration::ZERO, None).await {
@@ -431,7 +431,7 @@ impl Worker {
         let callback = spec.callback_url.as_deref();
         log_job(
             &delivery,
-            &spec,
+            spec,
             trace.as_ref(),
             report.and_then(|r| r.get()),
             started,
