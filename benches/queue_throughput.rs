@@ -26,6 +26,7 @@ use agentkit::transport::jobs::{JobQueue, JobSpec, JobStatus, Worker};
 use futures::StreamExt;
 
 const PRODUCERS: usize = 16;
+const CONCURRENCY: usize = 64;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -80,7 +81,7 @@ async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
         .unwrap();
     let worker = Worker::builder(queue.clone())
         .agent("assistant", agent)
-        .concurrency(16)
+        .concurrency(CONCURRENCY)
         .build()
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -300,7 +301,11 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
-    let n = if quick { 64 } else { 3000 };
+    let n = match std::env::var("AGENTKIT_BENCH_JOBS") {
+        Ok(n) => n.parse().expect("AGENTKIT_BENCH_JOBS must be a number"),
+        Err(_) if quick => 64,
+        Err(_) => 3000,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -23,7 +23,7 @@ macro_rules! job_queue_conformance {
             enqueue_claim_finish_once, idempotency_keys, release_with_a_delay, reclaim_after_silence,
             heartbeats_keep_the_claim, depth_counts_waiting_jobs, ledger_round_trip,
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
-            redelivery_does_not_repeat_side_effects);
+            redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -120,6 +120,75 @@ pub async fn enqueue_claim_finish_once(queue: Arc<dyn JobQueue>) {
         "acknowledged"
     );
     assert!(queue.get("no-such-job").await.unwrap().is_none());
+}
+
+/// Forty jobs claimed in batches and finished all at once (backends may group finishes into
+/// one call): each ends with its own result, once; a finish dropped half-way leaves its job
+/// claimed (redelivered later), not lost or mixed up with another's.
+pub async fn concurrent_finishes_each_land_once(queue: Arc<dyn JobQueue>) {
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            queue
+                .enqueue(spec("assistant", &format!("job {i}")))
+                .await
+                .unwrap()
+                .job_id,
+        );
+    }
+    let mut deliveries = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while deliveries.len() < ids.len() && tokio::time::Instant::now() < until {
+        deliveries.extend(
+            queue
+                .claim("conformance", 16, Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(deliveries.len(), ids.len(), "every job claimed once");
+    let dropped = deliveries.pop().unwrap();
+    let finishes = deliveries.iter().map(|delivery| {
+        let input = delivery.spec().unwrap().input[0].text_content();
+        let result = agentkit_transport::jobs::JobResult::from(Reply {
+            output: format!("done: {input}"),
+            ..Reply::default()
+        });
+        queue.finish(delivery, Finish::Succeeded(result))
+    });
+    // One finish abandoned at once, while the others are in flight.
+    let abandoned = async {
+        let result = agentkit_transport::jobs::JobResult::from(Reply::default());
+        let finish = queue.finish(&dropped, Finish::Succeeded(result));
+        let _ = tokio::time::timeout(Duration::ZERO, finish).await;
+    };
+    let (docs, ()) = tokio::join!(futures::future::join_all(finishes), abandoned);
+    for (doc, delivery) in docs.into_iter().zip(&deliveries) {
+        let doc = doc.unwrap();
+        assert_eq!(doc.job_id, delivery.job.job_id);
+        assert_eq!(doc.status, JobStatus::Succeeded);
+        let stored = queue.get(&doc.job_id).await.unwrap().unwrap();
+        let input = delivery.spec().unwrap().input[0].text_content();
+        assert_eq!(stored.status, JobStatus::Succeeded);
+        assert_eq!(stored.result.unwrap().output, format!("done: {input}"));
+    }
+    // The abandoned one either landed whole or is still held (and comes back once its claim
+    // lapses); finishing it now stores a result exactly once.
+    let stored = queue.get(&dropped.job.job_id).await.unwrap().unwrap();
+    assert!(
+        matches!(stored.status, JobStatus::Running | JobStatus::Succeeded),
+        "abandoned finish left {:?}",
+        stored.status
+    );
+    let result = agentkit_transport::jobs::JobResult::from(Reply {
+        output: "late".into(),
+        ..Reply::default()
+    });
+    let doc = queue
+        .finish(&dropped, Finish::Succeeded(result))
+        .await
+        .unwrap();
+    assert_eq!(doc.status, JobStatus::Succeeded);
 }
 
 /// The same key twice yields the same job; another tenant's key is another job.

@@ -2,8 +2,9 @@
 //! deliveries, job status in a hash, delayed retries in a sorted set, side effects in keys with
 //! a TTL. Every key of a queue shares one hash tag, so its scripts run on one Redis Cluster slot.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentkit_core::tool::EffectLedger;
@@ -12,6 +13,7 @@ use agentkit_store::redis::{RedisClient, connection, redis_error};
 use async_trait::async_trait;
 use redis::Script;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use tokio::sync::oneshot;
 
 use super::{
     Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
@@ -48,12 +50,50 @@ end
 return #due
 ";
 
+/// Marks claimed stream entries running, for the claim scripts below. Job keys are built from
+/// the queue's prefix inside the script (they are not known before the read); they share the
+/// stream's hash tag, so they live on its Cluster slot. An entry whose job ended (or is gone) is
+/// acknowledged and deleted instead. Returns, per entry kept: entry id, job id, spec, attempts,
+/// created, last error.
+const MARK_FN: &str = r"
+local function mark(stream, group, prefix, now, out, entry, job)
+  local key = prefix .. job
+  local status = job ~= '' and redis.call('HGET', key, 'status')
+  if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    return
+  end
+  local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'status', 'running', 'entry', entry, 'updated', now)
+  local f = redis.call('HMGET', key, 'spec', 'created', 'error')
+  out[#out + 1] = {entry, job, f[1], attempts, f[2], f[3]}
+end
+";
+
+/// Reads up to ARGV[3] new entries without blocking and marks them running, in one round trip.
+const CLAIM: &str = r"
+local out = {}
+local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if not read then return out end
+for _, e in ipairs(read[1][2]) do
+  local job = ''
+  for i = 1, #e[2], 2 do
+    if e[2][i] == 'job' then job = e[2][i + 1] end
+  end
+  mark(KEYS[1], ARGV[1], ARGV[5], ARGV[4], out, e[1], job)
+end
+return out
+";
+
+/// Marks entries already delivered to this consumer (by a blocking read or `XAUTOCLAIM`):
+/// ARGV[4..] are pairs of entry id and job id.
 const MARK: &str = r"
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return false end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'entry', ARGV[2], 'updated', ARGV[1])
-return redis.call('HMGET', KEYS[1], 'spec', 'attempts', 'created', 'error')
+local out = {}
+for i = 4, #ARGV, 2 do
+  mark(KEYS[1], ARGV[1], ARGV[3], ARGV[2], out, ARGV[i], ARGV[i + 1])
+end
+return out
 ";
 
 const HEARTBEAT: &str = r"
@@ -63,21 +103,36 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 ";
 
+/// Finishes a batch of jobs: KEYS are the stream, the dead list, then one hash per job; ARGV
+/// starts with now, group and retention, then five values per job (status, result, error,
+/// entry, job id). Each entry is acknowledged and deleted; each job still running gets its
+/// outcome. Returns, per job, 1 when this call ended it and 0 when it had already ended.
 const FINISH: &str = r"
-local status = redis.call('HGET', KEYS[1], 'status')
-redis.call('XACK', KEYS[2], ARGV[6], ARGV[5])
-redis.call('XDEL', KEYS[2], ARGV[5])
-if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[4])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-if ARGV[1] ~= 'succeeded' then
-  redis.call('LPUSH', KEYS[3], ARGV[8])
-  redis.call('LTRIM', KEYS[3], 0, 9999)
+local out = {}
+for j = 3, #KEYS do
+  local a = 4 + (j - 3) * 5
+  local status = redis.call('HGET', KEYS[j], 'status')
+  redis.call('XACK', KEYS[1], ARGV[2], ARGV[a + 3])
+  redis.call('XDEL', KEYS[1], ARGV[a + 3])
+  if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[j], 'status', ARGV[a], 'updated', ARGV[1])
+    if ARGV[a + 1] ~= '' then redis.call('HSET', KEYS[j], 'result', ARGV[a + 1]) end
+    if ARGV[a + 2] ~= '' then redis.call('HSET', KEYS[j], 'error', ARGV[a + 2]) end
+    redis.call('EXPIRE', KEYS[j], ARGV[3])
+    if ARGV[a] ~= 'succeeded' then
+      redis.call('LPUSH', KEYS[2], ARGV[a + 4])
+      redis.call('LTRIM', KEYS[2], 0, 9999)
+    end
+    out[#out + 1] = 1
+  end
 end
-return 1
+return out
 ";
+
+/// The most finishes one script call carries.
+const FINISH_BATCH: usize = 64;
 
 const RELEASE: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -94,6 +149,7 @@ return 1
 struct Scripts {
     enqueue: Script,
     promote: Script,
+    claim: Script,
     mark: Script,
     heartbeat: Script,
     finish: Script,
@@ -112,6 +168,48 @@ pub struct RedisJobQueue {
     grouped: Arc<AtomicBool>,
     /// When delayed jobs were last promoted and stalled ones reclaimed (ms since the epoch).
     housekept: Arc<AtomicU64>,
+    finishes: Arc<Mutex<Finishes>>,
+}
+
+/// One job's part of a finish script call.
+struct Finishing {
+    job_id: String,
+    entry: String,
+    status: &'static str,
+    result: String,
+    error: String,
+}
+
+/// Finishes waiting for the script call in flight (group commit: a finish that finds no call
+/// in flight leads one, carrying everything that queued up meanwhile; when it ends, the lead
+/// passes to the next finish waiting).
+#[derive(Default)]
+struct Finishes {
+    leading: bool,
+    waiting: VecDeque<(Arc<Finishing>, oneshot::Sender<Turn>)>,
+}
+
+/// What a waiting finish is told.
+enum Turn {
+    /// Its job was finished in another's call: whether that call ended it.
+    Done(Result<bool>),
+    /// It leads the next call.
+    Lead,
+}
+
+/// Passes the lead on when a leading finish ends, or is dropped half-way.
+struct Lead<'a>(&'a Mutex<Finishes>);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut finishes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((_, next)) = finishes.waiting.pop_front() {
+            if next.send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        finishes.leading = false;
+    }
 }
 
 impl std::fmt::Debug for RedisJobQueue {
@@ -136,13 +234,15 @@ impl RedisJobQueue {
             scripts: Arc::new(Scripts {
                 enqueue: Script::new(ENQUEUE),
                 promote: Script::new(PROMOTE),
-                mark: Script::new(MARK),
+                claim: Script::new(&format!("{MARK_FN}{CLAIM}")),
+                mark: Script::new(&format!("{MARK_FN}{MARK}")),
                 heartbeat: Script::new(HEARTBEAT),
                 finish: Script::new(FINISH),
                 release: Script::new(RELEASE),
             }),
             grouped: Arc::default(),
             housekept: Arc::default(),
+            finishes: Arc::default(),
         }
     }
 
@@ -203,69 +303,133 @@ impl RedisJobQueue {
         }
     }
 
-    /// Marks a claimed stream entry running; `None` (and the entry dropped) when its job ended.
-    async fn mark(&self, entry: StreamId, consumer: &str) -> Result<Option<Delivery>> {
-        let Some(job_id) = entry.get::<String>("job") else {
-            self.drop_entry(&entry.id).await?;
-            return Ok(None);
-        };
-        let job = self.job_key(&job_id);
-        let now = now_ms();
-        let entry_id = entry.id.as_str();
-        let marked: Option<(String, u32, u64, Option<String>)> = self
+    /// Runs the finish script for `batch`; per job, whether this call ended it.
+    async fn finish_batch(&self, batch: &[&Finishing]) -> Result<Vec<bool>> {
+        let stream = self.key("stream");
+        let dead = self.key("dead");
+        let keys: Vec<String> = batch.iter().map(|f| self.job_key(&f.job_id)).collect();
+        let ended: Vec<u8> = self
             .client
             .run(self.timeout, |mut c| async move {
-                self.scripts
-                    .mark
-                    .key(&job)
-                    .arg(now)
-                    .arg(entry_id)
-                    .invoke_async(&mut c)
-                    .await
+                let mut call = self.scripts.finish.key(&stream);
+                call.key(&dead);
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(now_ms()).arg(GROUP).arg(RETENTION.as_secs());
+                for f in batch {
+                    call.arg(f.status)
+                        .arg(&f.result)
+                        .arg(&f.error)
+                        .arg(&f.entry)
+                        .arg(&f.job_id);
+                }
+                call.invoke_async(&mut c).await
             })
             .await?;
-        let Some((spec, attempts, created, error)) = marked else {
-            self.drop_entry(&entry.id).await?;
-            return Ok(None);
-        };
-        let spec: JobSpec = serde_json::from_str(&spec)
-            .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
-        let mut doc = JobDoc::queued(job_id, spec);
-        doc.status = JobStatus::Running;
-        doc.attempts = attempts;
-        doc.created_at_ms = created;
-        doc.updated_at_ms = now;
-        doc.error = error.and_then(|e| serde_json::from_str(&e).ok());
-        Ok(Some(Delivery {
-            attempt: attempts,
-            job: doc,
-            receipt: Receipt::Redis {
-                entry: entry.id,
-                consumer: consumer.to_owned(),
-            },
-        }))
+        if ended.len() != batch.len() {
+            return Err(Error::internal(
+                "the finish script answered for the wrong number of jobs",
+            ));
+        }
+        Ok(ended.into_iter().map(|e| e == 1).collect())
     }
 
-    async fn drop_entry(&self, id: &str) -> Result<()> {
-        let stream = self.key("stream");
-        self.client
-            .run(self.timeout, |mut c| async move {
-                redis::pipe()
-                    .cmd("XACK")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(id)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(&stream)
-                    .arg(id)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
+    /// Finishes one job together with whatever other finishes are waiting (one script call
+    /// per batch instead of one per job); whether this call ended the job.
+    async fn finish_grouped(&self, finishing: Finishing) -> Result<bool> {
+        let finishing = Arc::new(finishing);
+        let (sender, receiver) = oneshot::channel();
+        let wait = {
+            let mut finishes = self.finishes.lock().unwrap_or_else(|p| p.into_inner());
+            if finishes.leading {
+                finishes.waiting.push_back((finishing.clone(), sender));
+                true
+            } else {
+                finishes.leading = true;
+                false
+            }
+        };
+        if wait {
+            match receiver.await {
+                Ok(Turn::Done(ended)) => return ended,
+                Ok(Turn::Lead) => {}
+                // The call carrying it was dropped half-way: finish alone.
+                Err(_) => return Ok(self.finish_batch(&[&finishing]).await?[0]),
+            }
+        }
+        let lead = Lead(&self.finishes);
+        let others: Vec<_> = {
+            let mut finishes = self.finishes.lock().unwrap_or_else(|p| p.into_inner());
+            let take = finishes.waiting.len().min(FINISH_BATCH - 1);
+            finishes.waiting.drain(..take).collect()
+        };
+        let batch: Vec<&Finishing> = std::iter::once(&*finishing)
+            .chain(others.iter().map(|(f, _)| &**f))
+            .collect();
+        let outcome = self.finish_batch(&batch).await;
+        for (i, (_, reply)) in others.into_iter().enumerate() {
+            let ended = match &outcome {
+                Ok(ended) => Ok(ended[i + 1]),
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(Turn::Done(ended));
+        }
+        drop(lead);
+        Ok(outcome?[0])
+    }
+
+    /// Turns the rows of a claim script into deliveries.
+    fn deliveries(&self, rows: Vec<Marked>, consumer: &str) -> Result<Vec<Delivery>> {
+        let now = now_ms();
+        rows.into_iter()
+            .map(|(entry, job_id, spec, attempts, created, error)| {
+                let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| {
+                    Error::internal(format!("stored job {job_id} is not valid: {e}"))
+                })?;
+                let mut doc = JobDoc::queued(job_id, spec);
+                doc.status = JobStatus::Running;
+                doc.attempts = attempts;
+                doc.created_at_ms = created;
+                doc.updated_at_ms = now;
+                doc.error = error.and_then(|e| serde_json::from_str(&e).ok());
+                Ok(Delivery {
+                    attempt: attempts,
+                    job: doc,
+                    receipt: Receipt::Redis {
+                        entry,
+                        consumer: consumer.to_owned(),
+                    },
+                })
             })
-            .await
+            .collect()
+    }
+
+    /// Marks entries this consumer already holds running (ending those whose job ended).
+    async fn mark(&self, entries: Vec<StreamId>, consumer: &str) -> Result<Vec<Delivery>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stream = self.key("stream");
+        let prefix = self.job_key("");
+        let rows: Vec<Marked> = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                let mut call = self.scripts.mark.key(&stream);
+                call.arg(GROUP).arg(now_ms()).arg(&prefix);
+                for entry in &entries {
+                    let job = entry.get::<String>("job").unwrap_or_default();
+                    call.arg(&entry.id).arg(job);
+                }
+                call.invoke_async(&mut c).await
+            })
+            .await?;
+        self.deliveries(rows, consumer)
     }
 }
+
+/// A row of a claim script: entry id, job id, spec, attempts, created, last error.
+type Marked = (String, String, String, u32, u64, Option<String>);
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode: {e}")))
@@ -358,46 +522,64 @@ impl JobQueue for RedisJobQueue {
                 .await?;
             entries = reclaimed.claimed;
         }
-        if entries.len() < max {
-            // Blocking reads get a connection of their own, not the shared one, and block in
-            // slices shorter than the client's 500 ms response timeout.
-            let mut conn = connection(self.client.pool()).await?;
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let block = left.min(BLOCK_SLICE).as_millis().max(1) as u64;
-                let read = redis::cmd("XREADGROUP")
-                    .arg("GROUP")
+        let mut deliveries = self.mark(entries, consumer).await?;
+        if deliveries.len() >= max {
+            return Ok(deliveries);
+        }
+        // Under load, new entries are read and marked running in one round trip.
+        let prefix = self.job_key("");
+        let want = max - deliveries.len();
+        let rows: Vec<Marked> = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .claim
+                    .key(stream)
                     .arg(GROUP)
                     .arg(consumer)
-                    .arg("COUNT")
-                    .arg(max - entries.len())
-                    .arg("BLOCK")
-                    .arg(block)
-                    .arg("STREAMS")
-                    .arg(stream)
-                    .arg(">")
-                    .query_async::<Option<StreamReadReply>>(&mut *conn)
+                    .arg(want)
+                    .arg(now_ms())
+                    .arg(&prefix)
+                    .invoke_async(&mut c)
                     .await
-                    .map_err(redis_error)?;
-                if let Some(reply) = read {
-                    entries.extend(reply.keys.into_iter().flat_map(|k| k.ids));
-                }
-                if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
-                    break;
+            })
+            .await?;
+        deliveries.extend(self.deliveries(rows, consumer)?);
+        if !deliveries.is_empty() {
+            return Ok(deliveries);
+        }
+        // Nothing waiting: block for new entries on a connection of our own (not the shared
+        // one), in slices shorter than the client's 500 ms response timeout.
+        let mut conn = connection(self.client.pool()).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = left.min(BLOCK_SLICE).as_millis().max(1) as u64;
+            let read = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(block)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async::<Option<StreamReadReply>>(&mut *conn)
+                .await
+                .map_err(redis_error)?;
+            if let Some(reply) = read {
+                let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                if !entries.is_empty() {
+                    drop(conn);
+                    return self.mark(entries, consumer).await;
                 }
             }
-        }
-        let marked =
-            futures::future::join_all(entries.into_iter().map(|entry| self.mark(entry, consumer)))
-                .await;
-        let mut deliveries = Vec::with_capacity(marked.len());
-        for delivery in marked {
-            if let Some(delivery) = delivery? {
-                deliveries.push(delivery);
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
             }
         }
-        Ok(deliveries)
     }
 
     async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
@@ -422,35 +604,18 @@ impl JobQueue for RedisJobQueue {
     async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
         let (entry, _) = Self::entry(delivery)?;
         let job_id = &delivery.job.job_id;
-        let status = finish.status();
         let (result, error) = match &finish {
             Finish::Succeeded(result) => (json(result)?, String::new()),
             Finish::Failed(error) | Finish::Dead(error) => (String::new(), json(error)?),
         };
-        let job = self.job_key(job_id);
-        let stream = self.key("stream");
-        let dead = self.key("dead");
-        let changed: u8 = self
-            .client
-            .run(self.timeout, |mut c| async move {
-                self.scripts
-                    .finish
-                    .key(&job)
-                    .key(&stream)
-                    .key(&dead)
-                    .arg(status.as_str())
-                    .arg(&result)
-                    .arg(&error)
-                    .arg(now_ms())
-                    .arg(entry)
-                    .arg(GROUP)
-                    .arg(RETENTION.as_secs())
-                    .arg(job_id)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        if changed == 1 {
+        let finishing = Finishing {
+            job_id: job_id.clone(),
+            entry: entry.to_owned(),
+            status: finish.status().as_str(),
+            result,
+            error,
+        };
+        if self.finish_grouped(finishing).await? {
             let mut doc = delivery.job.clone();
             finish.apply(&mut doc);
             return Ok(doc);
