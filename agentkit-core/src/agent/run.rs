@@ -8,12 +8,12 @@ use futures::stream::FuturesUnordered;
 
 use crate::agent::Agent;
 use crate::executor::{AgentEvent, Invocation, Reply};
-use crate::message::{Message, ToolCall, ToolResult, Usage};
+use crate::message::{Message, Role, ToolCall, ToolResult, Usage};
 use crate::model::{
     ModelEvent, ModelRequest, ModelResponse, ResponseBuilder, ResponseFormat, ToolChoice,
 };
 use crate::observer::{self, ModelCallStart, RunEnd, RunReport, RunScope, RunStart, RunSummary};
-use crate::tool::ToolCallRecord;
+use crate::tool::{JobAttempt, JobId, Ledger, ToolCallRecord};
 use crate::trace::TraceContext;
 use crate::{Context, Error, ErrorKind, Result};
 
@@ -44,6 +44,74 @@ pub(crate) struct RunState {
     pub(crate) cost: f64,
     pub(crate) records: Vec<ToolCallRecord>,
     pub(crate) steps: u32,
+}
+
+/// A job's progress through its run, as kept in the job's ledger (see [`JobId`]).
+#[derive(serde::Deserialize)]
+struct Progress {
+    /// The run's messages after its input.
+    messages: Vec<Message>,
+    steps: u32,
+    usage: Usage,
+    cost_usd: f64,
+}
+
+/// [`Progress`] as written, borrowing the run's messages.
+#[derive(serde::Serialize)]
+struct ProgressRef<'a> {
+    messages: &'a [Message],
+    steps: u32,
+    usage: Usage,
+    cost_usd: f64,
+}
+
+/// Where a job's run keeps its progress: the job's ledger, under `{job}:progress`.
+struct Checkpoints {
+    ledger: Ledger,
+    key: String,
+}
+
+impl Checkpoints {
+    /// The checkpoints of the job `cx` runs, if it runs one with a ledger.
+    fn of(cx: &Context) -> Option<Self> {
+        let job = cx.extension::<JobId>()?;
+        let ledger = cx.extension::<Ledger>()?.clone();
+        Some(Self {
+            ledger,
+            key: format!("{}:progress", job.0),
+        })
+    }
+
+    async fn load(&self) -> Result<Option<Progress>> {
+        let recorded = self.ledger.0.recorded(&self.key).await.map_err(|e| {
+            Error::unavailable(format!(
+                "cannot read the job's recorded progress ({e}); not running it again blind"
+            ))
+        })?;
+        recorded
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| {
+                    Error::internal(format!("the job's recorded progress is not valid: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    async fn save(&self, messages: &[Message], state: &RunState) -> Result<()> {
+        let progress = ProgressRef {
+            messages,
+            steps: state.steps,
+            usage: state.usage,
+            cost_usd: state.cost,
+        };
+        let text = serde_json::to_string(&progress)
+            .map_err(|e| Error::internal(format!("cannot encode the job's progress: {e}")))?;
+        self.ledger
+            .0
+            .record(&self.key, &text)
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot record the job's progress ({e})")))
+    }
 }
 
 impl Agent {
@@ -216,7 +284,29 @@ impl Agent {
         let mut messages = history;
         messages.reserve(input.len() + 4);
         messages.extend(input);
+        let run_start = messages.len();
+        let checkpoints = Checkpoints::of(&cx);
         let mut step = 0;
+        // A redelivered job continues from its recorded progress; tool calls it had decided
+        // and not seen answered run now, under their recorded ids.
+        if let Some(checkpoints) = &checkpoints
+            && cx.extension::<JobAttempt>().is_some_and(|a| a.0 > 1)
+            && let Some(progress) = checkpoints.load().await?
+        {
+            messages.extend(progress.messages);
+            step = progress.steps;
+            state.steps = step;
+            state.usage += progress.usage;
+            state.cost += progress.cost_usd;
+            let pending = messages
+                .last()
+                .filter(|m| m.role == Role::Assistant && m.has_tool_calls());
+            if let Some(last) = pending {
+                let results = self.call_tools(last, &cx, sink, state, scope).await?;
+                messages.push(Message::tool_results(results));
+                self.saved(checkpoints, &messages[run_start..], state).await;
+            }
+        }
         loop {
             if step >= inner.limits.max_steps {
                 return Err(Error::new(
@@ -268,12 +358,37 @@ impl Agent {
                     session: None,
                 });
             }
+            // A job records the calls before side effects run, so that a redelivery repeats
+            // them under the same idempotency keys; without the record it does not run them.
+            let checkpoint = checkpoints.as_ref().filter(|_| {
+                response.message.tool_calls().any(|call| {
+                    inner
+                        .tools
+                        .get(&call.name)
+                        .is_some_and(|t| t.side_effects())
+                })
+            });
             messages.push(response.message);
+            if let Some(checkpoints) = checkpoint {
+                checkpoints.save(&messages[run_start..], state).await?;
+            }
             let results = match messages.last() {
                 Some(last) => self.call_tools(last, &cx, sink, state, scope).await?,
                 None => Vec::new(),
             };
             messages.push(Message::tool_results(results));
+            if let Some(checkpoints) = checkpoint {
+                self.saved(checkpoints, &messages[run_start..], state).await;
+            }
+        }
+    }
+
+    /// Records progress after tool results; a failure is only logged (a redelivery then runs
+    /// the step's calls again from the earlier record, and the ledger answers the finished
+    /// ones).
+    async fn saved(&self, checkpoints: &Checkpoints, messages: &[Message], state: &RunState) {
+        if let Err(error) = checkpoints.save(messages, state).await {
+            tracing::warn!(agent = %self.inner.name, %error, "cannot record the job's progress after its tool calls");
         }
     }
 

@@ -79,6 +79,7 @@ struct Inner {
     latency: Duration,
     count_tokens: bool,
     chunk_bytes: usize,
+    unique_call_ids: bool,
 }
 
 /// A deterministic model, the embedded default.
@@ -144,6 +145,7 @@ impl ScriptedModel {
             latency: Duration::ZERO,
             count_tokens: true,
             chunk_bytes: 4,
+            unique_call_ids: false,
         }
     }
 
@@ -171,7 +173,11 @@ impl ScriptedModel {
         }
         for (i, call) in turn.calls.into_iter().enumerate() {
             content.push(ContentPart::ToolCall(ToolCall {
-                id: format!("call_{step}_{i}"),
+                id: if self.inner.unique_call_ids {
+                    format!("call_{:016x}", fastrand::u64(..))
+                } else {
+                    format!("call_{step}_{i}")
+                },
                 name: call.name,
                 arguments: call.arguments,
             }));
@@ -238,6 +244,7 @@ pub struct ScriptedModelBuilder {
     latency: Duration,
     count_tokens: bool,
     chunk_bytes: usize,
+    unique_call_ids: bool,
 }
 
 impl fmt::Debug for ScriptedModelBuilder {
@@ -297,6 +304,14 @@ impl ScriptedModelBuilder {
         self
     }
 
+    /// Gives every tool call a fresh random id, as hosted models do (default off: the id of
+    /// the `i`th call of step `n` is `call_{n}_{i}`, the same on every run). Tests of
+    /// redelivered jobs use it to show that nothing depends on a model repeating its ids.
+    pub fn unique_call_ids(mut self, on: bool) -> Self {
+        self.unique_call_ids = on;
+        self
+    }
+
     /// The model.
     pub fn build(self) -> ScriptedModel {
         let source = if self.rules.is_empty() {
@@ -311,6 +326,7 @@ impl ScriptedModelBuilder {
                 latency: self.latency,
                 count_tokens: self.count_tokens,
                 chunk_bytes: self.chunk_bytes,
+                unique_call_ids: self.unique_call_ids,
             }),
         }
     }

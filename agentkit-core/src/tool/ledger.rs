@@ -9,7 +9,8 @@ use async_trait::async_trait;
 
 use crate::Result;
 
-/// Results of side-effecting tool calls, by idempotency key.
+/// Results of side-effecting tool calls, by idempotency key, and the progress of job runs
+/// (see [`JobId`](crate::tool::JobId)).
 ///
 /// A queue worker puts a [`Ledger`] in the job's [`Context`](crate::Context); the toolbox then
 /// looks up every call of a tool whose [`Tool::side_effects`](crate::tool::Tool::side_effects)

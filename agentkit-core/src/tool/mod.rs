@@ -54,8 +54,20 @@ pub struct ToolContext<'a> {
 
 /// The job a run belongs to, put in the [`Context`] by a queue worker; tools derive their
 /// idempotency keys from it.
+///
+/// With a [`Ledger`] beside it, the agent loop also keeps the job's progress there: before a
+/// step's side-effecting tool calls run, and again after, it records the conversation so far
+/// under `{job}:progress`. A redelivered job (see [`JobAttempt`]) continues from that record:
+/// the tool calls the last attempt had decided keep their ids, hence their idempotency keys,
+/// instead of being decided again by a model that would name them afresh.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobId(pub Arc<str>);
+
+/// Which attempt at its job a run is (1 for the first), put in the [`Context`] by a queue
+/// worker beside [`JobId`]; from the second on, the agent loop resumes from the job's recorded
+/// progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobAttempt(pub u32);
 
 impl<'a> ToolContext<'a> {
     /// The context of the call `call_id` in the request `context`.
@@ -74,7 +86,9 @@ impl<'a> ToolContext<'a> {
     }
 
     /// A key that is the same every time this call of this job runs again (a redelivered job),
-    /// derived from the job id and the call id; `None` outside a job.
+    /// derived from the job id and the call id; `None` outside a job. The call id survives a
+    /// redelivery because the job resumes from its recorded progress (see [`JobId`]) rather
+    /// than asking the model again.
     ///
     /// Pass it to the payment provider, the mailer, the ticket system, so that a job run twice
     /// does not charge, mail or file twice.

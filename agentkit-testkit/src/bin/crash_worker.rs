@@ -77,6 +77,9 @@ async fn run() -> Result<(), Error> {
             ScriptedTurn::text("charged"),
         ])
         .latency(latency)
+        // Fresh call ids on every model call, as hosted models give: a redelivered job keeps
+        // its keys only by resuming from its recorded progress.
+        .unique_call_ids(true)
         .build();
     let agent = Agent::builder()
         .name("charger")

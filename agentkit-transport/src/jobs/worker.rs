@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkit_core::observer::{Observer, RunReport, RunSummary};
-use agentkit_core::tool::{JobId, Ledger};
+use agentkit_core::tool::{JobAttempt, JobId, Ledger};
 use agentkit_core::{
     Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply, Result,
     TraceContext, generate_id,
@@ -327,7 +327,7 @@ impl Worker {
         }))
     }
 
-    fn context(&self, job_id: &str, spec: &JobSpec) -> Context {
+    fn context(&self, job_id: &str, attempt: u32, spec: &JobSpec) -> Context {
         let request_id = if spec.request_id.is_empty() {
             generate_id()
         } else {
@@ -337,6 +337,7 @@ impl Worker {
             .with_tenant(spec.tenant.as_str())
             .with_timeout(self.inner.job_timeout)
             .with_extension(JobId(job_id.into()))
+            .with_extension(JobAttempt(attempt))
             .with_extension(Ledger(self.inner.queue.ledger()))
             .with_extension(RunReport::new());
         let trace = spec
@@ -414,7 +415,7 @@ impl Worker {
                 .await;
             return;
         }
-        let cx = self.context(&job_id, spec);
+        let cx = self.context(&job_id, delivery.attempt, spec);
         let report = cx.extension::<RunReport>().cloned();
         let trace = cx.trace().cloned();
         let started = std::time::Instant::now();
