@@ -49,29 +49,46 @@ fn agent(observer: Option<Arc<dyn Observer>>) -> Agent {
     .unwrap()
 }
 
-fn overhead(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+/// The four variants, with what keeps their telemetry alive.
+struct Variants {
+    agents: Vec<(&'static str, Agent)>,
+    _telemetry: Vec<agentkit::observe::Telemetry>,
+}
+
+fn variants() -> Variants {
     let quiet = || ObserveBuilder::from_env().unwrap().global(false);
     let off = quiet().logs(false).metrics(false).init().unwrap();
     let logs = quiet().metrics(false).init().unwrap();
     let full = quiet().span_exporter_batched(Drop).init().unwrap();
-    let variants = [
-        ("no_hook", agent(None)),
-        ("off", agent(Some(off.observer()))),
-        ("json_logs", agent(Some(logs.observer()))),
-        ("full", agent(Some(full.observer()))),
-    ];
-    // JSON lines to a sink, for the variants that log.
+    Variants {
+        agents: vec![
+            ("no_hook", agent(None)),
+            ("off", agent(Some(off.observer()))),
+            ("json_logs", agent(Some(logs.observer()))),
+            ("full", agent(Some(full.observer()))),
+        ],
+        _telemetry: vec![off, logs, full],
+    }
+}
+
+/// JSON lines to a sink, for the variants that log.
+fn json_to_sink() -> tracing::subscriber::DefaultGuard {
     let subscriber = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_writer(BoxMakeWriter::new(std::io::sink))
         .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
-    for (name, agent) in &variants {
+    tracing::subscriber::set_default(subscriber)
+}
+
+fn overhead(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let variants = variants();
+    let _logging = json_to_sink();
+    for (name, agent) in &variants.agents {
         runtime
             .block_on(agent.execute(Invocation::text("What is 17 + 25?")))
             .unwrap();
@@ -86,7 +103,7 @@ fn overhead(c: &mut Criterion) {
         );
     }
     let mut group = c.benchmark_group("observe_overhead");
-    for (name, agent) in &variants {
+    for (name, agent) in &variants.agents {
         group.bench_function(*name, |b| {
             b.to_async(&runtime).iter(|| async {
                 agent
@@ -97,12 +114,42 @@ fn overhead(c: &mut Criterion) {
         });
     }
     group.finish();
-    drop((off, logs, full));
+}
+
+/// `AGENTKIT_TURNS=N AGENTKIT_VARIANT=name`: runs N turns of one variant and exits, for
+/// counting instructions under callgrind (see `benches/instructions.sh`), which, unlike
+/// timings on a shared VM, repeat exactly.
+fn turns_only(turns: usize, variant: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let variants = variants();
+    let _logging = json_to_sink();
+    let agent = &variants
+        .agents
+        .iter()
+        .find(|(name, _)| *name == variant)
+        .expect("AGENTKIT_VARIANT names a variant")
+        .1;
+    runtime.block_on(async {
+        for _ in 0..turns {
+            agent
+                .execute(Invocation::text(black_box("What is 17 + 25?")))
+                .await
+                .unwrap();
+        }
+    });
 }
 
 criterion_group!(benches, overhead);
 
 fn main() {
+    if let Ok(turns) = std::env::var("AGENTKIT_TURNS") {
+        let variant = std::env::var("AGENTKIT_VARIANT").unwrap_or_else(|_| "full".into());
+        turns_only(turns.parse().expect("AGENTKIT_TURNS is a number"), &variant);
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

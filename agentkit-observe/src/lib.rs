@@ -40,6 +40,7 @@ mod metrics;
 mod observer;
 mod otlp;
 pub mod semconv;
+mod spans;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,9 +48,10 @@ use std::sync::Arc;
 use agentkit_core::observer::Observer;
 use agentkit_core::{Error, Result};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SimpleSpanProcessor, SpanExporter, SpanProcessor,
+};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
@@ -80,14 +82,7 @@ pub struct ObserveBuilder {
     otlp_headers: HashMap<String, String>,
     protocol: Option<String>,
     sampler: Sampler,
-    exporter: Option<
-        Box<
-            dyn FnOnce(
-                    opentelemetry_sdk::trace::TracerProviderBuilder,
-                ) -> opentelemetry_sdk::trace::TracerProviderBuilder
-                + Send,
-        >,
-    >,
+    processor: Option<Box<dyn SpanProcessor>>,
     names: &'static [semconv::Names],
     capture: bool,
     metrics: bool,
@@ -194,7 +189,7 @@ impl ObserveBuilder {
                 var("OTEL_TRACES_SAMPLER").as_deref(),
                 var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
             )?,
-            exporter: None,
+            processor: None,
             names: semconv::from_opt_in(var("OTEL_SEMCONV_STABILITY_OPT_IN").as_deref()),
             capture: var("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
@@ -242,17 +237,13 @@ impl ObserveBuilder {
     /// Exports spans to `exporter` (synchronously, span by span), e.g. an in-memory exporter
     /// in tests; replaces OTLP.
     pub fn span_exporter(mut self, exporter: impl SpanExporter + 'static) -> Self {
-        self.exporter = Some(Box::new(move |builder| {
-            builder.with_simple_exporter(exporter)
-        }));
+        self.processor = Some(Box::new(SimpleSpanProcessor::new(exporter)));
         self
     }
 
     /// Exports spans to `exporter` in batches from a background thread (as OTLP does).
     pub fn span_exporter_batched(mut self, exporter: impl SpanExporter + 'static) -> Self {
-        self.exporter = Some(Box::new(move |builder| {
-            builder.with_batch_exporter(exporter)
-        }));
+        self.processor = Some(Box::new(BatchSpanProcessor::builder(exporter).build()));
         self
     }
 
@@ -291,34 +282,28 @@ impl ObserveBuilder {
             )));
         }
         let mut runtime = None;
-        let tracing_on = self.exporter.is_some() || self.otlp_endpoint.is_some();
-        let provider = if tracing_on {
+        let processor: Option<Box<dyn SpanProcessor>> = match (self.processor, &self.otlp_endpoint)
+        {
+            (Some(processor), _) => Some(processor),
+            (None, Some(endpoint)) => {
+                let export = otlp::ExportRuntime::start()?;
+                let exporter = otlp::exporter(&export, endpoint, self.otlp_headers.clone())?;
+                runtime = Some(export);
+                Some(Box::new(BatchSpanProcessor::builder(exporter).build()))
+            }
+            (None, None) => None,
+        };
+        let spans = processor.map(|processor| {
             let resource = Resource::builder()
                 .with_service_name(self.service_name.clone())
                 .with_attributes(self.resource.clone())
                 .build();
-            let mut builder = SdkTracerProvider::builder()
-                .with_resource(resource)
-                .with_sampler(self.sampler.clone());
-            if let Some(exporter) = self.exporter {
-                builder = exporter(builder);
-            } else if let Some(endpoint) = &self.otlp_endpoint {
-                let export = otlp::ExportRuntime::start()?;
-                builder = builder.with_batch_exporter(otlp::exporter(
-                    &export,
-                    endpoint,
-                    self.otlp_headers.clone(),
-                )?);
-                runtime = Some(export);
-            }
-            Some(builder.build())
-        } else {
-            None
-        };
+            spans::Pipeline::new(processor, self.sampler.clone(), &resource)
+        });
         let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
         let observer = AgentObserver {
             inner: Arc::new(observer::Inner {
-                tracer: provider.as_ref().map(|p| p.tracer("agentkit")),
+                spans,
                 metrics: metrics.clone(),
                 names: self.names,
                 capture: self.capture,
@@ -356,7 +341,6 @@ impl ObserveBuilder {
         }
         Ok(Telemetry {
             observer,
-            provider,
             metrics: metrics.map(MetricsHandle),
             _runtime: runtime,
         })
@@ -371,7 +355,6 @@ pub fn init() -> Result<Telemetry> {
 /// What [`init`] installed. Dropping it flushes and shuts down the span exporter.
 pub struct Telemetry {
     observer: AgentObserver,
-    provider: Option<SdkTracerProvider>,
     metrics: Option<MetricsHandle>,
     _runtime: Option<otlp::ExportRuntime>,
 }
@@ -380,7 +363,7 @@ impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("observer", &self.observer)
-            .field("tracing", &self.provider.is_some())
+            .field("tracing", &self.observer.inner.spans.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -409,8 +392,8 @@ impl Telemetry {
 
     /// Exports the spans finished so far.
     pub fn flush(&self) {
-        if let Some(provider) = &self.provider
-            && let Err(error) = provider.force_flush()
+        if let Some(spans) = &self.observer.inner.spans
+            && let Err(error) = spans.flush()
         {
             eprintln!("agentkit-observe: flushing spans failed: {error}");
         }
@@ -419,9 +402,9 @@ impl Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            let _ = provider.force_flush();
-            let _ = provider.shutdown();
+        if let Some(spans) = &self.observer.inner.spans {
+            let _ = spans.flush();
+            let _ = spans.shutdown();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`AgentObserver`]: the core observer hook implemented with OpenTelemetry spans (GenAI
 //! conventions) and Prometheus metrics.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use agentkit_core::model::ModelResponse;
@@ -11,21 +11,18 @@ use agentkit_core::observer::{
 };
 use agentkit_core::tool::ToolCallRecord;
 use agentkit_core::{Error, ToolCall, TraceContext};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _,
-};
-use opentelemetry::{Context as OtelContext, KeyValue};
-use opentelemetry_sdk::trace::{Span, Tracer};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, Status};
 
 use crate::metrics::{
     AgentLabel, AgentOutcome, CostLabels, Metrics, OperationLabels, QueueLabel, TokenLabels,
     ToolLabels,
 };
 use crate::semconv::Names;
+use crate::spans::{OpenSpan, Pipeline};
 
 pub(crate) struct Inner {
-    pub(crate) tracer: Option<Tracer>,
+    pub(crate) spans: Option<Pipeline>,
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) names: &'static [Names],
     pub(crate) capture: bool,
@@ -43,52 +40,15 @@ pub struct AgentObserver {
 impl std::fmt::Debug for AgentObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentObserver")
-            .field("tracing", &self.inner.tracer.is_some())
+            .field("tracing", &self.inner.spans.is_some())
             .field("metrics", &self.inner.metrics.is_some())
             .field("capture_content", &self.inner.capture)
             .finish()
     }
 }
 
-/// The OpenTelemetry parent of work continuing `trace` (none: a new root).
-fn parent(trace: Option<&TraceContext>) -> OtelContext {
-    match trace {
-        Some(trace) => {
-            let flags = if trace.is_sampled() {
-                TraceFlags::SAMPLED
-            } else {
-                TraceFlags::default()
-            };
-            let context = SpanContext::new(
-                TraceId::from_bytes(trace.trace_id().to_be_bytes()),
-                SpanId::from_bytes(trace.span_id().to_be_bytes()),
-                flags,
-                true,
-                TraceState::default(),
-            );
-            OtelContext::new().with_remote_span_context(context)
-        }
-        None => OtelContext::new(),
-    }
-}
-
-fn trace_of(context: &SpanContext) -> Option<TraceContext> {
-    if !context.is_valid() {
-        return None;
-    }
-    TraceContext::from_parts(
-        u128::from_be_bytes(context.trace_id().to_bytes()),
-        u64::from_be_bytes(context.span_id().to_bytes()),
-        context.is_sampled(),
-    )
-}
-
 /// An attribute: where its name is in a [`Names`] table, and its value.
 type Attr = (fn(&Names) -> &'static str, opentelemetry::Value);
-
-fn child_of(context: &SpanContext) -> OtelContext {
-    OtelContext::new().with_remote_span_context(context.clone())
-}
 
 impl AgentObserver {
     fn attrs(&self, pairs: &[Attr]) -> Vec<KeyValue> {
@@ -106,23 +66,33 @@ impl AgentObserver {
         name: String,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
-        parent: &OtelContext,
-    ) -> Option<Span> {
-        let tracer = self.inner.tracer.as_ref()?;
-        Some(
-            tracer
-                .span_builder(name)
-                .with_kind(kind)
-                .with_attributes(attributes)
-                .start_with_context(tracer, parent),
-        )
+        parent: Option<&agentkit_core::TraceContext>,
+    ) -> Option<OpenSpan> {
+        let spans = self.inner.spans.as_ref()?;
+        Some(spans.start(name.into(), kind, attributes, parent))
+    }
+
+    fn child_span(
+        &self,
+        parent: &OpenSpan,
+        name: String,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> Option<OpenSpan> {
+        let spans = self.inner.spans.as_ref()?;
+        Some(spans.child(parent, name.into(), kind, attributes))
+    }
+
+    fn end_span(&self, span: OpenSpan) {
+        if let Some(spans) = &self.inner.spans {
+            spans.end(span);
+        }
     }
 }
 
 struct Run {
     observer: AgentObserver,
-    span: Mutex<Option<Span>>,
-    context: Option<SpanContext>,
+    span: Option<OpenSpan>,
     agent: String,
     started: Instant,
     logged_by_edge: bool,
@@ -135,7 +105,7 @@ struct Run {
 impl Observer for AgentObserver {
     fn enabled(&self) -> bool {
         let inner = &self.inner;
-        inner.tracer.is_some() || inner.metrics.is_some() || inner.log_runs
+        inner.spans.is_some() || inner.metrics.is_some() || inner.log_runs
     }
 
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope> {
@@ -171,13 +141,11 @@ impl Observer for AgentObserver {
             format!("invoke_agent {}", run.agent),
             SpanKind::Internal,
             attributes,
-            &parent(run.context.trace()),
+            run.context.trace(),
         );
-        let context = span.as_ref().map(|s| s.span_context().clone());
         Box::new(Run {
             observer: self.clone(),
-            span: Mutex::new(span),
-            context,
+            span,
             agent: run.agent.to_owned(),
             started: Instant::now(),
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
@@ -201,10 +169,11 @@ impl Observer for AgentObserver {
             format!("{} {}", request.method, request.route),
             SpanKind::Server,
             attributes,
-            &parent(request.context.trace()),
+            request.context.trace(),
         )?;
         Some(Box::new(Request {
-            span: Mutex::new(Some(span)),
+            observer: self.clone(),
+            span,
         }))
     }
 
@@ -231,28 +200,26 @@ impl Observer for AgentObserver {
 }
 
 struct Request {
-    span: Mutex<Option<Span>>,
+    observer: AgentObserver,
+    span: OpenSpan,
 }
 
 impl RequestScope for Request {
     fn trace(&self) -> Option<TraceContext> {
-        let span = self.span.lock().unwrap_or_else(|p| p.into_inner());
-        span.as_ref().and_then(|s| trace_of(s.span_context()))
+        self.span.trace()
     }
 
     fn end(self: Box<Self>, status: u16) {
-        let Some(mut span) = self.span.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return;
-        };
-        span.set_attribute(KeyValue::new(
+        let Request { observer, mut span } = *self;
+        span.add([KeyValue::new(
             "http.response.status_code",
             i64::from(status),
-        ));
+        )]);
         if status >= 500 {
-            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.add([KeyValue::new("error.type", status.to_string())]);
             span.set_status(Status::error(format!("HTTP {status}")));
         }
-        span.end();
+        observer.end_span(span);
     }
 }
 
@@ -263,33 +230,33 @@ enum CallKind {
 
 struct Call {
     observer: AgentObserver,
-    span: Mutex<Option<Span>>,
+    span: Option<OpenSpan>,
     agent: String,
     kind: CallKind,
 }
 
 impl RunScope for Run {
     fn trace(&self) -> Option<TraceContext> {
-        self.context.as_ref().and_then(trace_of)
+        self.span.as_ref().and_then(OpenSpan::trace)
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
-        let span = self.context.as_ref().and_then(|parent| {
+        let span = self.span.as_ref().and_then(|parent| {
             let attributes = self.observer.attrs(&[
                 (|n| n.operation_name, "chat".into()),
                 (|n| n.provider_name, call.provider.to_owned().into()),
                 (|n| n.request_model, call.model.to_owned().into()),
             ]);
-            self.observer.start_span(
+            self.observer.child_span(
+                parent,
                 format!("chat {}", call.model),
                 SpanKind::Client,
                 attributes,
-                &child_of(parent),
             )
         });
         Box::new(Call {
             observer: self.observer.clone(),
-            span: Mutex::new(span),
+            span,
             agent: self.agent.clone(),
             kind: CallKind::Model {
                 model: call.model.to_owned(),
@@ -299,7 +266,7 @@ impl RunScope for Run {
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
-        let span = self.context.as_ref().and_then(|parent| {
+        let span = self.span.as_ref().and_then(|parent| {
             let mut attributes = self.observer.attrs(&[
                 (|n| n.operation_name, "execute_tool".into()),
                 (|n| n.tool_name, call.name.clone().into()),
@@ -311,22 +278,23 @@ impl RunScope for Run {
                     call.arguments.clone(),
                 ));
             }
-            self.observer.start_span(
+            self.observer.child_span(
+                parent,
                 format!("execute_tool {}", call.name),
                 SpanKind::Internal,
                 attributes,
-                &child_of(parent),
             )
         });
         Box::new(Call {
             observer: self.observer.clone(),
-            span: Mutex::new(span),
+            span,
             agent: self.agent.clone(),
             kind: CallKind::Tool,
         })
     }
 
-    fn end(self: Box<Self>, end: &RunEnd<'_>) {
+    fn end(mut self: Box<Self>, end: &RunEnd<'_>) {
+        let trace = self.trace();
         let inner = &self.observer.inner;
         let outcome = match end.outcome {
             Ok(_) => "ok",
@@ -358,7 +326,7 @@ impl RunScope for Run {
                     .inc_by(end.cost_usd);
             }
         }
-        if let Some(mut span) = self.span.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(mut span) = self.span.take() {
             let mut attributes = self.observer.attrs(&[
                 (|n| n.response_model, end.model.to_owned().into()),
                 (|n| n.input_tokens, (end.usage.input_tokens as i64).into()),
@@ -373,15 +341,14 @@ impl RunScope for Run {
                         .attrs(&[(|n| n.output_messages, reply.output.clone().into())]),
                 );
             }
-            span.set_attributes(attributes);
+            span.add(attributes);
             if let Err(error) = end.outcome {
                 fail(&self.observer, &mut span, error);
             }
-            span.end();
+            self.observer.end_span(span);
         }
         if inner.log_runs && !self.logged_by_edge {
             let tool_names: Vec<&str> = end.tool_calls.iter().map(|t| t.name.as_str()).collect();
-            let trace = self.trace();
             tracing::info!(
                 target: "agentkit::run",
                 request_id = %self.request_id,
@@ -406,18 +373,17 @@ impl RunScope for Run {
     }
 }
 
-fn fail(observer: &AgentObserver, span: &mut Span, error: &Error) {
-    span.set_attributes(observer.attrs(&[(|n| n.error_type, error.code().into())]));
+fn fail(observer: &AgentObserver, span: &mut OpenSpan, error: &Error) {
+    span.add(observer.attrs(&[(|n| n.error_type, error.code().into())]));
     span.set_status(Status::error(error.message().to_owned()));
 }
 
 impl CallScope for Call {
     fn trace(&self) -> Option<TraceContext> {
-        let span = self.span.lock().unwrap_or_else(|p| p.into_inner());
-        span.as_ref().and_then(|s| trace_of(s.span_context()))
+        self.span.as_ref().and_then(OpenSpan::trace)
     }
 
-    fn end_model(self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
+    fn end_model(mut self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
         let CallKind::Model { model, started } = &self.kind else {
             return;
         };
@@ -446,7 +412,7 @@ impl CallScope for Call {
                 }
             }
         }
-        let Some(mut span) = self.span.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(mut span) = self.span.take() else {
             return;
         };
         match outcome {
@@ -478,14 +444,14 @@ impl CallScope for Call {
                     let text = serde_json_message(&response.message);
                     attributes.extend(self.observer.attrs(&[(|n| n.output_messages, text.into())]));
                 }
-                span.set_attributes(attributes);
+                span.add(attributes);
             }
             Err(error) => fail(&self.observer, &mut span, error),
         }
-        span.end();
+        self.observer.end_span(span);
     }
 
-    fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
+    fn end_tool(mut self: Box<Self>, record: &ToolCallRecord) {
         if let Some(metrics) = &self.observer.inner.metrics {
             metrics
                 .tool_calls
@@ -495,17 +461,17 @@ impl CallScope for Call {
                 })
                 .inc();
         }
-        let Some(mut span) = self.span.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(mut span) = self.span.take() else {
             return;
         };
         if !record.ok {
-            span.set_attributes(
+            span.add(
                 self.observer
                     .attrs(&[(|n| n.error_type, "tool_error".into())]),
             );
             span.set_status(Status::error(record.error.clone().unwrap_or_default()));
         }
-        span.end();
+        self.observer.end_span(span);
     }
 }
 
