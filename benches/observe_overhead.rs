@@ -74,8 +74,7 @@ fn variants() -> Variants {
 /// JSON lines to a sink, for the variants that log.
 fn json_to_sink() -> tracing::subscriber::DefaultGuard {
     let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
+        .event_format(agentkit::observe::JsonLines)
         .with_writer(BoxMakeWriter::new(std::io::sink))
         .finish();
     tracing::subscriber::set_default(subscriber)

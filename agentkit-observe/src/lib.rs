@@ -36,6 +36,7 @@
 //! | `OTEL_SEMCONV_STABILITY_OPT_IN` | `gen_ai/dup` also emits the older attribute names | latest names |
 //! | `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` | `true` records prompt and completion text | off |
 
+mod json;
 mod metrics;
 mod observer;
 mod otlp;
@@ -55,6 +56,7 @@ use opentelemetry_sdk::trace::{
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+pub use json::JsonLines;
 pub use metrics::MetricsHandle;
 pub use observer::AgentObserver;
 
@@ -319,10 +321,7 @@ impl ObserveBuilder {
                 .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
             let installed = match self.log_format {
                 LogFormat::Json => tracing_subscriber::fmt()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
+                    .event_format(JsonLines)
                     .with_env_filter(filter)
                     .with_writer(writer)
                     .try_init(),

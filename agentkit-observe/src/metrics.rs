@@ -3,8 +3,9 @@
 //! Labels stay low-cardinality: agent, model, tool, outcome, token type, queue; never a
 //! request, session or user id.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -80,9 +81,119 @@ pub(crate) struct Metrics {
     pub(crate) inflight: Family<AgentLabel, Gauge>,
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
     pub(crate) session_conflicts: Counter,
+    agents: RwLock<HashMap<String, Arc<AgentMetrics>>>,
+    tools: RwLock<HashMap<String, Arc<ToolMetrics>>>,
+}
+
+/// One agent's metric handles, found once per run rather than by label on every update
+/// (each lookup by label allocates its label strings and hashes them under a lock).
+pub(crate) struct AgentMetrics {
+    name: String,
+    pub(crate) inflight: Gauge,
+    pub(crate) ok: Counter,
+    pub(crate) duration: Histogram,
+    models: RwLock<HashMap<String, Arc<ModelMetrics>>>,
+}
+
+/// The handles of one model as used by one agent.
+pub(crate) struct ModelMetrics {
+    pub(crate) input_tokens: Histogram,
+    pub(crate) output_tokens: Histogram,
+    pub(crate) chat_duration: Histogram,
+    pub(crate) cost: Counter<f64, AtomicU64>,
+}
+
+/// A tool's call counters: ok and error.
+pub(crate) struct ToolMetrics {
+    pub(crate) ok: Counter,
+    pub(crate) error: Counter,
+}
+
+/// The cached value of `key`, made by `make` on first use.
+fn cached<T>(map: &RwLock<HashMap<String, Arc<T>>>, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+    if let Some(found) = map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+        return found.clone();
+    }
+    let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+    map.entry(key.to_owned())
+        .or_insert_with(|| Arc::new(make()))
+        .clone()
 }
 
 impl Metrics {
+    /// The handles of `agent`'s metrics.
+    pub(crate) fn agent(&self, agent: &str) -> Arc<AgentMetrics> {
+        cached(&self.agents, agent, || {
+            let label = AgentLabel {
+                agent: agent.to_owned(),
+            };
+            AgentMetrics {
+                name: agent.to_owned(),
+                inflight: self.inflight.get_or_create(&label).clone(),
+                ok: self
+                    .requests
+                    .get_or_create(&AgentOutcome {
+                        agent: agent.to_owned(),
+                        outcome: "ok".to_owned(),
+                    })
+                    .clone(),
+                duration: self.duration.get_or_create(&label).clone(),
+                models: RwLock::default(),
+            }
+        })
+    }
+
+    /// The handles of `model` as used by `agent`.
+    pub(crate) fn model(&self, agent: &AgentMetrics, model: &str) -> Arc<ModelMetrics> {
+        cached(&agent.models, model, || {
+            let tokens = |token_type| {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        agent: agent.name.clone(),
+                        model: model.to_owned(),
+                        token_type,
+                    })
+                    .clone()
+            };
+            ModelMetrics {
+                input_tokens: tokens("input"),
+                output_tokens: tokens("output"),
+                chat_duration: self
+                    .operations
+                    .get_or_create(&OperationLabels {
+                        model: model.to_owned(),
+                        operation: "chat",
+                    })
+                    .clone(),
+                cost: self
+                    .cost
+                    .get_or_create(&CostLabels {
+                        agent: agent.name.clone(),
+                        model: model.to_owned(),
+                    })
+                    .clone(),
+            }
+        })
+    }
+
+    /// The counters of `tool`.
+    pub(crate) fn tool(&self, tool: &str) -> Arc<ToolMetrics> {
+        cached(&self.tools, tool, || {
+            let counter = |outcome| {
+                self.tool_calls
+                    .get_or_create(&ToolLabels {
+                        tool: tool.to_owned(),
+                        outcome,
+                    })
+                    .clone()
+            };
+            ToolMetrics {
+                ok: counter("ok"),
+                error: counter("error"),
+            }
+        })
+    }
+
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<AgentOutcome, Counter>::default();
@@ -158,6 +269,8 @@ impl Metrics {
             inflight,
             queue_depth,
             session_conflicts,
+            agents: RwLock::default(),
+            tools: RwLock::default(),
         }
     }
 

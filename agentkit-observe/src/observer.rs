@@ -14,10 +14,7 @@ use agentkit_core::{Error, ToolCall, TraceContext};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status};
 
-use crate::metrics::{
-    AgentLabel, AgentOutcome, CostLabels, Metrics, OperationLabels, QueueLabel, TokenLabels,
-    ToolLabels,
-};
+use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, QueueLabel};
 use crate::semconv::Names;
 use crate::spans::{OpenSpan, Pipeline};
 
@@ -51,11 +48,18 @@ impl std::fmt::Debug for AgentObserver {
 type Attr = (fn(&Names) -> &'static str, opentelemetry::Value);
 
 impl AgentObserver {
-    fn attrs(&self, pairs: &[Attr]) -> Vec<KeyValue> {
-        let mut out = Vec::with_capacity(pairs.len() * self.inner.names.len());
-        for names in self.inner.names {
+    /// The attributes under every name table switched on (values are moved into the last).
+    fn attrs<const N: usize>(&self, pairs: [Attr; N]) -> Vec<KeyValue> {
+        let tables = self.inner.names;
+        let mut out = Vec::with_capacity(N * tables.len() + 3);
+        if let Some((last, earlier)) = tables.split_last() {
+            for names in earlier {
+                for (name, value) in &pairs {
+                    out.push(KeyValue::new(name(names), value.clone()));
+                }
+            }
             for (name, value) in pairs {
-                out.push(KeyValue::new(name(names), value.clone()));
+                out.push(KeyValue::new(name(last), value));
             }
         }
         out
@@ -93,6 +97,7 @@ impl AgentObserver {
 struct Run {
     observer: AgentObserver,
     span: Option<OpenSpan>,
+    metrics: Option<Arc<AgentMetrics>>,
     agent: String,
     started: Instant,
     logged_by_edge: bool,
@@ -109,43 +114,42 @@ impl Observer for AgentObserver {
     }
 
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope> {
-        if let Some(metrics) = &self.inner.metrics {
-            metrics
-                .inflight
-                .get_or_create(&AgentLabel {
-                    agent: run.agent.to_owned(),
-                })
-                .inc();
+        let metrics = self.inner.metrics.as_ref().map(|m| m.agent(run.agent));
+        if let Some(metrics) = &metrics {
+            metrics.inflight.inc();
         }
-        let mut attributes = self.attrs(&[
-            (|n| n.operation_name, "invoke_agent".into()),
-            (|n| n.agent_name, run.agent.to_owned().into()),
-            (|n| n.provider_name, run.provider.to_owned().into()),
-            (|n| n.request_model, run.model.to_owned().into()),
-        ]);
-        if let Some(session) = run.context.session_id() {
-            attributes.extend(self.attrs(&[(|n| n.conversation_id, session.to_owned().into())]));
-        }
-        attributes.push(KeyValue::new(
-            "agentkit.request_id",
-            run.context.request_id().to_owned(),
-        ));
-        attributes.push(KeyValue::new(
-            "agentkit.agent.version",
-            run.agent_version.to_owned(),
-        ));
-        if let Some(tenant) = run.context.tenant() {
-            attributes.push(KeyValue::new("agentkit.tenant", tenant.to_owned()));
-        }
-        let span = self.start_span(
-            format!("invoke_agent {}", run.agent),
-            SpanKind::Internal,
-            attributes,
-            run.context.trace(),
-        );
+        let span = self.inner.spans.is_some().then(|| {
+            let mut attributes = self.attrs([
+                (|n| n.operation_name, "invoke_agent".into()),
+                (|n| n.agent_name, run.agent.to_owned().into()),
+                (|n| n.provider_name, run.provider.to_owned().into()),
+                (|n| n.request_model, run.model.to_owned().into()),
+            ]);
+            if let Some(session) = run.context.session_id() {
+                attributes.extend(self.attrs([(|n| n.conversation_id, session.to_owned().into())]));
+            }
+            attributes.push(KeyValue::new(
+                "agentkit.request_id",
+                run.context.request_id().to_owned(),
+            ));
+            attributes.push(KeyValue::new(
+                "agentkit.agent.version",
+                run.agent_version.to_owned(),
+            ));
+            if let Some(tenant) = run.context.tenant() {
+                attributes.push(KeyValue::new("agentkit.tenant", tenant.to_owned()));
+            }
+            self.start_span(
+                format!("invoke_agent {}", run.agent),
+                SpanKind::Internal,
+                attributes,
+                run.context.trace(),
+            )
+        });
         Box::new(Run {
             observer: self.clone(),
-            span,
+            span: span.flatten(),
+            metrics,
             agent: run.agent.to_owned(),
             started: Instant::now(),
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
@@ -231,7 +235,7 @@ enum CallKind {
 struct Call {
     observer: AgentObserver,
     span: Option<OpenSpan>,
-    agent: String,
+    metrics: Option<Arc<AgentMetrics>>,
     kind: CallKind,
 }
 
@@ -242,7 +246,7 @@ impl RunScope for Run {
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
         let span = self.span.as_ref().and_then(|parent| {
-            let attributes = self.observer.attrs(&[
+            let attributes = self.observer.attrs([
                 (|n| n.operation_name, "chat".into()),
                 (|n| n.provider_name, call.provider.to_owned().into()),
                 (|n| n.request_model, call.model.to_owned().into()),
@@ -257,7 +261,7 @@ impl RunScope for Run {
         Box::new(Call {
             observer: self.observer.clone(),
             span,
-            agent: self.agent.clone(),
+            metrics: self.metrics.clone(),
             kind: CallKind::Model {
                 model: call.model.to_owned(),
                 started: Instant::now(),
@@ -267,7 +271,7 @@ impl RunScope for Run {
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
         let span = self.span.as_ref().and_then(|parent| {
-            let mut attributes = self.observer.attrs(&[
+            let mut attributes = self.observer.attrs([
                 (|n| n.operation_name, "execute_tool".into()),
                 (|n| n.tool_name, call.name.clone().into()),
                 (|n| n.tool_call_id, call.id.clone().into()),
@@ -288,7 +292,7 @@ impl RunScope for Run {
         Box::new(Call {
             observer: self.observer.clone(),
             span,
-            agent: self.agent.clone(),
+            metrics: None,
             kind: CallKind::Tool,
         })
     }
@@ -300,34 +304,29 @@ impl RunScope for Run {
             Ok(_) => "ok",
             Err(error) => error.code(),
         };
-        if let Some(metrics) = &inner.metrics {
-            let agent = AgentLabel {
-                agent: self.agent.clone(),
-            };
-            metrics.inflight.get_or_create(&agent).dec();
-            metrics
-                .requests
-                .get_or_create(&AgentOutcome {
-                    agent: self.agent.clone(),
-                    outcome: outcome.to_owned(),
-                })
-                .inc();
-            metrics
-                .duration
-                .get_or_create(&agent)
-                .observe(self.started.elapsed().as_secs_f64());
+        if let (Some(metrics), Some(agent)) = (&inner.metrics, &self.metrics) {
+            agent.inflight.dec();
+            match end.outcome {
+                Ok(_) => {
+                    agent.ok.inc();
+                }
+                Err(_) => {
+                    metrics
+                        .requests
+                        .get_or_create(&AgentOutcome {
+                            agent: self.agent.clone(),
+                            outcome: outcome.to_owned(),
+                        })
+                        .inc();
+                }
+            }
+            agent.duration.observe(self.started.elapsed().as_secs_f64());
             if end.cost_usd > 0.0 {
-                metrics
-                    .cost
-                    .get_or_create(&CostLabels {
-                        agent: self.agent.clone(),
-                        model: end.model.to_owned(),
-                    })
-                    .inc_by(end.cost_usd);
+                metrics.model(agent, end.model).cost.inc_by(end.cost_usd);
             }
         }
         if let Some(mut span) = self.span.take() {
-            let mut attributes = self.observer.attrs(&[
+            let mut attributes = self.observer.attrs([
                 (|n| n.response_model, end.model.to_owned().into()),
                 (|n| n.input_tokens, (end.usage.input_tokens as i64).into()),
                 (|n| n.output_tokens, (end.usage.output_tokens as i64).into()),
@@ -338,7 +337,7 @@ impl RunScope for Run {
             {
                 attributes.extend(
                     self.observer
-                        .attrs(&[(|n| n.output_messages, reply.output.clone().into())]),
+                        .attrs([(|n| n.output_messages, reply.output.clone().into())]),
                 );
             }
             span.add(attributes);
@@ -349,20 +348,22 @@ impl RunScope for Run {
         }
         if inner.log_runs && !self.logged_by_edge {
             let tool_names: Vec<&str> = end.tool_calls.iter().map(|t| t.name.as_str()).collect();
+            let trace_id = trace.as_ref().map(TraceContext::trace_id_hex);
+            let span_id = trace.as_ref().map(TraceContext::span_id_hex);
             tracing::info!(
                 target: "agentkit::run",
-                request_id = %self.request_id,
-                trace_id = trace.as_ref().map(TraceContext::trace_id_hex).as_deref(),
-                span_id = trace.as_ref().map(TraceContext::span_id_hex).as_deref(),
+                request_id = self.request_id.as_str(),
+                trace_id = trace_id.as_deref(),
+                span_id = span_id.as_deref(),
                 tenant = self.tenant.as_deref(),
-                agent = %self.agent,
-                agent_version = %self.agent_version,
+                agent = self.agent.as_str(),
+                agent_version = self.agent_version.as_str(),
                 session_id = self.session_id.as_deref(),
                 model = end.model,
                 tokens_in = end.usage.input_tokens,
                 tokens_out = end.usage.output_tokens,
                 tool_calls = end.tool_calls.len(),
-                tool_names = %tool_names.join(","),
+                tool_names = tool_names.join(",").as_str(),
                 cost_usd = end.cost_usd,
                 latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
                 outcome = if end.outcome.is_ok() { "ok" } else { "error" },
@@ -374,7 +375,7 @@ impl RunScope for Run {
 }
 
 fn fail(observer: &AgentObserver, span: &mut OpenSpan, error: &Error) {
-    span.add(observer.attrs(&[(|n| n.error_type, error.code().into())]));
+    span.add(observer.attrs([(|n| n.error_type, error.code().into())]));
     span.set_status(Status::error(error.message().to_owned()));
 }
 
@@ -388,28 +389,16 @@ impl CallScope for Call {
             return;
         };
         let inner = &self.observer.inner;
-        if let Some(metrics) = &inner.metrics {
-            metrics
-                .operations
-                .get_or_create(&OperationLabels {
-                    model: model.clone(),
-                    operation: "chat",
-                })
-                .observe(started.elapsed().as_secs_f64());
+        if let (Some(metrics), Some(agent)) = (&inner.metrics, &self.metrics) {
+            let model = metrics.model(agent, model);
+            model.chat_duration.observe(started.elapsed().as_secs_f64());
             if let Ok(response) = outcome {
-                for (token_type, count) in [
-                    ("input", response.usage.input_tokens),
-                    ("output", response.usage.output_tokens),
-                ] {
-                    metrics
-                        .tokens
-                        .get_or_create(&TokenLabels {
-                            agent: self.agent.clone(),
-                            model: model.clone(),
-                            token_type,
-                        })
-                        .observe(count as f64);
-                }
+                model
+                    .input_tokens
+                    .observe(response.usage.input_tokens as f64);
+                model
+                    .output_tokens
+                    .observe(response.usage.output_tokens as f64);
             }
         }
         let Some(mut span) = self.span.take() else {
@@ -418,7 +407,7 @@ impl CallScope for Call {
         match outcome {
             Ok(response) => {
                 let answered = response.model.clone().unwrap_or_else(|| model.clone());
-                let mut attributes = self.observer.attrs(&[
+                let mut attributes = self.observer.attrs([
                     (|n| n.response_model, answered.into()),
                     (
                         |n| n.input_tokens,
@@ -442,7 +431,7 @@ impl CallScope for Call {
                 }
                 if inner.capture {
                     let text = serde_json_message(&response.message);
-                    attributes.extend(self.observer.attrs(&[(|n| n.output_messages, text.into())]));
+                    attributes.extend(self.observer.attrs([(|n| n.output_messages, text.into())]));
                 }
                 span.add(attributes);
             }
@@ -453,13 +442,12 @@ impl CallScope for Call {
 
     fn end_tool(mut self: Box<Self>, record: &ToolCallRecord) {
         if let Some(metrics) = &self.observer.inner.metrics {
-            metrics
-                .tool_calls
-                .get_or_create(&ToolLabels {
-                    tool: record.name.clone(),
-                    outcome: if record.ok { "ok" } else { "error" },
-                })
-                .inc();
+            let tool = metrics.tool(&record.name);
+            if record.ok {
+                tool.ok.inc();
+            } else {
+                tool.error.inc();
+            }
         }
         let Some(mut span) = self.span.take() else {
             return;
@@ -467,7 +455,7 @@ impl CallScope for Call {
         if !record.ok {
             span.add(
                 self.observer
-                    .attrs(&[(|n| n.error_type, "tool_error".into())]),
+                    .attrs([(|n| n.error_type, "tool_error".into())]),
             );
             span.set_status(Status::error(record.error.clone().unwrap_or_default()));
         }
