@@ -7,8 +7,9 @@
 //! - NATS: JetStream publish (awaiting the ack) by the producers, pull `fetch` + ack by one
 //!   consumer.
 //!
-//! Method: 16 producer tasks submit N jobs as fast as they can while one in-process worker
-//! (concurrency 16) runs them; throughput is N over the time from the first submission to the
+//! Method: 16 producer tasks submit N jobs (`AGENTKIT_BENCH_JOBS`, default 3,000) as fast as
+//! they can while one in-process worker (concurrency 64, as one would set it for jobs that take
+//! microseconds; the raw consumer reads 64 at a time too) runs them; throughput is N over the time from the first submission to the
 //! last job stored; latency is submit-to-done per job (from the job's timestamps; for the raw
 //! figures, from a timestamp carried in the message). Both run on one multi-threaded Tokio
 //! runtime with the servers on loopback, so the client, the worker and the server share the
@@ -26,6 +27,7 @@ use agentkit::transport::jobs::{JobQueue, JobSpec, JobStatus, Worker};
 use futures::StreamExt;
 
 const PRODUCERS: usize = 16;
+/// The worker's concurrency: jobs here take microseconds, so its slots wait on round trips.
 const CONCURRENCY: usize = 64;
 
 fn now_us() -> u64 {
@@ -312,7 +314,9 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        println!("queue_throughput ({n} jobs, {PRODUCERS} producers, worker concurrency 16)");
+        println!(
+            "queue_throughput ({n} jobs, {PRODUCERS} producers, worker concurrency {CONCURRENCY})"
+        );
         if let Some(url) = agentkit_testkit::redis_url() {
             let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
             let raw = redis_raw(&client, n).await;
