@@ -293,7 +293,9 @@ impl fmt::Debug for Extensions {
 ///
 /// Good for request, job and call ids (unique, not secret); not for tokens.
 pub fn generate_id() -> String {
-    format!("{:032x}", fastrand::u128(1..))
+    let mut id = String::with_capacity(32);
+    crate::trace::push_hex(&mut id, &fastrand::u128(1..).to_be_bytes());
+    id
 }
 
 #[cfg(test)]

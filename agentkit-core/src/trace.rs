@@ -138,7 +138,7 @@ impl TraceContext {
 }
 
 /// Appends `bytes` as lowercase hex (without `format!`: these run once per request and span).
-fn push_hex(out: &mut String, bytes: &[u8]) {
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
         out.push(char::from(DIGITS[usize::from(byte >> 4)]));

@@ -128,7 +128,9 @@ pub(crate) async fn authenticate(
     if let Some(trace) = trace {
         cx = cx.with_trace(trace);
     }
-    if let Some(facts) = &facts {
+    if let Some(facts) = &facts
+        && crate::api::logline::logging()
+    {
         cx = cx.with_extension(facts.report.clone());
     }
     req.extensions_mut().insert(cx);

@@ -38,8 +38,25 @@ pub(crate) struct Finish {
     pub(crate) scope: Option<Box<dyn RequestScope>>,
 }
 
+/// Whether anyone takes request log lines (when not, the edge neither asks runs for a summary
+/// nor builds the line).
+pub(crate) fn logging() -> bool {
+    tracing::enabled!(target: "agentkit::request", tracing::Level::INFO)
+}
+
 impl Drop for Finish {
     fn drop(&mut self) {
+        if logging() {
+            self.log();
+        }
+        if let Some(scope) = self.scope.take() {
+            scope.end(self.status);
+        }
+    }
+}
+
+impl Finish {
+    fn log(&self) {
         let summary = self.facts.report.get();
         let request_trace = self
             .facts
@@ -94,9 +111,6 @@ impl Drop for Finish {
             output = s.output.as_deref(),
             "request finished"
         );
-        if let Some(scope) = self.scope.take() {
-            scope.end(self.status);
-        }
     }
 }
 
