@@ -337,6 +337,126 @@ async fn webhooks_are_signed_and_retried_until_the_receiver_answers() {
     assert_eq!(doc["result"]["output"], "5 + 5 = 10");
 }
 
+/// A receiver that answers 503 until `up` is set, then records what it gets.
+async fn switchable_receiver(
+    up: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, Arc<Mutex<Vec<Bytes>>>, Arc<AtomicUsize>) {
+    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (r, f) = (received.clone(), refused.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: Bytes| {
+            let (r, f, up) = (r.clone(), f.clone(), up.clone());
+            async move {
+                if !up.load(Ordering::SeqCst) {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r.lock().unwrap().push(body);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), received, refused)
+}
+
+fn webhook_worker(queue: Arc<dyn JobQueue>) -> Worker {
+    let webhooks = WebhookSender::new(WEBHOOK_SECRET).unwrap().with_backoff(
+        Backoff::new()
+            .max_attempts(2)
+            .base(Duration::from_millis(20)),
+    );
+    Worker::builder(queue)
+        .agent("assistant", demo_agent())
+        .webhooks(webhooks)
+        .heartbeat(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+/// The worker that finished a job dies (its task is dropped, as a killed process would stop)
+/// while the receiver is down; the webhook is still delivered, once, by the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_outlives_the_worker_that_finished_its_job() {
+    let queue: Arc<dyn JobQueue> =
+        Arc::new(MemoryJobQueue::new().with_visibility_timeout(Duration::from_millis(400)));
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (hook, received, refused) = switchable_receiver(up.clone()).await;
+    let spec = agentkit_transport::jobs::JobSpec {
+        agent: "assistant".into(),
+        input: vec![agentkit_core::Message::user("What is 3 + 4?")],
+        tenant: "acme".into(),
+        callback_url: Some(hook),
+        ..Default::default()
+    };
+    let job_id = queue.enqueue(spec).await.unwrap().job_id;
+
+    let first = webhook_worker(queue.clone());
+    let running = tokio::spawn(async move { first.run(std::future::pending()).await });
+    // The job ends; the receiver refuses the webhook at least once.
+    for _ in 0..200 {
+        let ended = queue
+            .get(&job_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_terminal();
+        if ended && refused.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused.load(Ordering::SeqCst) > 0, "the receiver was tried");
+    running.abort();
+    let _ = running.await;
+
+    up.store(true, Ordering::SeqCst);
+    let second = webhook_worker(queue.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        second
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    for _ in 0..400 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered once");
+    let doc: Value = serde_json::from_slice(&got[0]).unwrap();
+    assert_eq!(doc["job_id"], job_id.as_str());
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["result"]["output"], "3 + 4 = 7");
+}
+
+#[tokio::test]
+async fn reserved_idempotency_keys_are_refused() {
+    let s = setup().await;
+    let response = submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "hi", "idempotency_key": "agentkit:webhook:123"}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_input");
+}
+
 #[tokio::test]
 async fn agents_call_each_other_over_the_queue() {
     let s = setup().await;

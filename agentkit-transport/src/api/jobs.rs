@@ -30,7 +30,8 @@ pub(crate) struct JobRequest {
     /// Where to POST the job document, signed, when the job ends.
     #[serde(default)]
     pub(crate) callback_url: Option<String>,
-    /// Deduplicates submissions (also accepted as the `Idempotency-Key` header).
+    /// Deduplicates submissions (also accepted as the `Idempotency-Key` header); keys starting
+    /// with `agentkit:` are reserved.
     #[serde(default)]
     pub(crate) idempotency_key: Option<String>,
     /// Caller metadata (the agent's prompt variables).
@@ -134,6 +135,16 @@ pub(crate) async fn submit(
         }
         (body, header) => body.or(header),
     };
+    if idempotency_key
+        .as_deref()
+        .is_some_and(|key| key.starts_with(crate::jobs::RESERVED_KEY_PREFIX))
+    {
+        return Err(Error::invalid_input(format!(
+            "idempotency keys starting with `{}` are reserved",
+            crate::jobs::RESERVED_KEY_PREFIX
+        ))
+        .into());
+    }
     if let Some(url) = &request.callback_url {
         webhook::validate_callback(url)?;
     }

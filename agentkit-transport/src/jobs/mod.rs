@@ -29,6 +29,10 @@ pub use memory::MemoryJobQueue;
 pub use webhook::{SIGNATURE_HEADER, WebhookSender, sign, verify};
 pub use worker::{Worker, WorkerBuilder};
 
+/// Idempotency keys starting with this belong to agentkit (a job's webhook delivery is keyed
+/// `agentkit:webhook:{job_id}`); the HTTP API refuses them from callers.
+pub const RESERVED_KEY_PREFIX: &str = "agentkit:";
+
 /// What to run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {

@@ -18,7 +18,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::WebhookSender;
-use super::{Delivery, Finish, JobDoc, JobError, JobQueue, JobSpec};
+use super::{Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, RESERVED_KEY_PREFIX};
+
+/// The agent of webhook deliveries. A job's callback travels as a job of its own, enqueued
+/// before the job is finished: a worker that dies after finishing (or while the receiver is
+/// down) leaves the delivery in the queue for another worker, instead of losing it.
+pub(crate) const WEBHOOK_AGENT: &str = "agentkit.webhook";
+
+/// How many times a webhook delivery is claimed before it is dead: each claim makes several
+/// HTTP attempts, and claims that find the job not yet ended wait for it (up to 30 s each).
+const WEBHOOK_MAX_ATTEMPTS: u32 = 20;
 
 struct Inner {
     queue: Arc<dyn JobQueue>,
@@ -403,6 +412,11 @@ impl Worker {
                 return;
             }
         };
+        if spec.agent == WEBHOOK_AGENT {
+            self.heartbeating(&delivery, self.deliver_webhook(&delivery, spec))
+                .await;
+            return;
+        }
         if delivery.attempt > inner.max_attempts {
             let error = JobError {
                 code: ErrorKind::Unavailable.code().to_owned(),
@@ -470,6 +484,12 @@ impl Worker {
 
     async fn end(&self, delivery: &Delivery, finish: Finish, callback: Option<&str>) {
         let job_id = &delivery.job.job_id;
+        if let (Some(url), Some(_)) = (callback, &self.inner.webhooks)
+            && let Err(error) = self.queue_webhook(delivery, url).await
+        {
+            tracing::error!(%job_id, %error, "cannot queue the job's webhook; leaving the job to be delivered again");
+            return;
+        }
         let status = finish.status();
         let doc = match self.inner.queue.finish(delivery, finish).await {
             Ok(doc) => doc,
@@ -479,14 +499,105 @@ impl Worker {
             }
         };
         tracing::info!(%job_id, status = status.as_str(), attempts = doc.attempts, "job ended");
-        if let (Some(url), Some(sender)) = (callback, &self.inner.webhooks) {
-            self.notify(sender, url, &doc).await;
-        }
     }
 
-    async fn notify(&self, sender: &WebhookSender, url: &str, doc: &JobDoc) {
-        if let Err(error) = sender.deliver(url, doc).await {
-            tracing::error!(job_id = %doc.job_id, %error, "webhook delivery failed");
+    /// Enqueues the delivery of `delivery`'s job document to `url` (once per job: the key is
+    /// the job's).
+    async fn queue_webhook(&self, delivery: &Delivery, url: &str) -> Result<()> {
+        let job = &delivery.job;
+        let spec = delivery.spec()?;
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("job_id".into(), job.job_id.clone().into());
+        let webhook = JobSpec {
+            agent: WEBHOOK_AGENT.to_owned(),
+            input: vec![agentkit_core::Message::user(format!(
+                "deliver job {} to its callback",
+                job.job_id
+            ))],
+            metadata,
+            tenant: spec.tenant.clone(),
+            callback_url: Some(url.to_owned()),
+            idempotency_key: Some(format!("{RESERVED_KEY_PREFIX}webhook:{}", job.job_id)),
+            request_id: spec.request_id.clone(),
+            traceparent: spec.traceparent.clone(),
+            ..JobSpec::default()
+        };
+        self.inner.queue.enqueue(webhook).await.map(drop)
+    }
+
+    /// Runs a webhook delivery: POSTs the job's stored document once the job has ended.
+    async fn deliver_webhook(&self, delivery: &Delivery, spec: &JobSpec) {
+        let queue = &self.inner.queue;
+        let hook_id = &delivery.job.job_id;
+        let target = spec.callback_url.as_deref().zip(
+            spec.metadata
+                .get("job_id")
+                .and_then(serde_json::Value::as_str),
+        );
+        let Some((url, job_id)) = target else {
+            let error =
+                Error::invalid_input("a webhook delivery needs a callback_url and a job_id");
+            let _ = queue
+                .finish(delivery, Finish::Failed(JobError::from(&error)))
+                .await;
+            return;
+        };
+        let retry = |error: Error| async move {
+            let delay = Backoff::new()
+                .base(Duration::from_millis(200))
+                .max_delay(Duration::from_secs(30))
+                .max_attempts(WEBHOOK_MAX_ATTEMPTS)
+                .next_delay(delivery.attempt, &error, None);
+            let outcome = match delay {
+                Some(delay) => {
+                    queue
+                        .release(delivery, delay, Some(JobError::from(&error)))
+                        .await
+                }
+                None => {
+                    tracing::error!(%job_id, %error, "webhook delivery gave up");
+                    queue
+                        .finish(delivery, Finish::Dead(JobError::from(&error)))
+                        .await
+                        .map(drop)
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(%hook_id, error = %e, "cannot release the webhook delivery; it will be reclaimed");
+            }
+        };
+        let Some(sender) = &self.inner.webhooks else {
+            return retry(Error::unavailable("this worker has no webhook secret")).await;
+        };
+        let doc = match queue.get(job_id).await {
+            Ok(Some(doc)) if doc.status.is_terminal() => doc,
+            Ok(Some(_)) => return retry(Error::unavailable("the job has not ended yet")).await,
+            Ok(None) => {
+                let error = Error::not_found(format!("job {job_id} is gone"));
+                let _ = queue
+                    .finish(delivery, Finish::Failed(JobError::from(&error)))
+                    .await;
+                return;
+            }
+            Err(error) => return retry(error).await,
+        };
+        match sender.deliver(url, &doc).await {
+            Ok(()) => {
+                let done = JobResult {
+                    output: format!("delivered job {job_id}"),
+                    messages: Vec::new(),
+                    usage: agentkit_core::Usage::default(),
+                    cost_usd: 0.0,
+                    tool_calls: Vec::new(),
+                };
+                if let Err(error) = queue.finish(delivery, Finish::Succeeded(done)).await {
+                    tracing::warn!(%hook_id, %error, "cannot finish the webhook delivery; the receiver may get it twice");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "webhook receiver failed; delivering again later");
+                retry(error).await;
+            }
         }
     }
 }
