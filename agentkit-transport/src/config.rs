@@ -26,6 +26,7 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_QUEUE` | job queue name | `agentkit` |
 /// | `AGENTKIT_VISIBILITY_MS` | how long a claimed job may go without a heartbeat | 30000 |
 /// | `AGENTKIT_WEBHOOK_SECRET` | HMAC secret for job webhooks | none (no webhooks) |
+/// | `AGENTKIT_WEBHOOK_ALLOW_PRIVATE` | `true`: webhooks may call loopback and private addresses | `false` |
 #[derive(Clone)]
 pub struct ServiceConfig {
     /// Bind address.
@@ -52,6 +53,8 @@ pub struct ServiceConfig {
     pub visibility: Duration,
     /// Job webhook secret.
     pub webhook_secret: Option<String>,
+    /// Whether webhooks may call loopback and private addresses.
+    pub webhook_allow_private: bool,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -73,6 +76,7 @@ impl fmt::Debug for ServiceConfig {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "[redacted]"),
             )
+            .field("webhook_allow_private", &self.webhook_allow_private)
             .finish()
     }
 }
@@ -130,6 +134,15 @@ impl ServiceConfig {
             queue_name: var("AGENTKIT_QUEUE").unwrap_or_else(|| "agentkit".to_owned()),
             visibility: millis("AGENTKIT_VISIBILITY_MS", 30_000)?,
             webhook_secret: var("AGENTKIT_WEBHOOK_SECRET"),
+            webhook_allow_private: match var("AGENTKIT_WEBHOOK_ALLOW_PRIVATE").as_deref() {
+                None | Some("false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(other) => {
+                    return Err(Error::invalid_input(format!(
+                        "AGENTKIT_WEBHOOK_ALLOW_PRIVATE must be true or false, not {other:?}"
+                    )));
+                }
+            },
         })
     }
 
@@ -177,7 +190,10 @@ impl ServiceConfig {
     pub fn webhooks(&self) -> Result<Option<crate::jobs::WebhookSender>> {
         self.webhook_secret
             .as_deref()
-            .map(|secret| crate::jobs::WebhookSender::new(secret.as_bytes()))
+            .map(|secret| {
+                crate::jobs::WebhookSender::new(secret.as_bytes())?
+                    .allow_private_targets(self.webhook_allow_private)
+            })
             .transpose()
     }
 }

@@ -2,6 +2,7 @@
 //! HMAC-SHA256 signature of the body, retried with backoff while the receiver fails.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use agentkit_core::{Backoff, Error, Result};
@@ -48,11 +49,21 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
 }
 
 /// Delivers job documents to callback URLs.
+///
+/// Callback URLs come from callers, so by default a sender refuses to reach loopback, private,
+/// link-local, shared and other non-public addresses (a caller could otherwise point the service
+/// at its own network: a cloud metadata endpoint, an admin port): an address literal is refused
+/// outright, and host names are resolved by a resolver that keeps only public addresses (so a
+/// name cannot be re-pointed between check and connect). [`allow_private_targets`] lifts this,
+/// for tests and for receivers inside a trusted network.
+///
+/// [`allow_private_targets`]: WebhookSender::allow_private_targets
 #[derive(Clone)]
 pub struct WebhookSender {
     client: reqwest::Client,
     secret: Vec<u8>,
     backoff: Backoff,
+    allow_private: bool,
 }
 
 impl fmt::Debug for WebhookSender {
@@ -60,30 +71,98 @@ impl fmt::Debug for WebhookSender {
         f.debug_struct("WebhookSender")
             .field("secret", &"[redacted]")
             .field("backoff", &self.backoff)
+            .field("allow_private", &self.allow_private)
             .finish()
     }
 }
 
+/// The HTTP client of a sender (with the public-only resolver unless `allow_private`).
+fn client(allow_private: bool) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    if !allow_private {
+        builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+    }
+    builder
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Whether `ip` is an address on the public internet.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// Resolves host names to their public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let public: Vec<SocketAddr> = found.filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 impl WebhookSender {
-    /// A sender signing with `secret`: six attempts, 200 ms base backoff, 10 s per attempt.
+    /// A sender signing with `secret`: six attempts, 200 ms base backoff, 10 s per attempt,
+    /// public addresses only.
     pub fn new(secret: impl Into<Vec<u8>>) -> Result<Self> {
         let secret = secret.into();
         if secret.is_empty() {
             return Err(Error::invalid_input("the webhook secret must not be empty"));
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
-            client,
+            client: client(false)?,
             secret,
             backoff: Backoff::new()
                 .max_attempts(6)
                 .base(Duration::from_millis(200)),
+            allow_private: false,
         })
+    }
+
+    /// Lets callbacks reach loopback and private addresses (off by default; see the type's
+    /// docs).
+    pub fn allow_private_targets(mut self, allow: bool) -> Result<Self> {
+        self.client = client(allow)?;
+        self.allow_private = allow;
+        Ok(self)
     }
 
     /// Uses `backoff` between attempts.
@@ -95,6 +174,19 @@ impl WebhookSender {
 
     /// POSTs `doc` to `url`, signed, until a 2xx or the attempts run out.
     pub async fn deliver(&self, url: &str, doc: &JobDoc) -> Result<()> {
+        if !self.allow_private {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| Error::invalid_input(format!("invalid callback_url: {e}")))?;
+            let literal = parsed
+                .host_str()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                .and_then(|h| h.parse::<IpAddr>().ok());
+            if literal.is_some_and(|ip| !is_public(ip)) {
+                return Err(Error::invalid_input(
+                    "callback_url points at a private address; not calling it",
+                ));
+            }
+        }
         let body = serde_json::to_vec(doc)
             .map_err(|e| Error::internal(format!("cannot encode the job: {e}")))?;
         let signature = sign(&self.secret, &body);
@@ -115,7 +207,10 @@ impl WebhookSender {
                     "the webhook receiver answered {}",
                     response.status()
                 )),
-                Err(e) => Error::unavailable(format!("cannot reach the webhook receiver: {e}")),
+                Err(e) => Error::unavailable(format!(
+                    "cannot reach the webhook receiver: {}",
+                    with_sources(&e)
+                )),
             };
             match self.backoff.next_delay(attempt, &error, None) {
                 Some(delay) => {
@@ -127,6 +222,18 @@ impl WebhookSender {
             attempt += 1;
         }
     }
+}
+
+/// An error and its sources, as one line.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Checks a callback URL when the job is submitted: absolute http(s).
@@ -153,6 +260,57 @@ mod tests {
         assert!(!verify(b"dummy-secret", b"{\"job_id\":\"2\"}", &signature));
         assert!(!verify(b"other-secret", b"{\"job_id\":\"1\"}", &signature));
         assert!(!verify(b"dummy-secret", b"{}", "sha256=zz"));
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn private_targets_are_refused_unless_allowed() {
+        let doc = JobDoc::queued("job-1".into(), crate::jobs::JobSpec::default());
+        let sender = WebhookSender::new(b"dummy-secret".to_vec()).unwrap();
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]:9/hook",
+        ] {
+            let error = sender.deliver(url, &doc).await.unwrap_err();
+            assert_eq!(
+                error.kind(),
+                agentkit_core::ErrorKind::InvalidInput,
+                "{url}"
+            );
+        }
+        // A name that resolves only to loopback fails at resolution, without a connection.
+        let error = sender
+            .clone()
+            .with_backoff(Backoff::new().max_attempts(1))
+            .deliver("http://localhost:9/hook", &doc)
+            .await
+            .unwrap_err();
+        assert!(error.message().contains("no public address"), "{error}");
     }
 
     #[test]
