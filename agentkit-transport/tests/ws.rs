@@ -104,3 +104,58 @@ async fn an_unknown_agent_is_refused_before_the_upgrade() {
         other => panic!("expected an HTTP 404, got {other}"),
     }
 }
+
+/// Browsers cannot set `Authorization` on a WebSocket: the credential comes as the subprotocol
+/// `bearer.<key>` beside `agentkit`, which the server selects; a wrong one is a 401.
+#[tokio::test]
+async fn browsers_authenticate_with_a_subprotocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let api = with_demo()
+        .auth(agentkit_transport::Authenticator::none().with_api_key("acme", "dummy-key-acme"))
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let url = format!(
+        "{}/v1/agents/assistant/sessions/ws-2/ws",
+        served.base.replace("http", "ws")
+    );
+    let offer = |protocols: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().unwrap());
+        request
+    };
+
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(offer("agentkit, bearer.dummy-key-acme"))
+            .await
+            .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "agentkit");
+    ws.send(Message::Text(
+        json!({"input": "What is 2 + 3?"}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let done = loop {
+        let frame = next_json(&mut ws).await;
+        if frame["type"] == "done" {
+            break frame;
+        }
+    };
+    assert!(done["output"].as_str().unwrap().contains('5'), "{done}");
+    ws.close(None).await.unwrap();
+
+    for refused in [
+        tokio_tungstenite::connect_async(offer("agentkit, bearer.wrong-key")).await,
+        tokio_tungstenite::connect_async(url.as_str()).await,
+    ] {
+        match refused.unwrap_err() {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                assert_eq!(response.status(), 401)
+            }
+            other => panic!("expected an HTTP 401, got {other}"),
+        }
+    }
+}

@@ -95,9 +95,15 @@ pub(crate) async fn authenticate(
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            (req.method() == axum::http::Method::GET)
+                .then(|| websocket_bearer(req.headers()))
+                .flatten()
+        });
     let facts = req.extensions().get::<Arc<EdgeFacts>>().cloned();
-    let principal = state.auth.authenticate(authorization)?;
+    let principal = state.auth.authenticate(authorization.as_deref())?;
     if let Some(facts) = &facts {
         *facts.tenant.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal.tenant.clone());
     }
@@ -136,6 +142,22 @@ pub(crate) async fn authenticate(
     req.extensions_mut().insert(cx);
     req.extensions_mut().insert::<Principal>(principal);
     Ok(next.run(req).await)
+}
+
+/// The credential a WebSocket upgrade offers as the subprotocol `bearer.<credential>` (browsers
+/// cannot set `Authorization` on a WebSocket), as an `Authorization` value.
+fn websocket_bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let upgrade = headers.get(header::UPGRADE)?.to_str().ok()?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+        .map(|token| format!("Bearer {token}"))
 }
 
 /// The W3C trace context of inbound headers, when valid.

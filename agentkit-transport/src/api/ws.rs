@@ -1,5 +1,9 @@
 //! `GET /v1/agents/{agent}/sessions/{session_id}/ws`: a WebSocket that takes `{"input": ...}`
 //! frames and answers each with the session turn's events as JSON frames.
+//!
+//! Credentials come in the `Authorization` header or, for browsers (which cannot set headers on
+//! a WebSocket), as the subprotocol `bearer.<credential>` offered beside `agentkit`; the server
+//! then selects `agentkit`.
 
 use std::sync::Arc;
 
@@ -37,7 +41,7 @@ struct Socket {
     params(("agent" = String, Path), ("session_id" = String, Path)),
     responses(
         (status = 101, description = "Switching protocols: send `{\"input\": ...}` text frames; each is answered with JSON frames `{\"type\": \"text_delta\" | \"tool_call_started\" | \"tool_call_finished\" | \"usage\" | \"done\" | \"error\", ...}`"),
-        (status = 401, description = "Missing or bad credentials", body = ErrorBody),
+        (status = 401, description = "Missing or bad credentials (in `Authorization`, or as the subprotocol `bearer.<credential>` beside `agentkit`)", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -62,6 +66,7 @@ pub(crate) async fn session_socket(
     };
     Ok(upgrade
         .max_message_size(state.body_limit)
+        .protocols(["agentkit"])
         .on_upgrade(move |ws| socket.serve(ws)))
 }
 
