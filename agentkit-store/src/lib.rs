@@ -24,7 +24,9 @@ pub use session::{
     Lease, LeaseStore, MemorySessionStore, SaveOptions, Session, SessionPage, SessionStore,
     SessionSummary, validate_key,
 };
-pub use session_agent::{HistoryPolicy, SessionAgent, SessionAgentBuilder, TurnPolicy};
+pub use session_agent::{
+    HistoryPolicy, JOB_TURNS_KEY, SessionAgent, SessionAgentBuilder, TurnPolicy,
+};
 
 /// Redis backends and the shared connection pool.
 #[cfg(feature = "redis")]

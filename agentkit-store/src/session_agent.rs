@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentkit_core::executor::{AgentEvent, EventStream, Executor, Invocation, Reply, SessionState};
+use agentkit_core::tool::JobId;
 use agentkit_core::{CancellationToken, Context, Error, ErrorKind, Message, Result, Role};
 use futures::StreamExt;
 use tokio::sync::{OwnedMutexGuard, mpsc};
@@ -311,6 +312,40 @@ impl<E> SessionAgentBuilder<E> {
     }
 }
 
+/// The session metadata key listing the last job turns applied to a session (job id, output,
+/// messages added), so that a job delivered again after its worker saved the turn and died
+/// before finishing the job gets that turn back instead of appending it twice.
+pub const JOB_TURNS_KEY: &str = "agentkit.job_turns";
+
+/// How many job turns a session remembers.
+const JOB_TURNS_KEPT: usize = 16;
+
+/// The reply `job`'s turn left in `session`, if the session holds it already.
+fn applied_turn(session: &Session, job: &str) -> Option<Reply> {
+    let turns = session.metadata.get(JOB_TURNS_KEY)?.as_array()?;
+    let (index, record) = turns
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.get("job").and_then(|j| j.as_str()) == Some(job))?;
+    // Only the last turn's messages are still at the end of the history.
+    let messages = if index + 1 == turns.len() {
+        let added = record.get("added").and_then(|a| a.as_u64()).unwrap_or(0) as usize;
+        session.messages[session.messages.len().saturating_sub(added)..].to_vec()
+    } else {
+        Vec::new()
+    };
+    Some(Reply {
+        output: record.get("output")?.as_str()?.to_owned(),
+        messages,
+        model: record
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        ..Reply::default()
+    })
+}
+
 fn busy(tenant: &str, id: &str, why: &str) -> Error {
     Error::new(ErrorKind::Busy, format!("session {tenant}/{id} {why}"))
 }
@@ -510,8 +545,28 @@ impl<E: Executor + 'static> SessionAgent<E> {
         mut session: Session,
         reply: &Reply,
         lease: Option<&Lease>,
+        job: Option<&str>,
     ) -> Result<u64> {
         session.messages.extend(reply.messages.iter().cloned());
+        if let Some(job) = job {
+            let turns = session
+                .metadata
+                .entry(JOB_TURNS_KEY)
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            if !turns.is_array() {
+                *turns = serde_json::Value::Array(Vec::new());
+            }
+            if let Some(turns) = turns.as_array_mut() {
+                turns.push(serde_json::json!({
+                    "job": job,
+                    "output": reply.output,
+                    "model": reply.model,
+                    "added": reply.messages.len(),
+                }));
+                let excess = turns.len().saturating_sub(JOB_TURNS_KEPT);
+                turns.drain(..excess);
+            }
+        }
         self.inner.history.apply(&mut session.messages);
         if self.inner.ttl.is_some() {
             session.ttl = self.inner.ttl;
@@ -534,15 +589,29 @@ impl<E: Executor + 'static> SessionAgent<E> {
         if let Some((_, token)) = &turn.token {
             invocation.context = invocation.context.with_cancellation(token.clone());
         }
+        let job = invocation.context.extension::<JobId>().map(|j| j.0.clone());
         let mut attempt = 0;
         loop {
             let session = self.load(&turn.key).await?;
+            if let Some(job) = &job
+                && let Some(mut reply) = applied_turn(&session, job)
+            {
+                tracing::info!(session = %turn.key.1, %job, "the job's turn is already in the session; not running it again");
+                reply.session = Some(SessionState {
+                    id: turn.key.1.clone(),
+                    version: session.version,
+                });
+                return Ok(reply);
+            }
             let mut run = invocation.clone();
             run.history = session.messages.clone();
             let mut reply = self
                 .with_renewal(turn.lease.as_ref(), self.inner.executor.execute(run))
                 .await?;
-            match self.save(session, &reply, turn.lease.as_ref()).await {
+            match self
+                .save(session, &reply, turn.lease.as_ref(), job.as_deref())
+                .await
+            {
                 Ok(version) => {
                     reply.session = Some(SessionState {
                         id: turn.key.1.clone(),
@@ -583,6 +652,7 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
         if let Some((_, token)) = &turn.token {
             invocation.context = invocation.context.with_cancellation(token.clone());
         }
+        let job = invocation.context.extension::<JobId>().map(|j| j.0.clone());
         let opened = async {
             let session = self.load(&turn.key).await?;
             invocation.history = session.messages.clone();
@@ -606,7 +676,10 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
                     let event = match event {
                         Ok(AgentEvent::Done(mut reply)) => match session.take() {
                             Some(session) => {
-                                match this.save(session, &reply, turn.lease.as_ref()).await {
+                                match this
+                                    .save(session, &reply, turn.lease.as_ref(), job.as_deref())
+                                    .await
+                                {
                                     Ok(version) => {
                                         reply.session = Some(SessionState {
                                             id: turn.key.1.clone(),
@@ -696,6 +769,45 @@ mod tests {
                 "{policy:?} leaked gates"
             );
         }
+    }
+
+    /// A job delivered again after its worker saved the turn (and died before finishing the
+    /// job) gets its turn back; it is not appended twice.
+    #[tokio::test]
+    async fn a_job_turn_is_applied_once() {
+        use agentkit_core::model::ScriptedModel;
+        let agent = agentkit_core::Agent::builder()
+            .model(ScriptedModel::demo())
+            .build()
+            .unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(crate::MemorySessionStore::new());
+        let sessions = SessionAgent::builder(agent, store.clone()).build();
+        let job = |id: &str, text: &str| {
+            Invocation::text(text).with_context(
+                Context::new()
+                    .with_tenant("acme")
+                    .with_session_id("s-1")
+                    .with_extension(JobId(id.into())),
+            )
+        };
+        let first = sessions.execute(job("job-1", "hello")).await.unwrap();
+        let again = sessions.execute(job("job-1", "hello")).await.unwrap();
+        assert_eq!(again.output, first.output);
+        assert_eq!(again.messages, first.messages);
+        assert_eq!(
+            again.session, first.session,
+            "the same version: nothing saved"
+        );
+        let session = store.load("acme", "s-1").await.unwrap().unwrap();
+        assert_eq!(session.messages.len(), first.messages.len(), "one turn");
+
+        // Another job is another turn; the first is still known, without its messages.
+        sessions.execute(job("job-2", "bye")).await.unwrap();
+        let late = sessions.execute(job("job-1", "hello")).await.unwrap();
+        assert_eq!(late.output, first.output);
+        assert!(late.messages.is_empty());
+        let session = store.load("acme", "s-1").await.unwrap().unwrap();
+        assert_eq!(session.messages.len(), 4, "two turns of two messages");
     }
 
     #[test]
