@@ -406,7 +406,7 @@ async fn a_webhook_outlives_the_worker_that_finished_its_job() {
     let first = webhook_worker(queue.clone());
     let running = tokio::spawn(async move { first.run(std::future::pending()).await });
     // The job ends; the receiver refuses the webhook at least once.
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let ended = queue
             .get(&job_id)
             .await
