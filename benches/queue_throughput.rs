@@ -86,14 +86,7 @@ async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
         .concurrency(CONCURRENCY)
         .build()
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
     let started = Instant::now();
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
@@ -134,8 +127,7 @@ async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
         first_created = first_created.min(doc.created_at_ms);
     }
     let _ = started;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     let elapsed = Duration::from_millis(last_done.saturating_sub(first_created).max(1));
     Figures::new(n, elapsed, latencies)
 }

@@ -195,14 +195,7 @@ async fn one_line_per_job_run() {
         .agent("assistant", agent)
         .build()
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
     let spec = agentkit::transport::jobs::JobSpec {
         agent: "assistant".into(),
         input: vec![agentkit::Message::user("What is 3 + 4?")],
@@ -242,5 +235,5 @@ async fn one_line_per_job_run() {
     ] {
         assert!(!line[field].is_null(), "field {field} missing in {line}");
     }
-    let _ = stop.send(());
+    running.stop().await.unwrap();
 }

@@ -218,14 +218,7 @@ async fn a_job_enqueued_over_http_and_run_by_a_worker_is_one_trace() {
         .agent("assistant", agent())
         .build()
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
     let base = serve(
         Api::builder()
             .agent("assistant", agent())
@@ -265,5 +258,5 @@ async fn a_job_enqueued_over_http_and_run_by_a_worker_is_one_trace() {
         submit.span_context.span_id(),
         "the worker's run continues the request's span"
     );
-    let _ = stop.send(());
+    running.stop().await.unwrap();
 }

@@ -170,17 +170,21 @@ async fn a_call_cut_short_runs_again_under_the_same_key() {
 
 #[tokio::test]
 async fn first_attempts_decide_afresh() {
-    // Without a redelivery there is nothing to resume: two jobs with the same ledger are
-    // separate runs, each charging under its own key.
+    // A first attempt does not look for recorded progress, even where some exists: the same
+    // job run twice as attempt 1 asks the model twice (two keys); as attempt 2 it resumes.
     let (calls, ledger) = (Calls::default(), MemoryLedger::default());
     let agent = agent(scripted(), calls.clone(), Arc::default());
     agent.execute(attempt(&ledger, 1)).await.unwrap();
-    let other = Invocation::text("charge me").with_context(
-        Context::new()
-            .with_extension(JobId("job-8".into()))
-            .with_extension(JobAttempt(1))
-            .with_extension(Ledger(Arc::new(ledger.clone()))),
+    agent.execute(attempt(&ledger, 1)).await.unwrap();
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        2,
+        "two first attempts, two decisions"
     );
-    agent.execute(other).await.unwrap();
-    assert_eq!(calls.lock().unwrap().len(), 2);
+    agent.execute(attempt(&ledger, 2)).await.unwrap();
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        2,
+        "a redelivery decides nothing anew"
+    );
 }

@@ -39,6 +39,43 @@ macro_rules! job_queue_conformance {
     };
 }
 
+/// A [`Worker`] running in a task of its own until [`stop`](Self::stop)ped (or dropped, which
+/// stops it too).
+#[derive(Debug)]
+pub struct RunningWorker {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningWorker {
+    /// Runs `worker` on the current runtime.
+    pub fn spawn(worker: Worker) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { stop, task }
+    }
+
+    /// Asks the worker to stop and waits until it has drained.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| Error::internal(format!("the worker task failed: {e}")))?
+    }
+
+    /// Kills the worker's task where it stands, as a killed process would stop.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 /// A job spec for `agent` with `text` as input.
 pub fn spec(agent: &str, text: &str) -> JobSpec {
     JobSpec {
@@ -365,14 +402,7 @@ pub async fn poison_job_is_dead_after_n_attempts(queue: Arc<dyn JobQueue>) {
         .concurrency(1)
         .build()
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = RunningWorker::spawn(worker);
     let good = wait_for(queue.as_ref(), &healthy.job_id, Duration::from_secs(20)).await;
     assert_eq!(good.status, JobStatus::Succeeded);
     assert_eq!(good.result.unwrap().output, "1 + 2 = 3");
@@ -382,8 +412,7 @@ pub async fn poison_job_is_dead_after_n_attempts(queue: Arc<dyn JobQueue>) {
     let error = dead.error.unwrap();
     assert_eq!(error.code, "unavailable");
     assert_eq!(error.message, "the model provider is down");
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 }
 
 /// A worker runs a batch of jobs to success, with the job's request id and tenant.
@@ -407,14 +436,7 @@ pub async fn worker_runs_everything(queue: Arc<dyn JobQueue>) {
         ));
     }
     let unknown = queue.enqueue(spec("nobody", "hi")).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = RunningWorker::spawn(worker);
     for (i, job) in jobs {
         let doc = wait_for(queue.as_ref(), &job.job_id, Duration::from_secs(30)).await;
         assert_eq!(doc.status, JobStatus::Succeeded);
@@ -429,8 +451,7 @@ pub async fn worker_runs_everything(queue: Arc<dyn JobQueue>) {
     );
     assert_eq!(failed.attempts, 1);
     assert_eq!(queue.depth().await.unwrap(), 0);
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 }
 
 /// Fails the first run after the agent did its work (as if the worker died before the ack).
@@ -489,14 +510,7 @@ pub async fn redelivery_does_not_repeat_side_effects(queue: Arc<dyn JobQueue>) {
         .build()
         .unwrap();
     let job = queue.enqueue(spec("billing", "charge 500")).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = RunningWorker::spawn(worker);
     let doc = wait_for(queue.as_ref(), &job.job_id, Duration::from_secs(20)).await;
     assert_eq!(doc.status, JobStatus::Succeeded);
     assert_eq!(doc.attempts, 2, "the job ran twice");
@@ -515,6 +529,5 @@ pub async fn redelivery_does_not_repeat_side_effects(queue: Arc<dyn JobQueue>) {
     )
     .unwrap();
     assert_eq!(recorded["key"], format!("{}:call_0_0", job.job_id));
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentkit_core::{Backoff, Executor, Invocation, Reply, Result};
+use agentkit_testkit::jobs::RunningWorker;
 use agentkit_transport::jobs::{
     JobQueue, MemoryJobQueue, QueueExecutor, SIGNATURE_HEADER, WebhookSender, Worker, verify,
 };
@@ -36,7 +37,7 @@ struct Setup {
     served: Served,
     queue: Arc<dyn JobQueue>,
     runs: Arc<AtomicUsize>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _worker: RunningWorker,
 }
 
 async fn setup() -> Setup {
@@ -67,19 +68,11 @@ async fn setup() -> Setup {
         .webhooks(webhooks)
         .build()
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
     Setup {
         served: serve(api).await,
         queue,
         runs,
-        _stop: stop,
+        _worker: RunningWorker::spawn(worker),
     }
 }
 
@@ -403,8 +396,7 @@ async fn a_webhook_outlives_the_worker_that_finished_its_job() {
     };
     let job_id = queue.enqueue(spec).await.unwrap().job_id;
 
-    let first = webhook_worker(queue.clone());
-    let running = tokio::spawn(async move { first.run(std::future::pending()).await });
+    let first = RunningWorker::spawn(webhook_worker(queue.clone()));
     // The job ends; the receiver refuses the webhook at least once.
     for _ in 0..1000 {
         let ended = queue
@@ -420,19 +412,10 @@ async fn a_webhook_outlives_the_worker_that_finished_its_job() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused.load(Ordering::SeqCst) > 0, "the receiver was tried");
-    running.abort();
-    let _ = running.await;
+    first.abort().await;
 
     up.store(true, Ordering::SeqCst);
-    let second = webhook_worker(queue.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        second
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let second = RunningWorker::spawn(webhook_worker(queue.clone()));
     for _ in 0..400 {
         if !received.lock().unwrap().is_empty() {
             break;
@@ -440,8 +423,7 @@ async fn a_webhook_outlives_the_worker_that_finished_its_job() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    second.stop().await.unwrap();
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "delivered once");
     let doc: Value = serde_json::from_slice(&got[0]).unwrap();
