@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,8 @@ pub enum TurnPolicy {
     #[default]
     Enqueue,
     /// Cancel the running turn (its partial output is discarded, nothing of it is saved) and run
-    /// this one.
+    /// this one. The latest message wins: one still waiting for the turn when a newer one
+    /// arrives does not run either (it ends with [`ErrorKind::Cancelled`]).
     Interrupt,
 }
 
@@ -84,9 +85,18 @@ impl HistoryPolicy {
 struct Gate {
     turn: Arc<tokio::sync::Mutex<()>>,
     queued: AtomicUsize,
-    /// The running turn (by number) and its cancellation, under [`TurnPolicy::Interrupt`].
-    running: Mutex<Option<(u64, CancellationToken)>>,
-    turns: AtomicU64,
+    /// Under [`TurnPolicy::Interrupt`]: the latest arrival and the running turn.
+    interrupts: Mutex<Interrupts>,
+}
+
+/// Who may run under [`TurnPolicy::Interrupt`]; one lock orders arrivals against the start of
+/// a turn, so a message arriving just as another starts either cancels it or supersedes it.
+#[derive(Default)]
+struct Interrupts {
+    /// The number of the latest message to arrive.
+    latest: u64,
+    /// The running turn (by number) and its cancellation.
+    running: Option<(u64, CancellationToken)>,
 }
 
 type SessionKey = (String, String);
@@ -350,6 +360,17 @@ fn busy(tenant: &str, id: &str, why: &str) -> Error {
     Error::new(ErrorKind::Busy, format!("session {tenant}/{id} {why}"))
 }
 
+/// The error of a turn a newer message interrupted, under [`TurnPolicy::Interrupt`].
+fn interrupted(key: &SessionKey) -> Error {
+    Error::new(
+        ErrorKind::Cancelled,
+        format!(
+            "session {}/{}: interrupted by a newer message",
+            key.0, key.1
+        ),
+    )
+}
+
 /// A turn in progress: holds the session's gate (and lease) until dropped.
 struct Turn {
     key: SessionKey,
@@ -363,9 +384,17 @@ struct Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         if let Some((number, _)) = &self.token {
-            let mut running = self.gate.running.lock().unwrap_or_else(|p| p.into_inner());
-            if running.as_ref().is_some_and(|(n, _)| n == number) {
-                *running = None;
+            let mut interrupts = self
+                .gate
+                .interrupts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if interrupts
+                .running
+                .as_ref()
+                .is_some_and(|(n, _)| n == number)
+            {
+                interrupts.running = None;
             }
         }
         forget_idle(&self.gates, &self.key, &self.gate);
@@ -412,6 +441,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
                 .turn
                 .clone()
                 .try_lock_owned()
+                .map(|guard| (guard, None))
                 .map_err(|_| busy(&key.0, &key.1, "is running another turn")),
             TurnPolicy::Enqueue => {
                 if gate.queued.fetch_add(1, Ordering::SeqCst) >= self.inner.max_queue {
@@ -421,34 +451,36 @@ impl<E: Executor + 'static> SessionAgent<E> {
                 } else {
                     let guard = self.wait_turn(&gate, cx, &key).await;
                     gate.queued.fetch_sub(1, Ordering::SeqCst);
-                    guard
+                    guard.map(|guard| (guard, None))
                 }
             }
             TurnPolicy::Interrupt => {
-                if let Some((_, running)) = gate
-                    .running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
-                    running.cancel();
-                }
-                self.wait_turn(&gate, cx, &key).await
+                let number = {
+                    let mut interrupts = gate.interrupts.lock().unwrap_or_else(|p| p.into_inner());
+                    interrupts.latest += 1;
+                    if let Some((_, running)) = interrupts.running.take() {
+                        running.cancel();
+                    }
+                    interrupts.latest
+                };
+                self.wait_turn(&gate, cx, &key).await.and_then(|guard| {
+                    let mut interrupts = gate.interrupts.lock().unwrap_or_else(|p| p.into_inner());
+                    if interrupts.latest != number {
+                        return Err(interrupted(&key));
+                    }
+                    let token = cx.cancellation().child_token();
+                    interrupts.running = Some((number, token.clone()));
+                    Ok((guard, Some((number, token))))
+                })
             }
         };
-        let guard = match acquired {
-            Ok(guard) => guard,
+        let (guard, token) = match acquired {
+            Ok(acquired) => acquired,
             Err(error) => {
                 forget_idle(&self.inner.gates, &key, &gate);
                 return Err(error);
             }
         };
-        let token = (self.inner.policy == TurnPolicy::Interrupt).then(|| {
-            let number = gate.turns.fetch_add(1, Ordering::SeqCst);
-            let token = cx.cancellation().child_token();
-            *gate.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, token.clone()));
-            (number, token)
-        });
         let mut turn = Turn {
             key,
             gate,
@@ -608,6 +640,12 @@ impl<E: Executor + 'static> SessionAgent<E> {
             let mut reply = self
                 .with_renewal(turn.lease.as_ref(), self.inner.executor.execute(run))
                 .await?;
+            // An executor that finished without noticing it was interrupted saves nothing.
+            if let Some((_, token)) = &turn.token
+                && token.is_cancelled()
+            {
+                return Err(interrupted(&turn.key));
+            }
             match self
                 .save(session, &reply, turn.lease.as_ref(), job.as_deref())
                 .await
@@ -674,6 +712,15 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
             let forward = async {
                 while let Some(event) = events.next().await {
                     let event = match event {
+                        Ok(AgentEvent::Done(_))
+                            if turn
+                                .token
+                                .as_ref()
+                                .is_some_and(|(_, token)| token.is_cancelled()) =>
+                        {
+                            session = None;
+                            Err(interrupted(&turn.key))
+                        }
                         Ok(AgentEvent::Done(mut reply)) => match session.take() {
                             Some(session) => {
                                 match this
@@ -808,6 +855,69 @@ mod tests {
         assert!(late.messages.is_empty());
         let session = store.load("acme", "s-1").await.unwrap().unwrap();
         assert_eq!(session.messages.len(), 4, "two turns of two messages");
+    }
+
+    /// Runs the slow demo agent to the end whatever happens to the request: an executor that
+    /// does not notice cancellation.
+    #[derive(Clone)]
+    struct Stubborn(agentkit_core::Agent);
+
+    impl Executor for Stubborn {
+        async fn execute(&self, mut invocation: Invocation) -> Result<Reply> {
+            invocation.context = invocation
+                .context
+                .with_cancellation(CancellationToken::new());
+            self.0.execute(invocation).await
+        }
+    }
+
+    /// Under `Interrupt` the latest message wins: a turn interrupted after its executor had
+    /// finished saves nothing, and a message still waiting when a newer one arrives never runs.
+    #[tokio::test]
+    async fn interrupt_lets_the_latest_message_win() {
+        use agentkit_core::model::ScriptedModel;
+        let slow = agentkit_core::Agent::builder()
+            .model(
+                ScriptedModel::builder()
+                    .demo_rules()
+                    .latency(Duration::from_millis(300))
+                    .build(),
+            )
+            .build()
+            .unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(crate::MemorySessionStore::new());
+        let sessions = SessionAgent::builder(Stubborn(slow), store.clone())
+            .policy(TurnPolicy::Interrupt)
+            .build();
+        let send = |text: &'static str| {
+            let sessions = sessions.clone();
+            let cx = Context::new().with_tenant("acme").with_session_id("s-1");
+            tokio::spawn(async move {
+                sessions
+                    .execute(Invocation::text(text).with_context(cx))
+                    .await
+            })
+        };
+        let first = send("first");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = send("second");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = send("third");
+
+        let first = first.await.unwrap().unwrap_err();
+        assert_eq!(first.kind(), ErrorKind::Cancelled, "{first}");
+        let second = second.await.unwrap().unwrap_err();
+        assert_eq!(second.kind(), ErrorKind::Cancelled, "{second}");
+        let third = third.await.unwrap().unwrap();
+        assert_eq!(third.output, "You said: third");
+        let stored = store.load("acme", "s-1").await.unwrap().unwrap();
+        let texts: Vec<String> = stored.messages.iter().map(Message::text_content).collect();
+        assert_eq!(texts, ["third", "You said: third"]);
+        assert_eq!(stored.version, 1, "one turn saved");
+        assert!(
+            sessions.inner.gates.lock().unwrap().is_empty(),
+            "gate left behind"
+        );
     }
 
     #[test]
