@@ -82,6 +82,7 @@ async fn run() -> agentkit::Result<()> {
     let mut api = Api::builder()
         .agent("assistant", executor)
         .jobs(queue)
+        .allow_private_callbacks(config.webhook_allow_private)
         .session_store(sessions(&config).await?)
         .auth(config.auth.clone())
         .request_timeout(config.request_timeout)

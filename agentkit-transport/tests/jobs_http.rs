@@ -52,6 +52,7 @@ async fn setup() -> Setup {
                 .with_api_key("beta", "dummy-key-beta"),
         )
         .jobs(queue.clone())
+        .allow_private_callbacks(true) // the receivers here are on loopback
         .build()
         .unwrap();
     let webhooks = WebhookSender::new(WEBHOOK_SECRET)
@@ -200,6 +201,32 @@ async fn bad_submissions_are_4xx() {
     ] {
         let response = submit(&s.served.base, "dummy-key-acme", body.clone(), None).await;
         assert_eq!(error_code(response, 400).await, "invalid_input", "{body}");
+    }
+    // By default a callback the workers would refuse to call is refused at once.
+    let strict = serve(
+        with_demo()
+            .jobs(Arc::new(MemoryJobQueue::new()))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    for hook in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://[fd00::1]/",
+    ] {
+        let response = client()
+            .post(format!("{}/v1/agents/assistant/jobs", strict.base))
+            .json(&json!({"input": "x", "callback_url": hook}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{hook}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body.to_string().contains("private address"),
+            "{hook}: {body}"
+        );
     }
     let none = serve(with_demo().build().unwrap()).await;
     let response = client()

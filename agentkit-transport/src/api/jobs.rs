@@ -146,7 +146,7 @@ pub(crate) async fn submit(
         .into());
     }
     if let Some(url) = &request.callback_url {
-        webhook::validate_callback(url)?;
+        webhook::validate_callback(url, state.allow_private_callbacks)?;
     }
     if let Some(session) = &request.session_id {
         crate::api::stored_session_id(&agent, session)?;

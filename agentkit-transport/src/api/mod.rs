@@ -84,6 +84,7 @@ pub(crate) struct AppState {
     pub(crate) readiness: Vec<(String, ReadinessCheck)>,
     pub(crate) metrics: Option<MetricsRenderer>,
     pub(crate) jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
+    pub(crate) allow_private_callbacks: bool,
     pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 
@@ -255,6 +256,7 @@ pub struct ApiBuilder {
     readiness: Vec<(String, ReadinessCheck)>,
     metrics: Option<MetricsRenderer>,
     jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
+    allow_private_callbacks: bool,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -270,6 +272,7 @@ impl Default for ApiBuilder {
             readiness: Vec::new(),
             metrics: None,
             jobs: None,
+            allow_private_callbacks: false,
             observer: None,
         }
     }
@@ -347,6 +350,17 @@ impl ApiBuilder {
     /// run them. Adds the queue to `/readyz`.
     pub fn jobs(mut self, queue: Arc<dyn crate::jobs::JobQueue>) -> Self {
         self.jobs = Some(queue);
+        self
+    }
+
+    /// Accepts job `callback_url`s on loopback, private and other non-public address literals
+    /// (and `localhost`). By default they are refused with a 400 at submission, since workers
+    /// refuse to call them (see [`WebhookSender::allow_private_targets`]); set both from the
+    /// same setting (`AGENTKIT_WEBHOOK_ALLOW_PRIVATE`).
+    ///
+    /// [`WebhookSender::allow_private_targets`]: crate::jobs::WebhookSender::allow_private_targets
+    pub fn allow_private_callbacks(mut self, allow: bool) -> Self {
+        self.allow_private_callbacks = allow;
         self
     }
 
@@ -428,6 +442,7 @@ impl ApiBuilder {
                 readiness,
                 metrics: self.metrics,
                 jobs: self.jobs,
+                allow_private_callbacks: self.allow_private_callbacks,
                 observer: self.observer,
             }),
         })

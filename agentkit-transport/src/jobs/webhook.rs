@@ -177,11 +177,7 @@ impl WebhookSender {
         if !self.allow_private {
             let parsed = reqwest::Url::parse(url)
                 .map_err(|e| Error::invalid_input(format!("invalid callback_url: {e}")))?;
-            let literal = parsed
-                .host_str()
-                .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-                .and_then(|h| h.parse::<IpAddr>().ok());
-            if literal.is_some_and(|ip| !is_public(ip)) {
+            if private_literal(&parsed) {
                 return Err(Error::invalid_input(
                     "callback_url points at a private address; not calling it",
                 ));
@@ -236,13 +232,38 @@ fn with_sources(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Checks a callback URL when the job is submitted: absolute http(s).
-pub(crate) fn validate_callback(url: &str) -> Result<()> {
+/// Whether `url`'s host is an address literal that is not public. (Names are checked when
+/// resolved, by the sender's resolver.)
+fn private_literal(url: &reqwest::Url) -> bool {
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        .is_some_and(|ip| !is_public(ip))
+}
+
+/// Whether `url`'s host is `localhost` or under it (RFC 6761: always loopback).
+fn localhost(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        let name = h.trim_end_matches('.').to_ascii_lowercase();
+        name == "localhost" || name.ends_with(".localhost")
+    })
+}
+
+/// Checks a callback URL when the job is submitted: absolute http(s), and unless
+/// `allow_private`, not a host the workers would refuse to call (so the caller hears of it at
+/// once, as a 400, rather than from a webhook that never comes).
+pub(crate) fn validate_callback(url: &str, allow_private: bool) -> Result<()> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| Error::invalid_input(format!("invalid callback_url: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(Error::invalid_input(
             "callback_url must be an absolute http or https URL",
+        ));
+    }
+    if !allow_private && (private_literal(&parsed) || localhost(&parsed)) {
+        return Err(Error::invalid_input(
+            "callback_url points at a loopback or private address, which webhooks do not call \
+             (allow with AGENTKIT_WEBHOOK_ALLOW_PRIVATE=true)",
         ));
     }
     Ok(())
@@ -315,8 +336,28 @@ mod tests {
 
     #[test]
     fn callback_urls_must_be_http() {
-        assert!(validate_callback("https://example.com/hook").is_ok());
-        assert!(validate_callback("ftp://example.com/hook").is_err());
-        assert!(validate_callback("not a url").is_err());
+        assert!(validate_callback("https://example.com/hook", false).is_ok());
+        assert!(validate_callback("ftp://example.com/hook", false).is_err());
+        assert!(validate_callback("not a url", false).is_err());
+        for private in [
+            "http://127.0.0.1:9000/hook",
+            "http://[::1]/hook",
+            "http://10.1.2.3/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost:8080/hook",
+            "http://api.LOCALHOST./hook",
+        ] {
+            let error = validate_callback(private, false).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                agentkit_core::ErrorKind::InvalidInput,
+                "{private}"
+            );
+            assert!(error.message().contains("private"), "{private}: {error}");
+            assert!(
+                validate_callback(private, true).is_ok(),
+                "{private} when allowed"
+            );
+        }
     }
 }
