@@ -129,9 +129,7 @@ impl PostgresSessionStore {
             .await
             .map_err(pg_error)
     }
-}
 
-impl PostgresSessionStore {
     /// Slides the TTL of a session loaded a moment ago without holding up the load: the update
     /// runs on its own task (bounded by the pool's timeouts) while the caller goes on. It sets
     /// the TTL the row holds when it runs, so a save landing in between keeps its own; a

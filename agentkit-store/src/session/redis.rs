@@ -152,9 +152,7 @@ impl RedisSessionStore {
     fn index(&self, tenant: &str) -> String {
         format!("{}:idx:{{{tenant}}}", self.prefix)
     }
-}
 
-impl RedisSessionStore {
     /// Slides the TTL of the session at `key`, loaded a moment ago, without holding up the
     /// load: the script runs on its own task (bounded by the store's timeout) while the caller
     /// goes on. It sets the TTL the session holds when the script runs, so a save that lands in
