@@ -70,9 +70,8 @@ pub enum ContentPart {
 }
 
 /// [`ContentPart`] as it is read: serde's internally tagged enums buffer every part into an
-/// intermediate tree before choosing the variant, which made decoding a stored history about
-/// twice as slow as it needs to be. One flat struct reads in a single pass; the variant is
-/// chosen afterwards. The wire format is the same.
+/// intermediate tree before choosing the variant. One flat struct reads in a single pass; the
+/// variant is chosen afterwards. The wire format is the same.
 #[derive(Deserialize)]
 struct RawPart {
     #[serde(rename = "type")]
