@@ -521,6 +521,16 @@ async fn operations_routes_and_the_openapi_document() {
         );
     }
     assert!(doc["components"]["schemas"]["InvokeRequest"].is_object());
+    // Messages are described part by part, not as bare objects.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["InvokeResponse"]["properties"]["messages"]["items"]["$ref"],
+        "#/components/schemas/MessageDoc"
+    );
+    let parts = schemas["PartDoc"].to_string();
+    for kind in ["\"text\"", "\"tool_call\"", "\"tool_result\""] {
+        assert!(parts.contains(kind), "PartDoc lacks {kind}: {parts}");
+    }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert_eq!(served.api.openapi().paths.paths.len(), paths.len());
 }

@@ -7,12 +7,12 @@ use utoipa::ToSchema;
 /// One message as callers may write it: `content` is a string or a list of parts.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct InputMessage {
-    /// `user`, `assistant`, `system` or `tool`.
-    #[schema(value_type = String, example = "user")]
+    /// Who wrote it.
+    #[schema(value_type = RoleDoc)]
     pub role: Role,
     /// Text, or the parts of the message (as returned in `messages`).
     #[serde(deserialize_with = "content")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = ContentDoc)]
     pub content: Vec<ContentPart>,
 }
 
@@ -36,6 +36,70 @@ impl From<InputMessage> for Message {
             content: m.content,
         }
     }
+}
+
+/// A message as the API returns it (`messages` of replies and sessions): the schema of
+/// [`Message`]'s wire format, for the OpenAPI description.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageDoc {
+    /// Who wrote it.
+    pub role: RoleDoc,
+    /// Its parts, in order.
+    pub content: Vec<PartDoc>,
+}
+
+/// Who wrote a message: the schema of [`Role`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleDoc {
+    /// Instructions.
+    System,
+    /// The person (or program) talking to the agent.
+    User,
+    /// The model.
+    Assistant,
+    /// Tool results.
+    Tool,
+}
+
+/// One part of a message, told apart by `type`: the schema of [`ContentPart`].
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PartDoc {
+    /// Plain text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A tool call made by the assistant.
+    ToolCall {
+        /// The id its result quotes back.
+        id: String,
+        /// The tool.
+        name: String,
+        /// The arguments as the model wrote them (JSON text).
+        arguments: String,
+    },
+    /// A tool's result, sent back to the model.
+    ToolResult {
+        /// The id of the call it answers.
+        call_id: String,
+        /// The output (usually JSON text), or a description of the error.
+        content: String,
+        /// Whether `content` describes an error (omitted when false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+}
+
+/// A message's content as callers may write it: text, or parts.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ContentDoc {
+    /// One text part.
+    Text(String),
+    /// The parts, as returned in `messages`.
+    Parts(Vec<PartDoc>),
 }
 
 /// Text, or a list of messages.
@@ -110,7 +174,7 @@ pub struct InvokeResponse {
     /// The final answer.
     pub output: String,
     /// The messages this turn added.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<MessageDoc>)]
     pub messages: Vec<Message>,
     /// Tokens spent.
     pub usage: UsageDoc,
@@ -205,7 +269,7 @@ pub struct SessionDoc {
     /// Its version.
     pub version: u64,
     /// Its history.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<MessageDoc>)]
     pub messages: Vec<Message>,
 }
 
@@ -235,4 +299,48 @@ pub struct HealthDoc {
     /// Per dependency: `ok` or the error.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub checks: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkit_core::{ToolCall, ToolResult};
+
+    /// The schema types describe what the API really sends: a message with every kind of part
+    /// reads into them and writes back unchanged.
+    #[test]
+    fn message_docs_match_the_wire_format() {
+        let messages = [
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Text {
+                        text: "adding".into(),
+                    },
+                    ContentPart::ToolCall(ToolCall {
+                        id: "c1".into(),
+                        name: "add".into(),
+                        arguments: r#"{"a":1}"#.into(),
+                    }),
+                ],
+            },
+            Message::tool_results([
+                ToolResult {
+                    call_id: "c1".into(),
+                    content: "oops".into(),
+                    is_error: true,
+                },
+                ToolResult {
+                    call_id: "c2".into(),
+                    content: "2".into(),
+                    is_error: false,
+                },
+            ]),
+        ];
+        for message in messages {
+            let wire = serde_json::to_value(&message).unwrap();
+            let doc: MessageDoc = serde_json::from_value(wire.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&doc).unwrap(), wire);
+        }
+    }
 }
