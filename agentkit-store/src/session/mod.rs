@@ -254,6 +254,35 @@ pub fn validate_key(tenant: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// How many TTL slides a store runs on their own tasks at once; past that, loads wait for
+/// their slide (backpressure rather than a pile of tasks while the server is slow).
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) const SLIDES_IN_FLIGHT: usize = 64;
+
+/// Runs `slide` (sliding a loaded session's TTL) on its own task when a permit is free, so the
+/// load need not wait for it; otherwise awaits it. Failures are logged: the next load or save
+/// slides the TTL again.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) async fn slide_off_path(
+    permits: &std::sync::Arc<tokio::sync::Semaphore>,
+    slide: impl std::future::Future<Output = Result<()>> + Send + 'static,
+) {
+    let report = |slid: Result<()>| {
+        if let Err(error) = slid {
+            tracing::warn!(%error, "cannot slide a session's TTL");
+        }
+    };
+    match permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                report(slide.await);
+                drop(permit);
+            });
+        }
+        Err(_) => report(slide.await),
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -281,4 +310,50 @@ pub(crate) fn fenced(tenant: &str, id: &str, token: u64) -> Error {
 /// The page size actually used: at least 1, at most 1000.
 pub(crate) fn page_limit(limit: usize) -> usize {
     limit.clamp(1, 1000)
+}
+
+#[cfg(all(test, any(feature = "redis", feature = "postgres")))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::{Semaphore, oneshot};
+
+    use super::slide_off_path;
+
+    /// Slides run on their own tasks while permits last; past the bound the load waits for its
+    /// slide, and a finished slide gives its permit back.
+    #[tokio::test]
+    async fn slides_go_aside_up_to_the_bound_then_inline() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (release, held) = oneshot::channel::<()>();
+        slide_off_path(&permits, async move {
+            let _ = held.await;
+            Ok(())
+        })
+        .await;
+        assert_eq!(permits.available_permits(), 0, "the first slide runs aside");
+
+        let ran = Arc::new(AtomicBool::new(false));
+        let inline = ran.clone();
+        slide_off_path(&permits, async move {
+            inline.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .await;
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "past the bound, the caller waits for it"
+        );
+
+        release.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while permits.available_permits() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the permit comes back when the slide ends");
+    }
 }

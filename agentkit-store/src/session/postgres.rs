@@ -1,16 +1,18 @@
 //! Sessions and leases on PostgreSQL: a row per session with a version column for
 //! compare-and-set and the history as JSONB; the schema is created on `connect`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentkit_core::{Error, Result};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use tokio::sync::Semaphore;
 use tokio_postgres::types::Json;
 
 use super::{
-    Body, Lease, LeaseStore, SaveOptions, Session, SessionPage, SessionStore, SessionSummary,
-    conflict, fenced, page_limit, validate_key,
+    Body, Lease, LeaseStore, SLIDES_IN_FLIGHT, SaveOptions, Session, SessionPage, SessionStore,
+    SessionSummary, conflict, fenced, page_limit, slide_off_path, validate_key,
 };
 use crate::pg_pool::{self, client, pg_error};
 
@@ -64,6 +66,7 @@ fn expiry(param: &str) -> String {
 #[derive(Clone)]
 pub struct PostgresSessionStore {
     pool: Pool,
+    slides: Arc<Semaphore>,
     namespace: String,
     default_ttl: Option<Duration>,
 }
@@ -82,6 +85,7 @@ impl PostgresSessionStore {
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
+            slides: Arc::new(Semaphore::new(SLIDES_IN_FLIGHT)),
             namespace: "default".to_owned(),
             default_ttl: None,
         }
@@ -130,36 +134,32 @@ impl PostgresSessionStore {
             .map_err(pg_error)
     }
 
-    /// Slides the TTL of a session loaded a moment ago without holding up the load: the update
-    /// runs on its own task (bounded by the pool's timeouts) while the caller goes on. It sets
-    /// the TTL the row holds when it runs, so a save landing in between keeps its own; a
-    /// session that expires in that moment stays expired.
-    fn slide_ttl(&self, tenant: &str, id: &str) {
+    /// Slides the TTL of a session loaded a moment ago, off the load's path where it can (see
+    /// [`slide_off_path`]). The update sets the TTL the row holds when it runs, so a save
+    /// landing in between keeps its own; a session that expires in that moment stays expired.
+    async fn slide_ttl(&self, tenant: &str, id: &str) {
         let (pool, key) = (
             self.pool.clone(),
             [self.namespace.clone(), tenant.to_owned(), id.to_owned()],
         );
-        tokio::spawn(async move {
-            let slid = async {
-                let client = client(&pool).await?;
-                let statement = client
-                    .prepare_cached(&format!(
-                        "UPDATE agentkit_sessions
-                         SET expires_at = now() + ttl_ms * interval '1 millisecond'
-                         WHERE namespace = $1 AND tenant = $2 AND id = $3
-                           AND ttl_ms IS NOT NULL AND {LIVE}"
-                    ))
-                    .await
-                    .map_err(pg_error)?;
-                client
-                    .execute(&statement, &[&key[0], &key[1], &key[2]])
-                    .await
-                    .map_err(pg_error)
-            };
-            if let Err(error) = slid.await {
-                tracing::warn!(%error, "cannot slide a session's TTL");
-            }
-        });
+        let slid = async move {
+            let client = client(&pool).await?;
+            let statement = client
+                .prepare_cached(&format!(
+                    "UPDATE agentkit_sessions
+                     SET expires_at = now() + ttl_ms * interval '1 millisecond'
+                     WHERE namespace = $1 AND tenant = $2 AND id = $3
+                       AND ttl_ms IS NOT NULL AND {LIVE}"
+                ))
+                .await
+                .map_err(pg_error)?;
+            client
+                .execute(&statement, &[&key[0], &key[1], &key[2]])
+                .await
+                .map(drop)
+                .map_err(pg_error)
+        };
+        slide_off_path(&self.slides, slid).await;
     }
 }
 
@@ -194,7 +194,7 @@ impl SessionStore for PostgresSessionStore {
         let ttl: Option<i64> = row.get(2);
         let updated: i64 = row.get(3);
         if ttl.is_some() {
-            self.slide_ttl(tenant, id);
+            self.slide_ttl(tenant, id).await;
         }
         Ok(Some(Session {
             tenant: tenant.to_owned(),

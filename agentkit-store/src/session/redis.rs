@@ -3,15 +3,17 @@
 //! One round trip to load (a plain `HMGET`: on this workload a script costs a tenth more
 //! latency than the command it wraps), one to save.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentkit_core::Result;
 use async_trait::async_trait;
 use redis::Script;
+use tokio::sync::Semaphore;
 
 use super::{
-    Body, Lease, LeaseStore, SaveOptions, Session, SessionPage, SessionStore, SessionSummary,
-    conflict, fenced, now_ms, page_limit, validate_key,
+    Body, Lease, LeaseStore, SLIDES_IN_FLIGHT, SaveOptions, Session, SessionPage, SessionStore,
+    SessionSummary, conflict, fenced, now_ms, page_limit, slide_off_path, validate_key,
 };
 use crate::redis_pool::{self, RedisClient, session_tag};
 
@@ -85,6 +87,7 @@ pub struct RedisSessionStore {
     default_ttl: Option<Duration>,
     timeout: Duration,
     slide: Script,
+    slides: Arc<Semaphore>,
     save: Script,
     acquire: Script,
     renew: Script,
@@ -108,6 +111,7 @@ impl RedisSessionStore {
             default_ttl: None,
             timeout: redis_pool::DEFAULT_TIMEOUT,
             slide: Script::new(SLIDE),
+            slides: Arc::new(Semaphore::new(SLIDES_IN_FLIGHT)),
             save: Script::new(SAVE),
             acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
@@ -153,23 +157,22 @@ impl RedisSessionStore {
         format!("{}:idx:{{{tenant}}}", self.prefix)
     }
 
-    /// Slides the TTL of the session at `key`, loaded a moment ago, without holding up the
-    /// load: the script runs on its own task (bounded by the store's timeout) while the caller
-    /// goes on. It sets the TTL the session holds when the script runs, so a save that lands in
-    /// between keeps its own; a session that expires in that moment stays expired.
-    fn slide_ttl(&self, key: String) {
+    /// Slides the TTL of the session at `key`, loaded a moment ago, off the load's path where it
+    /// can (see [`slide_off_path`]). The script sets the TTL the session holds when it runs, so
+    /// a save that lands in between keeps its own; a session that expires in that moment stays
+    /// expired.
+    async fn slide_ttl(&self, key: String) {
         let (client, slide, timeout) = (self.client.clone(), self.slide.clone(), self.timeout);
-        tokio::spawn(async move {
-            let slid: Result<i64> = client
+        let slid = async move {
+            client
                 .run(timeout, |mut conn| {
                     let (slide, key) = (&slide, &key);
-                    async move { slide.key(key).invoke_async(&mut conn).await }
+                    async move { slide.key(key).invoke_async::<i64>(&mut conn).await }
                 })
-                .await;
-            if let Err(error) = slid {
-                tracing::warn!(%error, "cannot slide a session's TTL");
-            }
-        });
+                .await
+                .map(drop)
+        };
+        slide_off_path(&self.slides, slid).await;
     }
 }
 
@@ -200,7 +203,7 @@ impl SessionStore for RedisSessionStore {
         };
         let ttl = ttl.filter(|t| *t > 0);
         if ttl.is_some() {
-            self.slide_ttl(key);
+            self.slide_ttl(key).await;
         }
         let body = Body::decode(&body)?;
         Ok(Some(Session {
