@@ -153,9 +153,7 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
     let consumer = {
         let (client, stream) = (client.clone(), stream.clone());
         tokio::spawn(async move {
-            let mut conn = agentkit::store::redis::connection(client.pool())
-                .await
-                .unwrap();
+            let mut conn = client.dedicated().await.unwrap();
             let mut latencies = Vec::with_capacity(n);
             while latencies.len() < n {
                 let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
@@ -169,7 +167,7 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
                     .arg("STREAMS")
                     .arg(&stream)
                     .arg(">")
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await
                     .unwrap();
                 let Some(reply) = reply else { continue };

@@ -32,8 +32,8 @@ pub use session_agent::{
 #[cfg(feature = "redis")]
 pub mod redis {
     pub use crate::redis_pool::{
-        Connection, DEFAULT_TIMEOUT, MultiplexedConnection, Pool, RedisClient, connection, pool,
-        redis_error,
+        ClusterConnection, Connection, DEFAULT_TIMEOUT, DedicatedConnection, MultiplexedConnection,
+        Pool, RedisClient, RedisConnection, connection, pool, redis_error,
     };
     pub use crate::session::redis::RedisSessionStore;
 }

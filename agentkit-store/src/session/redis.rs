@@ -237,8 +237,9 @@ impl SessionStore for RedisSessionStore {
                 .arg(now);
             let mut pipe = redis::pipe();
             pipe.invoke_script(&invocation);
-            // The paging index needs the id once: when the session is created.
-            if session.version == 0 {
+            // The paging index needs the id once: when the session is created. (On a cluster
+            // the index lives in another slot, so it is added after the save instead.)
+            if session.version == 0 && !self.client.is_cluster() {
                 pipe.zadd(&index, &session.id, 0).ignore();
             }
             pipe
@@ -255,6 +256,14 @@ impl SessionStore for RedisSessionStore {
                 }
             })
             .await?;
+        if status > 0 && session.version == 0 && self.client.is_cluster() {
+            let add = redis::cmd("ZADD")
+                .arg(&index)
+                .arg(0)
+                .arg(&session.id)
+                .to_owned();
+            self.client.run_each::<()>(self.timeout, &[add]).await?;
+        }
         match status {
             -1 => Err(conflict(&session.tenant, &session.id, session.version)),
             -2 => Err(fenced(
@@ -270,18 +279,12 @@ impl SessionStore for RedisSessionStore {
         validate_key(tenant, id)?;
         let key = self.key("s", tenant, id);
         let index = self.index(tenant);
-        let (deleted,): (u64,) = self
-            .client
-            .run(self.timeout, |mut conn| async move {
-                redis::pipe()
-                    .del(&key)
-                    .zrem(&index, id)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(deleted > 0)
+        let commands = [
+            redis::cmd("DEL").arg(&key).to_owned(),
+            redis::cmd("ZREM").arg(&index).arg(id).to_owned(),
+        ];
+        let answers: Vec<u64> = self.client.run_each(self.timeout, &commands).await?;
+        Ok(answers[0] > 0)
     }
 
     async fn list(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<SessionPage> {
@@ -399,19 +402,18 @@ impl RedisSessionStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("HMGET")
-                .arg(self.key("s", tenant, id))
-                .arg("v")
-                .arg("u");
-        }
-        let found: Vec<(Option<u64>, Option<u64>)> = self
-            .client
-            .run(self.timeout, |mut conn| async move {
-                pipe.query_async(&mut conn).await
+        let commands: Vec<redis::Cmd> = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HMGET")
+                    .arg(self.key("s", tenant, id))
+                    .arg("v")
+                    .arg("u")
+                    .to_owned()
             })
-            .await?;
+            .collect();
+        let found: Vec<(Option<u64>, Option<u64>)> =
+            self.client.run_each(self.timeout, &commands).await?;
         Ok(ids
             .iter()
             .zip(found)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentkit_core::tool::EffectLedger;
 use agentkit_core::{Error, Result, generate_id};
-use agentkit_store::redis::{RedisClient, connection, redis_error};
+use agentkit_store::redis::{RedisClient, redis_error};
 use async_trait::async_trait;
 use redis::Script;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -550,7 +550,7 @@ impl JobQueue for RedisJobQueue {
         }
         // Nothing waiting: block for new entries on a connection of our own (not the shared
         // one), in slices shorter than the client's 500 ms response timeout.
-        let mut conn = connection(self.client.pool()).await?;
+        let mut conn = self.client.dedicated().await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -566,7 +566,7 @@ impl JobQueue for RedisJobQueue {
                 .arg("STREAMS")
                 .arg(stream)
                 .arg(">")
-                .query_async::<Option<StreamReadReply>>(&mut *conn)
+                .query_async::<Option<StreamReadReply>>(&mut conn)
                 .await
                 .map_err(redis_error)?;
             if let Some(reply) = read {
