@@ -12,6 +12,7 @@
 //!   [`ConcurrencyLimit`](executor::ConcurrencyLimit), and a `tower::Service` adapter.
 //! - [`Context`]: request id, tenant, user, session, deadline, cancellation, trace, extensions.
 //! - One [`Error`] whose [`ErrorKind`] says what the caller can do.
+//! - [`secret`]: secrets that are never printed and can rotate without a restart.
 //!
 //! This crate names no database, queue, web framework or telemetry exporter.
 
@@ -25,6 +26,7 @@ mod message;
 pub mod model;
 pub mod observer;
 mod pricing;
+pub mod secret;
 pub mod tool;
 pub mod trace;
 

@@ -505,3 +505,82 @@ async fn nothing_listening_is_unavailable_and_debug_hides_the_key() {
     assert!(!format!("{error:?}").contains("sk-live-secret-value"));
     assert!(OpenAiModel::builder().base_url("ftp://x").build().is_err());
 }
+
+/// A key kept in a file (as a mounted secret) is rotated while the client runs: the call
+/// made with the old key is refused, and the next one carries the new key, without a new
+/// client.
+#[tokio::test]
+async fn a_rotated_key_file_takes_effect_without_a_restart() {
+    use agentkit_core::secret::{CachedSecret, FileSecrets};
+
+    let dir = std::env::temp_dir().join(format!(
+        "agentkit-openai-key-{}",
+        agentkit_core::generate_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("openai-key"), "sk-dummy-old\n").unwrap();
+    let accepted = Arc::new(Mutex::new("Bearer sk-dummy-old".to_owned()));
+    // A provider that accepts only the current key.
+    let app_accepts = accepted.clone();
+    let gate = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: HeaderMap| {
+            let accepted = app_accepts.clone();
+            async move {
+                let sent = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if sent == *accepted.lock().unwrap() {
+                    completion(json!({"role": "assistant", "content": "ok"}), "stop")
+                } else {
+                    json_response(
+                        StatusCode::UNAUTHORIZED,
+                        json!({"error": {"message": "invalid key"}}),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, gate).await.unwrap() });
+
+    let key = CachedSecret::new(
+        Arc::new(FileSecrets::new(&dir)),
+        "openai-key",
+        Duration::from_secs(3600),
+    );
+    let model = OpenAiModel::builder()
+        .base_url(format!("http://{addr}/v1"))
+        .api_key_secret(key)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(
+        !format!("{model:?}").contains("sk-dummy"),
+        "the key is not printed"
+    );
+    let messages = [Message::user("Hi")];
+    let request = ModelRequest::new(&messages);
+    let cx = Context::new();
+    let call = || model.complete(&request, &cx);
+    assert_eq!(call().await.unwrap().message.text_content(), "ok");
+
+    // Rotation: the provider now takes only the new key, and the file holds it.
+    std::fs::write(dir.join("openai-key"), "sk-dummy-new\n").unwrap();
+    *accepted.lock().unwrap() = "Bearer sk-dummy-new".to_owned();
+    let refused = call().await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        ErrorKind::Unauthenticated,
+        "the cached old key"
+    );
+    assert_eq!(
+        call().await.unwrap().message.text_content(),
+        "ok",
+        "the new key, same client"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

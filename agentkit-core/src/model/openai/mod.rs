@@ -15,6 +15,7 @@ use futures::StreamExt;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::{Model, ModelRequest, ModelResponse, ModelStream};
+use crate::secret::{CachedSecret, FileSecrets};
 use crate::{Context, Error, ErrorKind, Result};
 
 /// The default API root.
@@ -27,6 +28,8 @@ const MAX_BODY_BYTES: usize = 32 << 20;
 
 struct Inner {
     client: reqwest::Client,
+    /// A key looked up per request (cached), so that a rotated key takes effect at once.
+    key: Option<CachedSecret>,
     endpoint: String,
     base_url: String,
     model: String,
@@ -72,6 +75,7 @@ impl OpenAiModel {
         OpenAiModelBuilder {
             base_url: DEFAULT_BASE_URL.to_owned(),
             api_key: None,
+            api_key_secret: None,
             model: DEFAULT_MODEL.to_owned(),
             provider: "openai".to_owned(),
             headers: Vec::new(),
@@ -81,24 +85,33 @@ impl OpenAiModel {
         }
     }
 
-    /// A client from the environment: `OPENAI_API_KEY` (required), `OPENAI_BASE_URL`,
-    /// `AGENTKIT_MODEL`; `Ok(None)` when no key is set.
+    /// A client from the environment: the key from `OPENAI_API_KEY`, or from the file named by
+    /// `OPENAI_API_KEY_FILE` (read again every 30 s and after a 401, so a rotated key takes
+    /// effect without a restart); `OPENAI_BASE_URL`, `AGENTKIT_MODEL`. `Ok(None)` when neither
+    /// key variable is set.
     pub fn from_env() -> Result<Option<Self>> {
-        let Some(key) = std::env::var("OPENAI_API_KEY")
-            .ok()
-            .filter(|k| !k.trim().is_empty())
-        else {
+        let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let mut builder = if let Some(path) = set("OPENAI_API_KEY_FILE") {
+            let path = std::path::Path::new(path.trim());
+            let (Some(dir), Some(file)) =
+                (path.parent(), path.file_name().and_then(|f| f.to_str()))
+            else {
+                return Err(Error::invalid_input(format!(
+                    "OPENAI_API_KEY_FILE={} does not name a file",
+                    path.display()
+                )));
+            };
+            let source = Arc::new(FileSecrets::new(dir));
+            Self::builder().api_key_secret(CachedSecret::new(source, file, Duration::from_secs(30)))
+        } else if let Some(key) = set("OPENAI_API_KEY") {
+            Self::builder().api_key(key)
+        } else {
             return Ok(None);
         };
-        let mut builder = Self::builder().api_key(key);
-        if let Ok(url) = std::env::var("OPENAI_BASE_URL")
-            && !url.trim().is_empty()
-        {
+        if let Some(url) = set("OPENAI_BASE_URL") {
             builder = builder.base_url(url);
         }
-        if let Ok(model) = std::env::var("AGENTKIT_MODEL")
-            && !model.trim().is_empty()
-        {
+        if let Some(model) = set("AGENTKIT_MODEL") {
             builder = builder.model(model);
         }
         builder.build().map(Some)
@@ -138,6 +151,9 @@ impl OpenAiModel {
             .post(cx)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some(key) = &self.inner.key {
+            request = request.header(AUTHORIZATION, bearer(key.get().await?.expose())?);
+        }
         if stream {
             request = request.header(reqwest::header::ACCEPT, "text/event-stream");
         } else {
@@ -153,6 +169,12 @@ impl OpenAiModel {
         };
         if response.status().is_success() {
             return Ok(response);
+        }
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(key) = &self.inner.key
+        {
+            // The key may have been rotated: look it up again on the next call.
+            key.invalidate();
         }
         Err(status_error(response).await)
     }
@@ -268,11 +290,21 @@ async fn status_error(response: reqwest::Response) -> Error {
     error
 }
 
+/// `Bearer {key}` as a sensitive header value.
+fn bearer(key: &str) -> Result<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+        Error::invalid_input("the API key contains characters not allowed in a header")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// Builds an [`OpenAiModel`].
 #[must_use]
 pub struct OpenAiModelBuilder {
     base_url: String,
     api_key: Option<String>,
+    api_key_secret: Option<CachedSecret>,
     model: String,
     provider: String,
     headers: Vec<(String, String)>,
@@ -287,6 +319,7 @@ impl fmt::Debug for OpenAiModelBuilder {
             .field("base_url", &self.base_url)
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("api_key_secret", &self.api_key_secret)
             .finish_non_exhaustive()
     }
 }
@@ -301,6 +334,14 @@ impl OpenAiModelBuilder {
     /// The API key, sent as `Authorization: Bearer`; local servers may need none.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
+        self
+    }
+
+    /// The API key as a secret kept fresh: looked up (through its cache) for each request and
+    /// invalidated when the provider answers 401, so a rotated key takes effect without a
+    /// restart. Replaces [`api_key`](Self::api_key).
+    pub fn api_key_secret(mut self, secret: CachedSecret) -> Self {
+        self.api_key_secret = Some(secret);
         self
     }
 
@@ -355,12 +396,8 @@ impl OpenAiModelBuilder {
             return Err(Error::invalid_input("the model id must not be empty"));
         }
         let mut headers = HeaderMap::new();
-        if let Some(key) = &self.api_key {
-            let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
-                Error::invalid_input("the API key contains characters not allowed in a header")
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+        if let (Some(key), None) = (&self.api_key, &self.api_key_secret) {
+            headers.insert(AUTHORIZATION, bearer(key)?);
         }
         for (name, value) in &self.headers {
             let name = HeaderName::try_from(name.as_str())
@@ -379,6 +416,7 @@ impl OpenAiModelBuilder {
         Ok(OpenAiModel {
             inner: Arc::new(Inner {
                 client,
+                key: self.api_key_secret,
                 endpoint: format!("{base}/chat/completions"),
                 base_url: base,
                 model: self.model,
