@@ -596,3 +596,88 @@ async fn empty_input_and_bad_builders_are_refused() {
         "only this turn's messages are returned"
     );
 }
+
+/// Records the tool names each model call was offered, then plays its script.
+struct Offered {
+    inner: ScriptedModel,
+    offered: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+#[async_trait::async_trait]
+impl Model for Offered {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    async fn complete(
+        &self,
+        r: &ModelRequest<'_>,
+        cx: &Context,
+    ) -> agentkit_core::Result<ModelResponse> {
+        let names = r.tools.iter().map(|t| t.name.clone()).collect();
+        self.offered.lock().unwrap().push(names);
+        self.inner.complete(r, cx).await
+    }
+}
+
+/// A tool that needs a scope is offered only to callers holding it, and a call to it from a
+/// caller without it (a model may name any tool) is refused as an error result, unrun.
+#[tokio::test]
+async fn scoped_tools_are_offered_and_run_only_for_callers_granted_the_scope() {
+    #[derive(Deserialize, schemars::JsonSchema)]
+    struct Refund {
+        amount: f64,
+    }
+    let refunds = Arc::new(AtomicUsize::new(0));
+    let offered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let agent = {
+        let refunds = refunds.clone();
+        Agent::builder()
+            .model(Offered {
+                inner: ScriptedModel::new([
+                    ScriptedTurn::call("refund", serde_json::json!({"amount": 5.0})),
+                    ScriptedTurn::text("done"),
+                ]),
+                offered: offered.clone(),
+            })
+            .tool(add_tool())
+            .tool(
+                tool_fn("refund", "Refunds an order", move |args: Refund| {
+                    let refunds = refunds.clone();
+                    async move {
+                        refunds.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(args.amount)
+                    }
+                })
+                .requires_scope("payments:write"),
+            )
+            .build()
+            .unwrap()
+    };
+    let run = |cx: Context| agent.execute(Invocation::text("refund order 7").with_context(cx));
+
+    let reader = run(Context::new().with_scopes(["orders:read".to_owned()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        refunds.load(Ordering::SeqCst),
+        0,
+        "not run for a caller without the scope"
+    );
+    let call = &reader.tool_calls[0];
+    assert!(!call.ok);
+    assert!(
+        call.error.as_deref().unwrap().contains("payments:write"),
+        "{:?}",
+        call.error
+    );
+    assert_eq!(offered.lock().unwrap()[0], ["add"], "not offered either");
+
+    offered.lock().unwrap().clear();
+    let clerk = run(Context::new().with_scopes(["payments:write".to_owned()]))
+        .await
+        .unwrap();
+    assert!(clerk.tool_calls[0].ok);
+    assert_eq!(refunds.load(Ordering::SeqCst), 1);
+    assert_eq!(offered.lock().unwrap()[0], ["add", "refund"]);
+}

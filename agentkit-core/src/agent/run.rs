@@ -307,6 +307,8 @@ impl Agent {
                 self.saved(checkpoints, &messages[run_start..], state).await;
             }
         }
+        // Only the tools this caller may use are offered.
+        let tools = inner.tools.specs_for(&cx);
         loop {
             if step >= inner.limits.max_steps {
                 return Err(Error::new(
@@ -323,7 +325,7 @@ impl Agent {
             let request = ModelRequest {
                 system,
                 messages: &messages,
-                tools: inner.tools.specs(),
+                tools: &tools,
                 tool_choice: ToolChoice::Auto,
                 response_format: format,
                 max_tokens: inner.max_tokens,

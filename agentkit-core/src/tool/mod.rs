@@ -185,6 +185,15 @@ pub trait Tool: Send + Sync {
         None
     }
 
+    /// The scope a caller must hold to use the tool (see [`Context::has_scope`]); `None`: any
+    /// caller. A tool the caller may not use is left out of the tools offered to the model,
+    /// and a call to it anyway is refused with an error result.
+    ///
+    /// [`Context::has_scope`]: crate::Context::has_scope
+    fn required_scope(&self) -> Option<&str> {
+        None
+    }
+
     /// Runs the tool on the model's argument text and returns the content for the model
     /// (usually JSON). An error goes back to the model as an error result it can correct from.
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String>;
@@ -206,6 +215,10 @@ impl<T: Tool + ?Sized> Tool for Arc<T> {
         (**self).timeout()
     }
 
+    fn required_scope(&self) -> Option<&str> {
+        (**self).required_scope()
+    }
+
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {
         (**self).call(arguments, cx).await
     }
@@ -223,6 +236,10 @@ impl<T: Tool + ?Sized> Tool for Box<T> {
 
     fn timeout(&self) -> Option<Duration> {
         (**self).timeout()
+    }
+
+    fn required_scope(&self) -> Option<&str> {
+        (**self).required_scope()
     }
 
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {

@@ -1,5 +1,6 @@
 //! [`Toolbox`]: the tools of an agent, looked up by name and called safely.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::{Context, Error, ErrorKind, Result};
 pub struct Toolbox {
     tools: Vec<(Box<str>, Arc<dyn Tool>)>,
     specs: Arc<[ToolSpec]>,
+    /// Whether some tool needs a scope (else every caller gets every spec, unfiltered).
+    scoped: bool,
 }
 
 impl fmt::Debug for Toolbox {
@@ -55,6 +58,7 @@ impl Toolbox {
                 "tool `{name}` is registered twice"
             )));
         }
+        self.scoped |= tool.required_scope().is_some();
         self.tools.push((name.into_boxed_str(), tool));
         self.specs = self.tools.iter().map(|(_, t)| t.spec().clone()).collect();
         Ok(())
@@ -72,6 +76,21 @@ impl Toolbox {
     /// The specs of all tools, in insertion order.
     pub fn specs(&self) -> &[ToolSpec] {
         &self.specs
+    }
+
+    /// The specs of the tools the caller of `cx` may use, in insertion order (all of them,
+    /// borrowed, when no tool needs a scope).
+    pub fn specs_for(&self, cx: &Context) -> Cow<'_, [ToolSpec]> {
+        if !self.scoped {
+            return Cow::Borrowed(&self.specs);
+        }
+        Cow::Owned(
+            self.tools
+                .iter()
+                .filter(|(_, tool)| tool.required_scope().is_none_or(|s| cx.has_scope(s)))
+                .map(|(_, tool)| tool.spec().clone())
+                .collect(),
+        )
     }
 
     /// The number of tools.
@@ -127,6 +146,17 @@ impl Toolbox {
                 known.join(", ")
             )));
         };
+        if let Some(scope) = tool.required_scope()
+            && !cx.has_scope(scope)
+        {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "tool `{}` needs the scope `{scope}`, which this caller was not granted",
+                    call.name
+                ),
+            ));
+        }
         let timeout = tool.timeout().unwrap_or(timeout);
         let tool_cx = ToolContext::new(&call.id, cx);
         // A side-effecting call of a job that already completed is not run again.

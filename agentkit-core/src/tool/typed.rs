@@ -21,6 +21,7 @@ pub struct FnTool<A, F, M = WithContext> {
     _mode: PhantomData<fn(M)>,
     side_effects: bool,
     timeout: Option<Duration>,
+    scope: Option<String>,
     _args: PhantomData<fn(A)>,
 }
 
@@ -47,6 +48,13 @@ impl<A, F, M> FnTool<A, F, M> {
     #[must_use]
     pub fn with_side_effects(mut self) -> Self {
         self.side_effects = true;
+        self
+    }
+
+    /// Lets only callers granted `scope` use the tool (see [`Tool::required_scope`]).
+    #[must_use]
+    pub fn requires_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
         self
     }
 
@@ -112,6 +120,7 @@ where
         _mode: PhantomData,
         side_effects: false,
         timeout: None,
+        scope: None,
         _args: PhantomData,
     }
 }
@@ -152,6 +161,7 @@ where
         _mode: PhantomData,
         side_effects: false,
         timeout: None,
+        scope: None,
         _args: PhantomData,
     }
 }
@@ -207,6 +217,10 @@ where
         self.timeout
     }
 
+    fn required_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
     async fn call(&self, arguments: &str, _cx: &ToolContext<'_>) -> Result<String> {
         let args = self.decode(arguments)?;
         self.encode((self.f)(args).await)
@@ -232,6 +246,10 @@ where
 
     fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    fn required_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
     }
 
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {
