@@ -133,3 +133,72 @@ async fn tower_middleware_applies_through_the_adapters() {
     };
     assert_eq!(replay.last().unwrap().as_ref().unwrap().name(), "done");
 }
+
+/// A guarded agent: input over the limit never reaches the model; credentials the model
+/// repeats come back redacted, whole or streamed in pieces.
+#[tokio::test]
+async fn guard_limits_input_and_redacts_replies_and_streams() {
+    use agentkit_core::executor::{AgentEvent, GuardLayer, Redactor};
+    use agentkit_core::model::ScriptedModel;
+    use futures::StreamExt;
+    use tower::Layer;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let model = ScriptedModel::builder()
+        .rule(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            None
+        })
+        .demo_rules()
+        .build();
+    let agent = agentkit_core::Agent::builder()
+        .model(model)
+        .build()
+        .unwrap();
+    let guarded = GuardLayer::new()
+        .max_input_bytes(200)
+        .redact(Redactor::personal_data())
+        .layer(agent);
+
+    let secret = "sk-live-abcdefghijklmnopqrstuv";
+    let reply = guarded
+        .execute(Invocation::text(format!(
+            "my key is {secret}, mail me at bob@example.com"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.output,
+        "You said: my key is [redacted:api_key], mail me at [redacted:email]"
+    );
+    let all = serde_json::to_string(&reply.messages).unwrap();
+    assert!(!all.contains(secret) && !all.contains("bob@"), "{all}");
+
+    let too_big = guarded
+        .execute(Invocation::text("x".repeat(201)))
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.kind(), ErrorKind::InvalidInput);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the model never saw it");
+
+    let events: Vec<AgentEvent> = guarded
+        .stream(Invocation::text(format!("again: {secret}")))
+        .await
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed, "You said: again: [redacted:api_key]");
+    match events.last() {
+        Some(AgentEvent::Done(reply)) => assert_eq!(reply.output, streamed),
+        other => panic!("the stream ends with Done, not {other:?}"),
+    }
+}

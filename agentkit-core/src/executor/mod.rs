@@ -3,6 +3,7 @@
 
 mod boxed;
 mod concurrency;
+mod guard;
 mod retry;
 mod service;
 mod timeout;
@@ -19,6 +20,7 @@ use crate::{Context, Result};
 
 pub use boxed::BoxExecutor;
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
+pub use guard::{Guard, GuardLayer, Redactor};
 pub use retry::{Retry, RetryLayer};
 pub use service::{ExecutorService, ServiceExecutor};
 pub use timeout::{Timeout, TimeoutLayer};
