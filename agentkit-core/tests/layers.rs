@@ -202,3 +202,95 @@ async fn guard_limits_input_and_redacts_replies_and_streams() {
         other => panic!("the stream ends with Done, not {other:?}"),
     }
 }
+
+/// A canary takes a sticky share of sessions, leaves the caller's own errors out of its
+/// judgement, and rolls itself back when its own failures break the guard.
+#[tokio::test]
+async fn canary_is_sticky_and_rolls_back_when_the_candidate_fails() {
+    use agentkit_core::Context;
+    use agentkit_core::executor::{Canary, CanaryGuard, CanaryStatus};
+
+    let stable = Probe::default();
+    let candidate = Probe {
+        failures: usize::MAX,
+        kind: Some(ErrorKind::Internal),
+        ..Probe::default()
+    };
+    let in_session =
+        |id: String| Invocation::text("hi").with_context(Context::new().with_session_id(id));
+
+    // Share and stickiness, with a guard that never trips.
+    let lenient = CanaryGuard {
+        max_error_rate: 1.0,
+        ..CanaryGuard::default()
+    };
+    let canary = Canary::new(stable.clone(), candidate.clone(), 10.0).with_guard(lenient);
+    let chosen: Vec<bool> = (0..2000)
+        .map(|i| canary.routes_to_candidate(&Context::new().with_session_id(format!("s-{i}"))))
+        .collect();
+    let share = chosen.iter().filter(|c| **c).count();
+    assert!(
+        (140..=260).contains(&share),
+        "10% of 2000 sessions, got {share}"
+    );
+    for (i, first) in chosen.iter().enumerate().take(200) {
+        let again = canary.routes_to_candidate(&Context::new().with_session_id(format!("s-{i}")));
+        assert_eq!(*first, again, "session s-{i} switched sides");
+    }
+    assert!(
+        !Canary::new(stable.clone(), candidate.clone(), 0.0)
+            .routes_to_candidate(&Context::new().with_session_id("s-1"))
+    );
+
+    // Everyone on the candidate; it fails every request; the guard judges 10 at a time.
+    let canary = Canary::new(stable.clone(), candidate.clone(), 100.0).with_guard(CanaryGuard {
+        window: 10,
+        max_error_rate: 0.5,
+        ..CanaryGuard::default()
+    });
+    for i in 0..9 {
+        let error = canary
+            .execute(in_session(format!("a-{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Internal);
+    }
+    assert_eq!(
+        canary.status(),
+        CanaryStatus::Active,
+        "not judged before the window fills"
+    );
+    canary.execute(in_session("a-9".into())).await.unwrap_err();
+    let CanaryStatus::RolledBack { reason } = canary.status() else {
+        panic!("ten failures in ten should roll it back");
+    };
+    assert!(reason.contains("error rate 100%"), "{reason}");
+    let before = stable.calls.load(Ordering::SeqCst);
+    for i in 0..5 {
+        canary.execute(in_session(format!("b-{i}"))).await.unwrap();
+    }
+    assert_eq!(
+        stable.calls.load(Ordering::SeqCst),
+        before + 5,
+        "all on stable now"
+    );
+
+    // The caller's own errors (bad input) are not the candidate's fault.
+    let picky = Probe {
+        failures: usize::MAX,
+        kind: Some(ErrorKind::InvalidInput),
+        ..Probe::default()
+    };
+    let canary = Canary::new(stable.clone(), picky, 100.0).with_guard(CanaryGuard {
+        window: 5,
+        max_error_rate: 0.0,
+        ..CanaryGuard::default()
+    });
+    for i in 0..20 {
+        canary
+            .execute(in_session(format!("c-{i}")))
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(canary.status(), CanaryStatus::Active);
+}

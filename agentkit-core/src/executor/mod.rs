@@ -2,6 +2,7 @@
 //! layers that wrap any executor ([`Timeout`], [`Retry`], [`ConcurrencyLimit`]).
 
 mod boxed;
+mod canary;
 mod concurrency;
 mod guard;
 mod retry;
@@ -19,6 +20,7 @@ use crate::tool::ToolCallRecord;
 use crate::{Context, Result};
 
 pub use boxed::BoxExecutor;
+pub use canary::{Canary, CanaryGuard, CanaryStatus, Sticky};
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use guard::{Guard, GuardLayer, Redactor};
 pub use retry::{Retry, RetryLayer};
