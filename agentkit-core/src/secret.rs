@@ -137,9 +137,13 @@ impl SecretSource for FileSecrets {
     }
 }
 
+/// How soon a [`CachedSecret`] whose refresh failed tries again (serving its last value).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
 /// One secret kept fresh: looked up on first use, kept for `refresh`, then looked up again.
-/// When a lookup fails, the last good value keeps serving (and the failure is logged), so a
-/// secret store that blinks does not take the service down; [`invalidate`](Self::invalidate)
+/// When a lookup fails, the last good value keeps serving (the failure is logged, and the
+/// lookup is tried again after a few seconds rather than on every call), so a secret store
+/// that blinks does not take the service down; [`invalidate`](Self::invalidate)
 /// forces a lookup on next use (after the value was refused, say, because it was rotated).
 /// Cheap to clone; clones share the cache.
 #[derive(Clone)]
@@ -210,17 +214,13 @@ impl CachedSecret {
                 Ok(secret)
             }
             Err(error) => {
-                let last = self
-                    .inner
-                    .state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .map(|(secret, _)| secret.clone());
-                match last {
-                    Some(secret) => {
+                let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                match state.as_mut() {
+                    Some((secret, stale_at)) => {
                         tracing::warn!(secret = %self.inner.name, %error, "cannot refresh a secret; keeping the last value");
-                        Ok(secret)
+                        // Try again soon, not on every call while the store is down.
+                        *stale_at = Instant::now() + self.inner.refresh.min(RETRY_AFTER_FAILURE);
+                        Ok(secret.clone())
                     }
                     None => Err(error),
                 }
