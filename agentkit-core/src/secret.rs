@@ -184,6 +184,20 @@ impl CachedSecret {
         }
     }
 
+    /// The secret held in the file at `path` (a mounted secret: see [`FileSecrets`]), read
+    /// again every `refresh`; an error if `path` does not name a file.
+    pub fn from_file(path: impl AsRef<Path>, refresh: Duration) -> Result<Self> {
+        let path = path.as_ref();
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|f| f.to_str()))
+        else {
+            return Err(Error::invalid_input(format!(
+                "{} does not name a secret file",
+                path.display()
+            )));
+        };
+        Ok(Self::new(Arc::new(FileSecrets::new(dir)), name, refresh))
+    }
+
     /// The secret's name.
     pub fn name(&self) -> &str {
         &self.inner.name

@@ -26,6 +26,7 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_QUEUE` | job queue name | `agentkit` |
 /// | `AGENTKIT_VISIBILITY_MS` | how long a claimed job may go without a heartbeat | 30000 |
 /// | `AGENTKIT_WEBHOOK_SECRET` | HMAC secret for job webhooks | none (no webhooks) |
+/// | `AGENTKIT_WEBHOOK_SECRET_FILE` | a file holding it instead, read again every 30 s (rotation without a restart) | none |
 /// | `AGENTKIT_WEBHOOK_ALLOW_PRIVATE` | `true`: webhooks may call loopback and private addresses | `false` |
 #[derive(Clone)]
 pub struct ServiceConfig {
@@ -53,6 +54,8 @@ pub struct ServiceConfig {
     pub visibility: Duration,
     /// Job webhook secret.
     pub webhook_secret: Option<String>,
+    /// A file holding the job webhook secret (wins over `webhook_secret`).
+    pub webhook_secret_file: Option<std::path::PathBuf>,
     /// Whether webhooks may call loopback and private addresses.
     pub webhook_allow_private: bool,
 }
@@ -134,6 +137,7 @@ impl ServiceConfig {
             queue_name: var("AGENTKIT_QUEUE").unwrap_or_else(|| "agentkit".to_owned()),
             visibility: millis("AGENTKIT_VISIBILITY_MS", 30_000)?,
             webhook_secret: var("AGENTKIT_WEBHOOK_SECRET"),
+            webhook_secret_file: var("AGENTKIT_WEBHOOK_SECRET_FILE").map(Into::into),
             webhook_allow_private: match var("AGENTKIT_WEBHOOK_ALLOW_PRIVATE").as_deref() {
                 None | Some("false" | "0") => false,
                 Some("true" | "1") => true,
@@ -186,14 +190,20 @@ impl ServiceConfig {
         Ok(None)
     }
 
-    /// The webhook sender, when `AGENTKIT_WEBHOOK_SECRET` is set.
+    /// The webhook sender, when `AGENTKIT_WEBHOOK_SECRET_FILE` or `AGENTKIT_WEBHOOK_SECRET` is
+    /// set.
     pub fn webhooks(&self) -> Result<Option<crate::jobs::WebhookSender>> {
-        self.webhook_secret
-            .as_deref()
-            .map(|secret| {
-                crate::jobs::WebhookSender::new(secret.as_bytes())?
-                    .allow_private_targets(self.webhook_allow_private)
-            })
-            .transpose()
+        let sender = if let Some(path) = &self.webhook_secret_file {
+            let secret =
+                agentkit_core::secret::CachedSecret::from_file(path, Duration::from_secs(30))?;
+            crate::jobs::WebhookSender::with_rotating_secret(secret)?
+        } else if let Some(secret) = &self.webhook_secret {
+            crate::jobs::WebhookSender::new(secret.as_bytes())?
+        } else {
+            return Ok(None);
+        };
+        sender
+            .allow_private_targets(self.webhook_allow_private)
+            .map(Some)
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use agentkit_core::secret::CachedSecret;
 use agentkit_core::{Backoff, Error, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -61,7 +62,7 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
 #[derive(Clone)]
 pub struct WebhookSender {
     client: reqwest::Client,
-    secret: Vec<u8>,
+    secret: SigningKey,
     backoff: Backoff,
     allow_private: bool,
 }
@@ -74,6 +75,14 @@ impl fmt::Debug for WebhookSender {
             .field("allow_private", &self.allow_private)
             .finish()
     }
+}
+
+/// What a sender signs with.
+#[derive(Clone)]
+enum SigningKey {
+    Fixed(Vec<u8>),
+    /// Looked up (through its cache) for each delivery, so a rotated secret signs the next one.
+    Rotating(CachedSecret),
 }
 
 /// The HTTP client of a sender (with the public-only resolver unless `allow_private`).
@@ -147,6 +156,16 @@ impl WebhookSender {
         if secret.is_empty() {
             return Err(Error::invalid_input("the webhook secret must not be empty"));
         }
+        Self::signing_with(SigningKey::Fixed(secret))
+    }
+
+    /// A sender signing with a secret that rotates: each delivery is signed with its current
+    /// value (receivers should accept the old and the new secret while a rotation settles).
+    pub fn with_rotating_secret(secret: CachedSecret) -> Result<Self> {
+        Self::signing_with(SigningKey::Rotating(secret))
+    }
+
+    fn signing_with(secret: SigningKey) -> Result<Self> {
         Ok(Self {
             client: client(false)?,
             secret,
@@ -185,7 +204,10 @@ impl WebhookSender {
         }
         let body = serde_json::to_vec(doc)
             .map_err(|e| Error::internal(format!("cannot encode the job: {e}")))?;
-        let signature = sign(&self.secret, &body);
+        let signature = match &self.secret {
+            SigningKey::Fixed(secret) => sign(secret, &body),
+            SigningKey::Rotating(secret) => sign(secret.get().await?.expose().as_bytes(), &body),
+        };
         let mut attempt = 1;
         loop {
             let sent = self
@@ -272,6 +294,55 @@ pub(crate) fn validate_callback(url: &str, allow_private: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With a rotating secret, each delivery is signed with the secret's value at the time.
+    #[tokio::test]
+    async fn a_rotated_secret_signs_the_next_delivery() {
+        use std::sync::{Arc, Mutex};
+
+        let dir =
+            std::env::temp_dir().join(format!("agentkit-hook-{}", agentkit_core::generate_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook-secret"), "dummy-old\n").unwrap();
+        let seen: Arc<Mutex<Vec<(String, axum::body::Bytes)>>> = Arc::default();
+        let app = {
+            let seen = seen.clone();
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(
+                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                        let seen = seen.clone();
+                        async move {
+                            let signature = headers[SIGNATURE_HEADER].to_str().unwrap().to_owned();
+                            seen.lock().unwrap().push((signature, body));
+                        }
+                    },
+                ),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let secret = CachedSecret::from_file(dir.join("hook-secret"), Duration::ZERO).unwrap();
+        let sender = WebhookSender::with_rotating_secret(secret)
+            .unwrap()
+            .allow_private_targets(true)
+            .unwrap();
+        let doc = JobDoc::queued("job-1".into(), crate::jobs::JobSpec::default());
+        sender.deliver(&url, &doc).await.unwrap();
+        std::fs::write(dir.join("hook-secret"), "dummy-new\n").unwrap();
+        sender.deliver(&url, &doc).await.unwrap();
+
+        let seen = seen.lock().unwrap().clone();
+        assert!(verify(b"dummy-old", &seen[0].1, &seen[0].0));
+        assert!(verify(b"dummy-new", &seen[1].1, &seen[1].0));
+        assert!(
+            !verify(b"dummy-old", &seen[1].1, &seen[1].0),
+            "signed with the new one"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn signatures_verify_and_reject_tampering() {

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::{Model, ModelRequest, ModelResponse, ModelStream};
-use crate::secret::{CachedSecret, FileSecrets};
+use crate::secret::CachedSecret;
 use crate::{Context, Error, ErrorKind, Result};
 
 /// The default API root.
@@ -92,17 +92,11 @@ impl OpenAiModel {
     pub fn from_env() -> Result<Option<Self>> {
         let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let mut builder = if let Some(path) = set("OPENAI_API_KEY_FILE") {
-            let path = std::path::Path::new(path.trim());
-            let (Some(dir), Some(file)) =
-                (path.parent(), path.file_name().and_then(|f| f.to_str()))
-            else {
-                return Err(Error::invalid_input(format!(
-                    "OPENAI_API_KEY_FILE={} does not name a file",
-                    path.display()
-                )));
-            };
-            let source = Arc::new(FileSecrets::new(dir));
-            Self::builder().api_key_secret(CachedSecret::new(source, file, Duration::from_secs(30)))
+            let key =
+                CachedSecret::from_file(path.trim(), Duration::from_secs(30)).map_err(|e| {
+                    Error::invalid_input(format!("OPENAI_API_KEY_FILE: {}", e.message()))
+                })?;
+            Self::builder().api_key_secret(key)
         } else if let Some(key) = set("OPENAI_API_KEY") {
             Self::builder().api_key(key)
         } else {
