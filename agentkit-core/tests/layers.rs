@@ -294,3 +294,37 @@ async fn canary_is_sticky_and_rolls_back_when_the_candidate_fails() {
     }
     assert_eq!(canary.status(), CanaryStatus::Active);
 }
+
+/// A flag switch follows the flag table as it is changed while running.
+#[tokio::test]
+async fn flag_switch_follows_the_table_at_run_time() {
+    use agentkit_core::Context;
+    use agentkit_core::executor::{FlagSwitch, Flags};
+
+    let (on, off) = (Probe::default(), Probe::default());
+    let flags =
+        Flags::from_json(r#"{"new-agent": {"rules": [{"tenants": ["acme"], "on": true}]}}"#)
+            .unwrap();
+    let switch = FlagSwitch::new(flags.clone(), "new-agent", on.clone(), off.clone());
+    let from =
+        |tenant: &str| Invocation::text("hi").with_context(Context::new().with_tenant(tenant));
+    switch.execute(from("acme")).await.unwrap();
+    switch.execute(from("beta")).await.unwrap();
+    assert_eq!(
+        (
+            on.calls.load(Ordering::SeqCst),
+            off.calls.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+
+    flags
+        .replace_json(r#"{"new-agent": {"default": true}}"#)
+        .unwrap();
+    switch.execute(from("beta")).await.unwrap();
+    assert_eq!(
+        on.calls.load(Ordering::SeqCst),
+        2,
+        "flipped for everyone, no restart"
+    );
+}

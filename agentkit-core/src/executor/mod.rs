@@ -4,6 +4,7 @@
 mod boxed;
 mod canary;
 mod concurrency;
+mod flags;
 mod guard;
 mod retry;
 mod service;
@@ -22,6 +23,7 @@ use crate::{Context, Result};
 pub use boxed::BoxExecutor;
 pub use canary::{Canary, CanaryGuard, CanaryStatus, Sticky};
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
+pub use flags::{Flag, FlagRule, FlagSwitch, Flags};
 pub use guard::{Guard, GuardLayer, Redactor};
 pub use retry::{Retry, RetryLayer};
 pub use service::{ExecutorService, ServiceExecutor};
