@@ -9,10 +9,14 @@
 //!   policy for a message that arrives mid-turn, and a bounded history.
 //! - [`RecordStore`]: one [`RunRecord`] per run, for audit, analytics and replay: JSON lines
 //!   ([`JsonlRecordStore`]) and PostgreSQL.
+//! - [`vector`]: vector memory by tenant ([`VectorMemory`](vector::VectorMemory), the exact
+//!   in-memory [`MemoryVectorIndex`](vector::MemoryVectorIndex)), [`Embedder`](vector::Embedder)s,
+//!   and a search tool for agents.
 
 mod record;
 mod session;
 mod session_agent;
+pub mod vector;
 
 #[cfg(feature = "postgres")]
 mod pg_pool;
