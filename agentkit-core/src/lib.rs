@@ -22,6 +22,7 @@ mod context;
 pub mod demo;
 mod error;
 pub mod executor;
+mod hash;
 mod message;
 pub mod model;
 pub mod observer;
@@ -37,6 +38,7 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use executor::{
     AgentEvent, BoxExecutor, EventStream, Executor, ExecutorExt, Invocation, Reply, SessionState,
 };
+pub use hash::stable_hash;
 pub use message::{ContentPart, Message, Role, StopReason, ToolCall, ToolResult, Usage};
 pub use pricing::{Price, PriceTable};
 pub use trace::TraceContext;

@@ -62,10 +62,7 @@ impl HashingEmbedder {
     }
 
     fn bucket(&self, token: &str) -> usize {
-        let hash = token.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        (hash % self.dimensions as u64) as usize
+        (agentkit_core::stable_hash(token.bytes()) % self.dimensions as u64) as usize
     }
 
     fn vector(&self, text: &str) -> Vec<f32> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::executor::{AgentEvent, EventStream, Executor, Invocation, Reply};
-use crate::{Context, ErrorKind, Result};
+use crate::{Context, ErrorKind, Result, stable_hash};
 
 /// What keeps a caller on one side of a canary: the same key, the same side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,14 +36,6 @@ impl Sticky {
         };
         chosen.unwrap_or_else(|| cx.request_id())
     }
-}
-
-/// FNV-1a: a hash that is the same in every process and every build, so every instance puts a
-/// caller on the same side.
-fn stable_hash(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// When the candidate is rolled back: over its last `window` requests (once it has that
@@ -149,7 +141,7 @@ impl Shared {
     fn to_candidate(&self, cx: &Context) -> bool {
         let active =
             self.state.lock().unwrap_or_else(|p| p.into_inner()).status == CanaryStatus::Active;
-        let bucket = (stable_hash(self.sticky.key(cx)) % 10_000) as f64;
+        let bucket = (stable_hash(self.sticky.key(cx).bytes()) % 10_000) as f64;
         active && bucket < self.percent * 100.0
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 
 use crate::executor::{EventStream, Executor, Invocation, Reply};
-use crate::{Context, Error, Result};
+use crate::{Context, Error, Result, stable_hash};
 
 /// A segment and the value a flag takes in it: a caller matches when every list given contains
 /// its tenant, its user, or one of its scopes (an empty or missing list matches anyone).
@@ -58,16 +58,10 @@ pub struct Flag {
     pub percent: Option<f64>,
 }
 
-/// FNV-1a of the flag's name and the caller's key: stable across processes and builds, and
-/// different per flag, so two 10% rollouts do not pick the same callers.
+/// The caller's bucket (0-100) for the flag `flag`: by [`stable_hash`] of flag and key, so it
+/// is the same on every instance and two 10% rollouts do not pick the same callers.
 fn bucket(flag: &str, key: &str) -> f64 {
-    let hash = flag
-        .bytes()
-        .chain([0])
-        .chain(key.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let hash = stable_hash(flag.bytes().chain([0]).chain(key.bytes()));
     (hash % 10_000) as f64 / 100.0
 }
 
