@@ -584,3 +584,64 @@ async fn a_rotated_key_file_takes_effect_without_a_restart() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The embedder posts the texts to `/embeddings` with the key, puts the vectors back in input
+/// order, and refuses answers of the wrong shape.
+#[tokio::test]
+async fn embeddings_come_back_in_order_and_of_the_declared_dimension() {
+    use agentkit_core::model::Embedder;
+
+    let seen: Arc<Mutex<Vec<(HeaderMap, Value)>>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/v1/embeddings",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    let texts = body["input"].as_array().unwrap().len();
+                    seen.lock().unwrap().push((headers, body.clone()));
+                    if body["input"][0] == "short" {
+                        return json_response(
+                            StatusCode::OK,
+                            json!({"data": [{"index": 0, "embedding": [1.0]}]}),
+                        );
+                    }
+                    // Answered out of order, as the API allows.
+                    let data: Vec<Value> = (0..texts)
+                        .rev()
+                        .map(|i| json!({"index": i, "embedding": [i as f32, 1.0, 0.5]}))
+                        .collect();
+                    json_response(StatusCode::OK, json!({"data": data, "model": "emb"}))
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let model = OpenAiModel::builder()
+        .base_url(format!("http://{addr}/v1"))
+        .api_key("sk-test-dummy")
+        .build()
+        .unwrap();
+    let embedder = model
+        .embedder("text-embedding-3-small", 3)
+        .request_dimensions();
+    let texts = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    let vectors = embedder.embed(&texts, &Context::new()).await.unwrap();
+    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors[2], [2.0, 1.0, 0.5], "in input order");
+    let (headers, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(headers["authorization"], "Bearer sk-test-dummy");
+    assert_eq!(body["model"], "text-embedding-3-small");
+    assert_eq!(body["dimensions"], 3);
+
+    let wrong = embedder
+        .embed(&["short".to_owned()], &Context::new())
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.kind(), ErrorKind::Unavailable);
+    assert!(wrong.message().contains("1 dimensions, not 3"), "{wrong}");
+}

@@ -7,42 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use agentkit_core::tool::{Tool, ToolContext, ToolSpec};
-use agentkit_core::{Error, Result};
+use agentkit_core::{Context, Error, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::session::validate_key;
 
-/// Turns texts into vectors of one dimension.
-///
-/// ```
-/// use agentkit_store::vector::Embedder;
-///
-/// /// Vectors of text length and vowel count (an illustration, not a useful embedder).
-/// struct Shape;
-///
-/// #[async_trait::async_trait]
-/// impl Embedder for Shape {
-///     fn dimensions(&self) -> usize {
-///         2
-///     }
-///
-///     async fn embed(&self, texts: &[String]) -> agentkit_core::Result<Vec<Vec<f32>>> {
-///         Ok(texts
-///             .iter()
-///             .map(|t| vec![t.len() as f32, t.chars().filter(|c| "aeiou".contains(*c)).count() as f32])
-///             .collect())
-///     }
-/// }
-/// ```
-#[async_trait]
-pub trait Embedder: Send + Sync + 'static {
-    /// The length of every vector it returns.
-    fn dimensions(&self) -> usize;
-
-    /// One vector per text, in order.
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
-}
+pub use agentkit_core::model::Embedder;
 
 /// A deterministic embedder that needs no model: each lower-cased word (and each pair of
 /// neighbouring words) is hashed into one of `dimensions` buckets, and the vector is
@@ -89,7 +60,7 @@ impl Embedder for HashingEmbedder {
         self.dimensions
     }
 
-    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    async fn embed(&self, texts: &[String], _cx: &Context) -> Result<Vec<Vec<f32>>> {
         Ok(texts.iter().map(|t| self.vector(t)).collect())
     }
 }
@@ -138,7 +109,8 @@ pub struct Hit {
 /// let embedder = HashingEmbedder::new(64);
 /// let memory = MemoryVectorIndex::new(64);
 /// let texts = vec!["refunds take five days".to_owned()];
-/// let vector = embedder.embed(&texts).await?.remove(0);
+/// let cx = agentkit_core::Context::new();
+/// let vector = embedder.embed(&texts, &cx).await?.remove(0);
 /// memory
 ///     .upsert("acme", vec![Document {
 ///         id: "refunds".into(),
@@ -147,7 +119,7 @@ pub struct Hit {
 ///         vector,
 ///     }])
 ///     .await?;
-/// let query = embedder.embed(&["how long do refunds take".to_owned()]).await?.remove(0);
+/// let query = embedder.embed(&["how long do refunds take".to_owned()], &cx).await?.remove(0);
 /// let hits = memory.query("acme", &query, 3, &Default::default()).await?;
 /// assert_eq!(hits[0].id, "refunds");
 /// # Ok::<_, agentkit_core::Error>(())
@@ -326,7 +298,7 @@ impl Tool for MemorySearch {
         let k = args.k.unwrap_or(5).clamp(1, 20);
         let vector = self
             .embedder
-            .embed(&[args.query])
+            .embed(&[args.query], cx.context())
             .await?
             .pop()
             .ok_or_else(|| Error::internal("the embedder returned no vector"))?;
@@ -342,10 +314,14 @@ impl Tool for MemorySearch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentkit_core::{Context, ErrorKind};
+    use agentkit_core::ErrorKind;
 
     async fn note(embedder: &HashingEmbedder, id: &str, text: &str, kind: &str) -> Document {
-        let vector = embedder.embed(&[text.to_owned()]).await.unwrap().remove(0);
+        let vector = embedder
+            .embed(&[text.to_owned()], &Context::new())
+            .await
+            .unwrap()
+            .remove(0);
         let mut metadata = serde_json::Map::new();
         metadata.insert("kind".into(), kind.into());
         Document {
@@ -391,7 +367,7 @@ mod tests {
             .await
             .unwrap();
         let query = embedder
-            .embed(&["when are refunds paid".into()])
+            .embed(&["when are refunds paid".into()], &Context::new())
             .await
             .unwrap()
             .remove(0);

@@ -6,6 +6,7 @@
 //! inside each provider.
 
 mod accumulate;
+mod embed;
 mod fallback;
 #[cfg(feature = "openai")]
 pub mod openai;
@@ -23,6 +24,7 @@ use crate::tool::ToolSpec;
 use crate::{Context, Result};
 
 pub use accumulate::ResponseBuilder;
+pub use embed::Embedder;
 pub use fallback::Fallback;
 pub use retry::RetryModel;
 pub use scripted::{ScriptedCall, ScriptedModel, ScriptedModelBuilder, ScriptedTurn};

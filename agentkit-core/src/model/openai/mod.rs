@@ -2,8 +2,11 @@
 //! LiteLLM and any other server of that API.
 
 mod convert;
+mod embed;
 mod stream;
 mod wire;
+
+pub use embed::OpenAiEmbedder;
 
 use std::fmt;
 use std::sync::Arc;
@@ -116,11 +119,11 @@ impl OpenAiModel {
         &self.inner.base_url
     }
 
-    fn post(&self, cx: &Context) -> reqwest::RequestBuilder {
+    fn post(&self, url: &str, cx: &Context) -> reqwest::RequestBuilder {
         let mut request = self
             .inner
             .client
-            .post(&self.inner.endpoint)
+            .post(url)
             .header("x-request-id", cx.request_id());
         if let Some(trace) = cx.trace() {
             request = request.header("traceparent", trace.traceparent());
@@ -140,9 +143,21 @@ impl OpenAiModel {
     }
 
     async fn send(&self, body: Vec<u8>, cx: &Context, stream: bool) -> Result<reqwest::Response> {
+        self.send_to(&self.inner.endpoint, body, cx, stream).await
+    }
+
+    /// POSTs `body` to `url` of this API with the key, request id and trace headers, within
+    /// the request's deadline; a non-2xx status is an error of its kind.
+    async fn send_to(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        cx: &Context,
+        stream: bool,
+    ) -> Result<reqwest::Response> {
         let wait = self.time_left(cx)?;
         let mut request = self
-            .post(cx)
+            .post(url, cx)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.inner.key {
