@@ -57,33 +57,43 @@ pub enum RedisConnection {
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for RedisConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
+/// `ConnectionLike` for an enum of a single-server and a cluster connection, by delegation.
+macro_rules! delegate_connection_like {
+    ($name:ident) => {
+        impl ConnectionLike for $name {
+            fn req_packed_command<'a>(
+                &'a mut self,
+                cmd: &'a redis::Cmd,
+            ) -> RedisFuture<'a, redis::Value> {
+                match self {
+                    Self::Single(conn) => conn.req_packed_command(cmd),
+                    Self::Cluster(conn) => conn.req_packed_command(cmd),
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a redis::Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<redis::Value>> {
+                match self {
+                    Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+                    Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    Self::Single(conn) => conn.get_db(),
+                    Self::Cluster(conn) => conn.get_db(),
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_connection_like!(RedisConnection);
 
 /// A connection of its own, from the pool, for a blocking command (`XREADGROUP BLOCK`) that
 /// must not hold up the shared connection; back to the pool when dropped.
@@ -94,33 +104,7 @@ pub enum DedicatedConnection {
     Cluster(deadpool_redis::cluster::Connection),
 }
 
-impl ConnectionLike for DedicatedConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
-        }
-    }
-}
+delegate_connection_like!(DedicatedConnection);
 
 /// Where a client's connections come from.
 #[derive(Clone)]
