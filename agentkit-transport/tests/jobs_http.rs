@@ -55,15 +55,7 @@ async fn setup() -> Setup {
         .allow_private_callbacks(true) // the receivers here are on loopback
         .build()
         .unwrap();
-    let webhooks = WebhookSender::new(WEBHOOK_SECRET)
-        .unwrap()
-        .allow_private_targets(true) // the receivers here are on loopback
-        .unwrap()
-        .with_backoff(
-            Backoff::new()
-                .max_attempts(5)
-                .base(Duration::from_millis(20)),
-        );
+    let webhooks = test_webhooks(5);
     let worker = Worker::builder(queue.clone())
         .agent("assistant", counted)
         .webhooks(webhooks)
@@ -388,16 +380,21 @@ async fn switchable_receiver(
     (format!("http://{addr}/hook"), received, refused)
 }
 
-fn webhook_worker(queue: Arc<dyn JobQueue>) -> Worker {
-    let webhooks = WebhookSender::new(WEBHOOK_SECRET)
+/// A sender for the loopback receivers here, with `attempts` quick tries.
+fn test_webhooks(attempts: u32) -> WebhookSender {
+    WebhookSender::new(WEBHOOK_SECRET)
         .unwrap()
         .allow_private_targets(true) // the receivers here are on loopback
         .unwrap()
         .with_backoff(
             Backoff::new()
-                .max_attempts(2)
+                .max_attempts(attempts)
                 .base(Duration::from_millis(20)),
-        );
+        )
+}
+
+fn webhook_worker(queue: Arc<dyn JobQueue>) -> Worker {
+    let webhooks = test_webhooks(2);
     Worker::builder(queue)
         .agent("assistant", demo_agent())
         .webhooks(webhooks)
