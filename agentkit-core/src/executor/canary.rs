@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::Either;
 
 use crate::executor::{AgentEvent, EventStream, Executor, Invocation, Reply};
 use crate::{Context, ErrorKind, Result, stable_hash};
@@ -254,14 +255,15 @@ impl<S: Executor, C: Executor> Executor for Canary<S, C> {
     fn execute(&self, invocation: Invocation) -> impl Future<Output = Result<Reply>> + Send {
         let candidate = self.shared.to_candidate(&invocation.context);
         let shared = self.shared.clone();
-        let (stable, canary) = if candidate {
-            (None, Some(self.candidate.execute(invocation)))
+        let run = if candidate {
+            Either::Right(self.candidate.execute(invocation))
         } else {
-            (Some(self.stable.execute(invocation)), None)
+            Either::Left(self.stable.execute(invocation))
         };
         async move {
-            let Some(run) = canary else {
-                return stable.expect("one side runs").await;
+            let run = match run {
+                Either::Left(stable) => return stable.await,
+                Either::Right(candidate) => candidate,
             };
             let started = Instant::now();
             let result = run.await;
@@ -277,14 +279,15 @@ impl<S: Executor, C: Executor> Executor for Canary<S, C> {
     fn stream(&self, invocation: Invocation) -> impl Future<Output = Result<EventStream>> + Send {
         let candidate = self.shared.to_candidate(&invocation.context);
         let shared = self.shared.clone();
-        let (stable, canary) = if candidate {
-            (None, Some(self.candidate.stream(invocation)))
+        let open = if candidate {
+            Either::Right(self.candidate.stream(invocation))
         } else {
-            (Some(self.stable.stream(invocation)), None)
+            Either::Left(self.stable.stream(invocation))
         };
         async move {
-            let Some(open) = canary else {
-                return stable.expect("one side runs").await;
+            let open = match open {
+                Either::Left(stable) => return stable.await,
+                Either::Right(candidate) => candidate,
             };
             let started = Instant::now();
             let events = match open.await {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
+use futures::future::Either;
 use serde::Deserialize;
 
 use crate::executor::{EventStream, Executor, Invocation, Reply};
@@ -170,34 +171,18 @@ impl<On, Off> FlagSwitch<On, Off> {
 
 impl<On: Executor, Off: Executor> Executor for FlagSwitch<On, Off> {
     fn execute(&self, invocation: Invocation) -> impl Future<Output = Result<Reply>> + Send {
-        let on = self.flags.is_on(&self.name, &invocation.context);
-        let (a, b) = if on {
-            (Some(self.on.execute(invocation)), None)
+        if self.flags.is_on(&self.name, &invocation.context) {
+            Either::Left(self.on.execute(invocation))
         } else {
-            (None, Some(self.off.execute(invocation)))
-        };
-        async move {
-            match (a, b) {
-                (Some(run), _) => run.await,
-                (None, Some(run)) => run.await,
-                (None, None) => unreachable!("one side runs"),
-            }
+            Either::Right(self.off.execute(invocation))
         }
     }
 
     fn stream(&self, invocation: Invocation) -> impl Future<Output = Result<EventStream>> + Send {
-        let on = self.flags.is_on(&self.name, &invocation.context);
-        let (a, b) = if on {
-            (Some(self.on.stream(invocation)), None)
+        if self.flags.is_on(&self.name, &invocation.context) {
+            Either::Left(self.on.stream(invocation))
         } else {
-            (None, Some(self.off.stream(invocation)))
-        };
-        async move {
-            match (a, b) {
-                (Some(open), _) => open.await,
-                (None, Some(open)) => open.await,
-                (None, None) => unreachable!("one side runs"),
-            }
+            Either::Right(self.off.stream(invocation))
         }
     }
 }
