@@ -16,7 +16,9 @@ use crate::{Context, Result};
 pub use ledger::{EffectLedger, Ledger, MemoryLedger};
 pub use record::ToolCallRecord;
 pub use toolbox::Toolbox;
-pub use typed::{ArgsOnly, FnTool, WithContext, tool_fn, tool_fn_with_context};
+pub use typed::{
+    ArgsOnly, FnTool, Inline, WithContext, tool_fn, tool_fn_inline, tool_fn_with_context,
+};
 
 /// What the model is told about a tool: its name, what it does, and its arguments' JSON Schema.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +199,16 @@ pub trait Tool: Send + Sync {
     /// Runs the tool on the model's argument text and returns the content for the model
     /// (usually JSON). An error goes back to the model as an error result it can correct from.
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String>;
+
+    /// The same result as [`call`](Tool::call), computed on the spot, for tools that never
+    /// wait (pure computation: arithmetic, formatting, a lookup in memory); `None`, the
+    /// default, for every other tool. The [`Toolbox`] tries this first and, when it answers,
+    /// makes no future, no allocation for one and no timer for the call's timeout (a call that
+    /// never waits cannot be timed out anyway). See [`tool_fn_inline`].
+    fn call_inline(&self, arguments: &str, cx: &ToolContext<'_>) -> Option<Result<String>> {
+        let _ = (arguments, cx);
+        None
+    }
 }
 
 const _: Option<&dyn Tool> = None;
@@ -222,6 +234,10 @@ impl<T: Tool + ?Sized> Tool for Arc<T> {
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {
         (**self).call(arguments, cx).await
     }
+
+    fn call_inline(&self, arguments: &str, cx: &ToolContext<'_>) -> Option<Result<String>> {
+        (**self).call_inline(arguments, cx)
+    }
 }
 
 #[async_trait]
@@ -244,5 +260,9 @@ impl<T: Tool + ?Sized> Tool for Box<T> {
 
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {
         (**self).call(arguments, cx).await
+    }
+
+    fn call_inline(&self, arguments: &str, cx: &ToolContext<'_>) -> Option<Result<String>> {
+        (**self).call_inline(arguments, cx)
     }
 }

@@ -66,10 +66,11 @@ impl Toolbox {
 
     /// The tool called `name`.
     pub fn get(&self, name: &str) -> Option<&dyn Tool> {
-        // A linear scan beats hashing for the handful of tools an agent has.
+        // A linear scan beats hashing for the handful of tools an agent has (the length is
+        // compared before the bytes).
         self.tools
             .iter()
-            .find(|(n, _)| &**n == name)
+            .find(|(n, _)| **n == *name)
             .map(|(_, tool)| &**tool)
     }
 
@@ -179,28 +180,151 @@ impl Toolbox {
                 }
             }
         }
-        let running = AssertUnwindSafe(tool.call(&call.arguments, &tool_cx)).catch_unwind();
-        match tokio::time::timeout(timeout, running).await {
-            Ok(Ok(result)) => {
-                if let (Ok(output), Some((ledger, key))) = (&result, &ledger)
-                    && let Err(error) = ledger.0.record(key, output).await
-                {
-                    tracing::error!(tool = %call.name, key = %key, %error, "cannot record a side effect; a redelivery may repeat it");
+        let inline = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            tool.call_inline(&call.arguments, &tool_cx)
+        }));
+        let finished = match inline {
+            Ok(Some(result)) => Ok(result),
+            Ok(None) => {
+                let running = AssertUnwindSafe(tool.call(&call.arguments, &tool_cx)).catch_unwind();
+                match tokio::time::timeout(timeout, running).await {
+                    Ok(finished) => finished,
+                    Err(_) => {
+                        return Err(Error::timeout(format!(
+                            "tool `{}` did not finish within {} ms",
+                            call.name,
+                            timeout.as_millis()
+                        )));
+                    }
                 }
-                result
             }
-            Ok(Err(_panic)) => {
-                tracing::error!(tool = %call.name, "tool panicked");
-                Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("tool `{}` panicked", call.name),
-                ))
-            }
-            Err(_) => Err(Error::timeout(format!(
-                "tool `{}` did not finish within {} ms",
-                call.name,
-                timeout.as_millis()
-            ))),
+            Err(panic) => Err(panic),
+        };
+        let Ok(result) = finished else {
+            tracing::error!(tool = %call.name, "tool panicked");
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("tool `{}` panicked", call.name),
+            ));
+        };
+        if let (Ok(output), Some((ledger, key))) = (&result, &ledger)
+            && let Err(error) = ledger.0.record(key, output).await
+        {
+            tracing::error!(tool = %call.name, key = %key, %error, "cannot record a side effect; a redelivery may repeat it");
         }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::tool::{tool_fn, tool_fn_inline};
+
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct AddArgs {
+        a: i64,
+        b: i64,
+    }
+
+    fn named(name: &str) -> Arc<dyn Tool> {
+        let owned = name.to_owned();
+        Arc::new(tool_fn_inline(name, "Names itself", move |_: AddArgs| {
+            Ok::<_, Infallible>(owned.clone())
+        }))
+    }
+
+    fn call(name: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: "call_1".into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    #[test]
+    fn lookup_finds_each_name_and_no_other() {
+        let mut tools = Toolbox::new();
+        for name in [
+            "add",
+            "lookup_city_a",
+            "lookup_city_b",
+            "a",
+            "lookup_c",
+            "lookup_",
+        ] {
+            tools.insert(named(name)).unwrap();
+        }
+        for name in [
+            "add",
+            "lookup_city_a",
+            "lookup_city_b",
+            "a",
+            "lookup_c",
+            "lookup_",
+        ] {
+            assert_eq!(tools.get(name).unwrap().spec().name, name);
+        }
+        for absent in ["ad", "add_", "lookup_city_c", "lookup_d", "lookup", "", "b"] {
+            assert!(tools.get(absent).is_none(), "{absent} found");
+        }
+        let long = "x".repeat(300);
+        assert!(tools.get(&long).is_none());
+        assert!(tools.insert(named("lookup_city_b")).is_err());
+    }
+
+    #[tokio::test]
+    async fn inline_tools_answer_fail_and_panic_like_async_ones() {
+        let mut tools = Toolbox::new();
+        let add = tool_fn_inline("add", "Adds", |args: AddArgs| {
+            Ok::<_, Infallible>(args.a + args.b)
+        });
+        tools.insert(Arc::new(add)).unwrap();
+        let boom = tool_fn_inline("boom", "Panics", |_: AddArgs| -> Result<i64> {
+            panic!("inline tool blew up")
+        });
+        tools.insert(Arc::new(boom)).unwrap();
+        let slow_add = tool_fn("slow_add", "Adds later", |args: AddArgs| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, Infallible>(args.a + args.b)
+        });
+        tools.insert(Arc::new(slow_add)).unwrap();
+        let cx = Context::new();
+        let timeout = Duration::from_secs(5);
+
+        let (result, record) = tools
+            .call(&call("add", r#"{"a":17,"b":25}"#), &cx, timeout)
+            .await;
+        assert_eq!((result.content.as_str(), result.is_error), ("42", false));
+        assert!(record.ok);
+
+        let (result, record) = tools.call(&call("add", r#"{"a":17}"#), &cx, timeout).await;
+        assert!(result.is_error);
+        assert!(
+            result.content.contains("missing field `b`"),
+            "{}",
+            result.content
+        );
+        assert!(!record.ok);
+
+        let (result, _) = tools
+            .call(&call("boom", r#"{"a":1,"b":2}"#), &cx, timeout)
+            .await;
+        assert!(result.is_error);
+        assert!(result.content.contains("panicked"), "{}", result.content);
+
+        // The async path is unchanged beside it.
+        let (result, _) = tools
+            .call(&call("slow_add", r#"{"a":1,"b":2}"#), &cx, timeout)
+            .await;
+        assert_eq!((result.content.as_str(), result.is_error), ("3", false));
+        let async_tool = tools.get("slow_add").unwrap();
+        assert!(
+            async_tool
+                .call_inline("{}", &ToolContext::new("c", &cx))
+                .is_none()
+        );
     }
 }

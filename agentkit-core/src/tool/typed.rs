@@ -1,4 +1,5 @@
-//! Typed tools: an async function over `Args: Deserialize + JsonSchema` becomes a [`Tool`].
+//! Typed tools: an async function over `Args: Deserialize + JsonSchema` becomes a [`Tool`]; so
+//! does a plain function, for tools that never wait.
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +34,17 @@ pub enum ArgsOnly {}
 #[derive(Debug)]
 pub enum WithContext {}
 
+/// Marks a [`FnTool`] made from a plain function that never waits; see [`tool_fn_inline`].
+#[derive(Debug)]
+pub enum Inline {}
+
+mod sealed {
+    /// The [`FnTool`](super::FnTool) kinds whose calls may wait, hence may time out.
+    pub trait MayWait {}
+    impl MayWait for super::ArgsOnly {}
+    impl MayWait for super::WithContext {}
+}
+
 impl<A, F, M> fmt::Debug for FnTool<A, F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FnTool")
@@ -57,8 +69,10 @@ impl<A, F, M> FnTool<A, F, M> {
         self.scope = Some(scope.into());
         self
     }
+}
 
-    /// Sets how long one call may take.
+impl<A, F, M: sealed::MayWait> FnTool<A, F, M> {
+    /// Sets how long one call may take. (An [`Inline`] tool has no timeout: it never waits.)
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -166,6 +180,52 @@ where
     }
 }
 
+/// Makes a tool from a plain function of typed arguments, for work that never waits: arithmetic,
+/// formatting, a lookup in memory. The [`Toolbox`](crate::tool::Toolbox) runs it on the spot
+/// (see [`Tool::call_inline`]): no future, no allocation for one, no timer.
+///
+/// Nothing that waits belongs here (no I/O, no locks held by others, no long loops): the call
+/// runs on the agent's task and cannot be timed out. Use [`tool_fn`] for those.
+///
+/// ```
+/// use agentkit_core::tool::{tool_fn_inline, Tool, ToolContext};
+/// use agentkit_core::Context;
+///
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct AddArgs {
+///     a: f64,
+///     b: f64,
+/// }
+///
+/// let add = tool_fn_inline("add", "Adds two numbers", |args: AddArgs| {
+///     Ok::<_, std::convert::Infallible>(args.a + args.b)
+/// });
+/// let cx = Context::new();
+/// let out = add.call_inline(r#"{"a":17,"b":25}"#, &ToolContext::new("call_1", &cx));
+/// assert_eq!(out.unwrap().unwrap(), "42");
+/// ```
+pub fn tool_fn_inline<A, F, O, E>(
+    name: impl Into<String>,
+    description: impl Into<String>,
+    f: F,
+) -> FnTool<A, F, Inline>
+where
+    A: DeserializeOwned + JsonSchema + Send + 'static,
+    F: Fn(A) -> std::result::Result<O, E> + Send + Sync + 'static,
+    O: Serialize,
+    E: Into<BoxError>,
+{
+    FnTool {
+        spec: ToolSpec::new(name, description, schema_of::<A>()),
+        f,
+        _mode: PhantomData,
+        side_effects: false,
+        timeout: None,
+        scope: None,
+        _args: PhantomData,
+    }
+}
+
 impl<A, F, M> FnTool<A, F, M>
 where
     A: DeserializeOwned,
@@ -255,6 +315,48 @@ where
     async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {
         let args = self.decode(arguments)?;
         self.encode((self.f)(args, cx.to_owned()).await)
+    }
+}
+
+#[async_trait]
+impl<A, F, O, E> Tool for FnTool<A, F, Inline>
+where
+    A: DeserializeOwned + Send + 'static,
+    F: Fn(A) -> std::result::Result<O, E> + Send + Sync + 'static,
+    O: Serialize,
+    E: Into<BoxError>,
+{
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn side_effects(&self) -> bool {
+        self.side_effects
+    }
+
+    fn required_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    async fn call(&self, arguments: &str, cx: &ToolContext<'_>) -> Result<String> {
+        self.call_now(arguments, cx)
+    }
+
+    fn call_inline(&self, arguments: &str, cx: &ToolContext<'_>) -> Option<Result<String>> {
+        Some(self.call_now(arguments, cx))
+    }
+}
+
+impl<A, F, O, E> FnTool<A, F, Inline>
+where
+    A: DeserializeOwned,
+    F: Fn(A) -> std::result::Result<O, E>,
+    O: Serialize,
+    E: Into<BoxError>,
+{
+    fn call_now(&self, arguments: &str, _cx: &ToolContext<'_>) -> Result<String> {
+        let args = self.decode(arguments)?;
+        self.encode((self.f)(args))
     }
 }
 
