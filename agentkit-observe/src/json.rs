@@ -2,8 +2,11 @@
 //!
 //! tracing-subscriber's own JSON format builds each line through serde maps and costs about
 //! as much as a whole scripted agent turn; this one writes the same shape (`timestamp`,
-//! `level`, `target`, the event's fields flattened, `message`) field by field.
+//! `level`, `target`, the event's fields flattened, `message`) field by field: numbers with
+//! `itoa` and `ryu` rather than `fmt`, field names (identifiers) without an escaping pass, and
+//! the date and time of day formatted once per second per thread.
 
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,9 +63,20 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn key(&mut self, field: &Field) {
-        self.line.push(',');
-        string(self.line, field.name());
-        self.line.push(':');
+        let name = field.name();
+        if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            // An identifier, as nearly every field name is: nothing to escape.
+            self.line.push_str(",\"");
+            self.line.push_str(name);
+            self.line.push_str("\":");
+        } else {
+            self.line.push(',');
+            string(self.line, name);
+            self.line.push(':');
+        }
     }
 }
 
@@ -79,18 +93,18 @@ impl Visit for Fields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.line, "{value}");
+            self.line.push_str(ryu::Buffer::new().format_finite(value));
         } else {
             self.line.push_str("null");
         }
@@ -144,20 +158,39 @@ impl fmt::Write for Escaped<'_> {
     }
 }
 
+thread_local! {
+    /// The last second formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
 /// Appends `at` as RFC 3339 UTC with microseconds.
 fn timestamp(line: &mut String, at: SystemTime) {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
-    let _ = write!(
-        line,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since.subsec_micros()
-    );
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+            let of_day = secs % 86_400;
+            text.clear();
+            let _ = write!(
+                text,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+                of_day / 3600,
+                of_day / 60 % 60,
+                of_day % 60,
+            );
+            *second = secs;
+        }
+        line.push_str(text);
+    });
+    let micros = since.subsec_micros();
+    let mut digits = *b".000000Z";
+    let mut rest = micros;
+    for digit in digits[1..7].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    line.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -196,6 +229,19 @@ mod tests {
         line.clear();
         timestamp(&mut line, UNIX_EPOCH + Duration::from_secs(4_102_444_800));
         assert_eq!(line, "2100-01-01T00:00:00.000000Z");
+        // The same second again (from the per-thread cache), then the next one.
+        line.clear();
+        timestamp(
+            &mut line,
+            UNIX_EPOCH + Duration::from_micros(4_102_444_800_012_345),
+        );
+        assert_eq!(line, "2100-01-01T00:00:00.012345Z");
+        line.clear();
+        timestamp(
+            &mut line,
+            UNIX_EPOCH + Duration::from_micros(4_102_444_801_999_999),
+        );
+        assert_eq!(line, "2100-01-01T00:00:01.999999Z");
     }
 
     #[derive(Clone, Default)]
@@ -228,6 +274,9 @@ mod tests {
                 count = 3u64,
                 delta = -2i64,
                 ratio = 0.25,
+                huge = u64::MAX,
+                tiny = 1.5e-7,
+                "odd \"name\"" = 1u64,
                 nan = f64::NAN,
                 ok = true,
                 shown = %"display",
@@ -248,6 +297,9 @@ mod tests {
         assert_eq!(line["count"], 3);
         assert_eq!(line["delta"], -2);
         assert_eq!(line["ratio"], 0.25);
+        assert_eq!(line["huge"], u64::MAX);
+        assert_eq!(line["tiny"], 1.5e-7);
+        assert_eq!(line["odd \"name\""], 1);
         assert!(line["nan"].is_null());
         assert_eq!(line["ok"], true);
         assert_eq!(line["shown"], "display");

@@ -36,6 +36,7 @@
 //! | `OTEL_SEMCONV_STABILITY_OPT_IN` | `gen_ai/dup` also emits the older attribute names | latest names |
 //! | `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` | `true` records prompt and completion text | off |
 
+mod fnv;
 mod json;
 mod metrics;
 mod observer;
@@ -310,6 +311,7 @@ impl ObserveBuilder {
                 names: self.names,
                 capture: self.capture,
                 log_runs: self.logs,
+                labels: observer::Labels::default(),
             }),
         };
         if self.logs && self.global {

@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::fnv::FnvBuild;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AgentOutcome {
     pub(crate) agent: String,
@@ -81,8 +83,8 @@ pub(crate) struct Metrics {
     pub(crate) inflight: Family<AgentLabel, Gauge>,
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
     pub(crate) session_conflicts: Counter,
-    agents: RwLock<HashMap<String, Arc<AgentMetrics>>>,
-    tools: RwLock<HashMap<String, Arc<ToolMetrics>>>,
+    agents: RwLock<HashMap<String, Arc<AgentMetrics>, FnvBuild>>,
+    tools: RwLock<HashMap<String, Arc<ToolMetrics>, FnvBuild>>,
 }
 
 /// One agent's metric handles, found once per run rather than by label on every update
@@ -92,7 +94,7 @@ pub(crate) struct AgentMetrics {
     pub(crate) inflight: Gauge,
     pub(crate) ok: Counter,
     pub(crate) duration: Histogram,
-    models: RwLock<HashMap<String, Arc<ModelMetrics>>>,
+    models: RwLock<HashMap<String, Arc<ModelMetrics>, FnvBuild>>,
 }
 
 /// The handles of one model as used by one agent.
@@ -110,7 +112,11 @@ pub(crate) struct ToolMetrics {
 }
 
 /// The cached value of `key`, made by `make` on first use.
-fn cached<T>(map: &RwLock<HashMap<String, Arc<T>>>, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+fn cached<T>(
+    map: &RwLock<HashMap<String, Arc<T>, FnvBuild>>,
+    key: &str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
     if let Some(found) = map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
         return found.clone();
     }

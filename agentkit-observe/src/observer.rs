@@ -1,7 +1,9 @@
 //! [`AgentObserver`]: the core observer hook implemented with OpenTelemetry spans (GenAI
 //! conventions) and Prometheus metrics.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use agentkit_core::model::ModelResponse;
@@ -10,10 +12,11 @@ use agentkit_core::observer::{
     RunStart,
 };
 use agentkit_core::tool::ToolCallRecord;
-use agentkit_core::{Error, ToolCall, TraceContext};
-use opentelemetry::KeyValue;
+use agentkit_core::{Context, Error, ToolCall, TraceContext};
 use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{KeyValue, StringValue};
 
+use crate::fnv::FnvBuild;
 use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, QueueLabel};
 use crate::semconv::Names;
 use crate::spans::{OpenSpan, Pipeline};
@@ -24,6 +27,93 @@ pub(crate) struct Inner {
     pub(crate) names: &'static [Names],
     pub(crate) capture: bool,
     pub(crate) log_runs: bool,
+    pub(crate) labels: Labels,
+}
+
+/// The most distinct names of one kind (agents, models, tools, other values) kept made;
+/// past it, names are made afresh for each span.
+const MAX_LABELS: usize = 4096;
+
+/// A name that recurs on every run (an agent's, a model's, a tool's, a provider's), made once:
+/// the attribute value, shared, and the span name for it.
+#[derive(Clone)]
+pub(crate) struct Label {
+    value: StringValue,
+    span: Cow<'static, str>,
+}
+
+impl Label {
+    fn value(&self) -> opentelemetry::Value {
+        opentelemetry::Value::String(self.value.clone())
+    }
+}
+
+/// Names of one kind, with the prefix of their span names.
+pub(crate) struct LabelSet {
+    prefix: &'static str,
+    made: RwLock<HashMap<Box<str>, Label, FnvBuild>>,
+}
+
+impl LabelSet {
+    fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            made: RwLock::default(),
+        }
+    }
+
+    /// The label of `name`. A span name is made once per distinct name and kept for the
+    /// life of the process (names come from configuration: agents, models, tools; at most
+    /// [`MAX_LABELS`] of them, after which each span gets its own).
+    fn get(&self, name: &str) -> Label {
+        if let Some(found) = self
+            .made
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return found.clone();
+        }
+        let value = StringValue::from(Arc::<str>::from(name));
+        let span = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{} {name}", self.prefix)
+        };
+        let mut made = self.made.write().unwrap_or_else(|p| p.into_inner());
+        if made.len() >= MAX_LABELS {
+            return Label {
+                value,
+                span: span.into(),
+            };
+        }
+        made.entry(name.into())
+            .or_insert_with(|| Label {
+                value,
+                span: Cow::Borrowed(Box::leak(span.into_boxed_str())),
+            })
+            .clone()
+    }
+}
+
+/// The label sets of an observer.
+pub(crate) struct Labels {
+    agents: LabelSet,
+    models: LabelSet,
+    tools: LabelSet,
+    /// Providers and agent versions (no spans named after them).
+    values: LabelSet,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self {
+            agents: LabelSet::new("invoke_agent"),
+            models: LabelSet::new("chat"),
+            tools: LabelSet::new("execute_tool"),
+            values: LabelSet::new(""),
+        }
+    }
 }
 
 /// Observes agent runs, model calls, tool calls and HTTP requests: OpenTelemetry spans named and
@@ -67,24 +157,24 @@ impl AgentObserver {
 
     fn start_span(
         &self,
-        name: String,
+        name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
         parent: Option<&agentkit_core::TraceContext>,
     ) -> Option<OpenSpan> {
         let spans = self.inner.spans.as_ref()?;
-        Some(spans.start(name.into(), kind, attributes, parent))
+        Some(spans.start(name, kind, attributes, parent))
     }
 
     fn child_span(
         &self,
         parent: &OpenSpan,
-        name: String,
+        name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Option<OpenSpan> {
         let spans = self.inner.spans.as_ref()?;
-        Some(spans.child(parent, name.into(), kind, attributes))
+        Some(spans.child(parent, name, kind, attributes))
     }
 
     fn end_span(&self, span: OpenSpan) {
@@ -98,13 +188,12 @@ struct Run {
     observer: AgentObserver,
     span: Option<OpenSpan>,
     metrics: Option<Arc<AgentMetrics>>,
-    agent: String,
+    agent: Label,
     started: Instant,
     logged_by_edge: bool,
-    request_id: String,
-    tenant: Option<String>,
-    session_id: Option<String>,
-    agent_version: String,
+    /// The request's context (request id, tenant, session), held rather than copied.
+    context: Context,
+    agent_version: Label,
 }
 
 impl Observer for AgentObserver {
@@ -114,6 +203,9 @@ impl Observer for AgentObserver {
     }
 
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope> {
+        let labels = &self.inner.labels;
+        let agent = labels.agents.get(run.agent);
+        let agent_version = labels.values.get(run.agent_version);
         let metrics = self.inner.metrics.as_ref().map(|m| m.agent(run.agent));
         if let Some(metrics) = &metrics {
             metrics.inflight.inc();
@@ -121,9 +213,9 @@ impl Observer for AgentObserver {
         let span = self.inner.spans.is_some().then(|| {
             let mut attributes = self.attrs([
                 (|n| n.operation_name, "invoke_agent".into()),
-                (|n| n.agent_name, run.agent.to_owned().into()),
-                (|n| n.provider_name, run.provider.to_owned().into()),
-                (|n| n.request_model, run.model.to_owned().into()),
+                (|n| n.agent_name, agent.value()),
+                (|n| n.provider_name, labels.values.get(run.provider).value()),
+                (|n| n.request_model, labels.models.get(run.model).value()),
             ]);
             if let Some(session) = run.context.session_id() {
                 attributes.extend(self.attrs([(|n| n.conversation_id, session.to_owned().into())]));
@@ -134,13 +226,13 @@ impl Observer for AgentObserver {
             ));
             attributes.push(KeyValue::new(
                 "agentkit.agent.version",
-                run.agent_version.to_owned(),
+                agent_version.value(),
             ));
             if let Some(tenant) = run.context.tenant() {
                 attributes.push(KeyValue::new("agentkit.tenant", tenant.to_owned()));
             }
             self.start_span(
-                format!("invoke_agent {}", run.agent),
+                agent.span.clone(),
                 SpanKind::Internal,
                 attributes,
                 run.context.trace(),
@@ -150,13 +242,11 @@ impl Observer for AgentObserver {
             observer: self.clone(),
             span: span.flatten(),
             metrics,
-            agent: run.agent.to_owned(),
+            agent,
             started: Instant::now(),
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
-            request_id: run.context.request_id().to_owned(),
-            tenant: run.context.tenant().map(str::to_owned),
-            session_id: run.context.session_id().map(str::to_owned),
-            agent_version: run.agent_version.to_owned(),
+            context: run.context.clone(),
+            agent_version,
         })
     }
 
@@ -170,7 +260,7 @@ impl Observer for AgentObserver {
             ),
         ];
         let span = self.start_span(
-            format!("{} {}", request.method, request.route),
+            format!("{} {}", request.method, request.route).into(),
             SpanKind::Server,
             attributes,
             request.context.trace(),
@@ -245,18 +335,19 @@ impl RunScope for Run {
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
+        let labels = &self.observer.inner.labels;
         let span = self.span.as_ref().and_then(|parent| {
+            let model = labels.models.get(call.model);
             let attributes = self.observer.attrs([
                 (|n| n.operation_name, "chat".into()),
-                (|n| n.provider_name, call.provider.to_owned().into()),
-                (|n| n.request_model, call.model.to_owned().into()),
+                (
+                    |n| n.provider_name,
+                    labels.values.get(call.provider).value(),
+                ),
+                (|n| n.request_model, model.value()),
             ]);
-            self.observer.child_span(
-                parent,
-                format!("chat {}", call.model),
-                SpanKind::Client,
-                attributes,
-            )
+            self.observer
+                .child_span(parent, model.span, SpanKind::Client, attributes)
         });
         Box::new(Call {
             observer: self.observer.clone(),
@@ -271,9 +362,10 @@ impl RunScope for Run {
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
         let span = self.span.as_ref().and_then(|parent| {
+            let tool = self.observer.inner.labels.tools.get(&call.name);
             let mut attributes = self.observer.attrs([
                 (|n| n.operation_name, "execute_tool".into()),
-                (|n| n.tool_name, call.name.clone().into()),
+                (|n| n.tool_name, tool.value()),
                 (|n| n.tool_call_id, call.id.clone().into()),
             ]);
             if self.observer.inner.capture {
@@ -282,12 +374,8 @@ impl RunScope for Run {
                     call.arguments.clone(),
                 ));
             }
-            self.observer.child_span(
-                parent,
-                format!("execute_tool {}", call.name),
-                SpanKind::Internal,
-                attributes,
-            )
+            self.observer
+                .child_span(parent, tool.span, SpanKind::Internal, attributes)
         });
         Box::new(Call {
             observer: self.observer.clone(),
@@ -314,7 +402,7 @@ impl RunScope for Run {
                     metrics
                         .requests
                         .get_or_create(&AgentOutcome {
-                            agent: self.agent.clone(),
+                            agent: self.agent.value.to_string(),
                             outcome: outcome.to_owned(),
                         })
                         .inc();
@@ -327,7 +415,10 @@ impl RunScope for Run {
         }
         if let Some(mut span) = self.span.take() {
             let mut attributes = self.observer.attrs([
-                (|n| n.response_model, end.model.to_owned().into()),
+                (
+                    |n| n.response_model,
+                    inner.labels.models.get(end.model).value(),
+                ),
                 (|n| n.input_tokens, (end.usage.input_tokens as i64).into()),
                 (|n| n.output_tokens, (end.usage.output_tokens as i64).into()),
             ]);
@@ -352,13 +443,13 @@ impl RunScope for Run {
             let span_id = trace.as_ref().map(TraceContext::span_id_hex);
             tracing::info!(
                 target: "agentkit::run",
-                request_id = self.request_id.as_str(),
+                request_id = self.context.request_id(),
                 trace_id = trace_id.as_deref(),
                 span_id = span_id.as_deref(),
-                tenant = self.tenant.as_deref(),
-                agent = self.agent.as_str(),
-                agent_version = self.agent_version.as_str(),
-                session_id = self.session_id.as_deref(),
+                tenant = self.context.tenant(),
+                agent = self.agent.value.as_str(),
+                agent_version = self.agent_version.value.as_str(),
+                session_id = self.context.session_id(),
                 model = end.model,
                 tokens_in = end.usage.input_tokens,
                 tokens_out = end.usage.output_tokens,
@@ -406,9 +497,12 @@ impl CallScope for Call {
         };
         match outcome {
             Ok(response) => {
-                let answered = response.model.clone().unwrap_or_else(|| model.clone());
+                let answered = response.model.as_deref().unwrap_or(model);
                 let mut attributes = self.observer.attrs([
-                    (|n| n.response_model, answered.into()),
+                    (
+                        |n| n.response_model,
+                        inner.labels.models.get(answered).value(),
+                    ),
                     (
                         |n| n.input_tokens,
                         (response.usage.input_tokens as i64).into(),
