@@ -139,9 +139,17 @@ type Attr = (fn(&Names) -> &'static str, opentelemetry::Value);
 
 impl AgentObserver {
     /// The attributes under every name table switched on (values are moved into the last).
+    ///
+    /// Sized for the attributes a span gets when it ends too, so adding those does not copy.
     fn attrs<const N: usize>(&self, pairs: [Attr; N]) -> Vec<KeyValue> {
+        let mut out = Vec::with_capacity((N + 6) * self.inner.names.len() + 3);
+        self.attrs_into(&mut out, pairs);
+        out
+    }
+
+    /// Appends the attributes under every name table switched on to `out`.
+    fn attrs_into<const N: usize>(&self, out: &mut Vec<KeyValue>, pairs: [Attr; N]) {
         let tables = self.inner.names;
-        let mut out = Vec::with_capacity(N * tables.len() + 3);
         if let Some((last, earlier)) = tables.split_last() {
             for names in earlier {
                 for (name, value) in &pairs {
@@ -152,7 +160,6 @@ impl AgentObserver {
                 out.push(KeyValue::new(name(last), value));
             }
         }
-        out
     }
 
     fn start_span(
@@ -414,38 +421,47 @@ impl RunScope for Run {
             }
         }
         if let Some(mut span) = self.span.take() {
-            let mut attributes = self.observer.attrs([
-                (
-                    |n| n.response_model,
-                    inner.labels.models.get(end.model).value(),
-                ),
-                (|n| n.input_tokens, (end.usage.input_tokens as i64).into()),
-                (|n| n.output_tokens, (end.usage.output_tokens as i64).into()),
-            ]);
-            attributes.push(KeyValue::new("agentkit.cost_usd", end.cost_usd));
-            if let Ok(reply) = end.outcome
-                && inner.capture
-            {
-                attributes.extend(
-                    self.observer
-                        .attrs([(|n| n.output_messages, reply.output.clone().into())]),
+            if let Some(attributes) = span.attributes_mut() {
+                let observer = &self.observer;
+                observer.attrs_into(
+                    attributes,
+                    [
+                        (
+                            |n| n.response_model,
+                            inner.labels.models.get(end.model).value(),
+                        ),
+                        (|n| n.input_tokens, (end.usage.input_tokens as i64).into()),
+                        (|n| n.output_tokens, (end.usage.output_tokens as i64).into()),
+                    ],
                 );
+                attributes.push(KeyValue::new("agentkit.cost_usd", end.cost_usd));
+                if let Ok(reply) = end.outcome
+                    && inner.capture
+                {
+                    observer.attrs_into(
+                        attributes,
+                        [(|n| n.output_messages, reply.output.clone().into())],
+                    );
+                }
             }
-            span.add(attributes);
             if let Err(error) = end.outcome {
                 fail(&self.observer, &mut span, error);
             }
             self.observer.end_span(span);
         }
         if inner.log_runs && !self.logged_by_edge {
-            let tool_names: Vec<&str> = end.tool_calls.iter().map(|t| t.name.as_str()).collect();
-            let trace_id = trace.as_ref().map(TraceContext::trace_id_hex);
-            let span_id = trace.as_ref().map(TraceContext::span_id_hex);
+            let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
+            let trace_id = trace
+                .as_ref()
+                .map(|t| hex(&mut trace_hex, &t.trace_id().to_be_bytes()));
+            let span_id = trace
+                .as_ref()
+                .map(|t| hex(&mut span_hex, &t.span_id().to_be_bytes()));
             tracing::info!(
                 target: "agentkit::run",
                 request_id = self.context.request_id(),
-                trace_id = trace_id.as_deref(),
-                span_id = span_id.as_deref(),
+                trace_id,
+                span_id,
                 tenant = self.context.tenant(),
                 agent = self.agent.value.as_str(),
                 agent_version = self.agent_version.value.as_str(),
@@ -454,7 +470,7 @@ impl RunScope for Run {
                 tokens_in = end.usage.input_tokens,
                 tokens_out = end.usage.output_tokens,
                 tool_calls = end.tool_calls.len(),
-                tool_names = tool_names.join(",").as_str(),
+                tool_names = %ToolNames(end.tool_calls),
                 cost_usd = end.cost_usd,
                 latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
                 outcome = if end.outcome.is_ok() { "ok" } else { "error" },
@@ -462,6 +478,31 @@ impl RunScope for Run {
                 "agent run finished"
             );
         }
+    }
+}
+
+/// `bytes` as lowercase hex digits, written into `out` (two per byte).
+fn hex<'a>(out: &'a mut [u8], bytes: &[u8]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    std::str::from_utf8(&out[..bytes.len() * 2]).unwrap_or_default()
+}
+
+/// The names of a run's tool calls, comma-separated, written without collecting them.
+struct ToolNames<'a>(&'a [ToolCallRecord]);
+
+impl std::fmt::Display for ToolNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, call) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&call.name)?;
+        }
+        Ok(())
     }
 }
 
@@ -497,21 +538,27 @@ impl CallScope for Call {
         };
         match outcome {
             Ok(response) => {
+                let Some(attributes) = span.attributes_mut() else {
+                    return self.observer.end_span(span);
+                };
                 let answered = response.model.as_deref().unwrap_or(model);
-                let mut attributes = self.observer.attrs([
-                    (
-                        |n| n.response_model,
-                        inner.labels.models.get(answered).value(),
-                    ),
-                    (
-                        |n| n.input_tokens,
-                        (response.usage.input_tokens as i64).into(),
-                    ),
-                    (
-                        |n| n.output_tokens,
-                        (response.usage.output_tokens as i64).into(),
-                    ),
-                ]);
+                self.observer.attrs_into(
+                    attributes,
+                    [
+                        (
+                            |n| n.response_model,
+                            inner.labels.models.get(answered).value(),
+                        ),
+                        (
+                            |n| n.input_tokens,
+                            (response.usage.input_tokens as i64).into(),
+                        ),
+                        (
+                            |n| n.output_tokens,
+                            (response.usage.output_tokens as i64).into(),
+                        ),
+                    ],
+                );
                 for names in inner.names {
                     attributes.push(KeyValue::new(
                         names.finish_reasons,
@@ -525,9 +572,9 @@ impl CallScope for Call {
                 }
                 if inner.capture {
                     let text = serde_json_message(&response.message);
-                    attributes.extend(self.observer.attrs([(|n| n.output_messages, text.into())]));
+                    self.observer
+                        .attrs_into(attributes, [(|n| n.output_messages, text.into())]);
                 }
-                span.add(attributes);
             }
             Err(error) => fail(&self.observer, &mut span, error),
         }
@@ -567,4 +614,46 @@ fn serde_json_message(message: &agentkit_core::Message) -> String {
         out.push_str(&format!("{}({})", call.name, call.arguments));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_lowercase_hex_of_every_byte() {
+        let trace = TraceContext::from_parts(
+            0x0af7_651916cd_43dd_8448_eb21_1c80_319c,
+            0xb7ad_6b71_6920_3331,
+            true,
+        )
+        .unwrap();
+        let mut out = [0u8; 32];
+        assert_eq!(
+            hex(&mut out, &trace.trace_id().to_be_bytes()),
+            trace.trace_id_hex()
+        );
+        let mut out = [0u8; 16];
+        assert_eq!(
+            hex(&mut out, &trace.span_id().to_be_bytes()),
+            "b7ad6b7169203331"
+        );
+    }
+
+    #[test]
+    fn tool_names_are_comma_separated() {
+        let record = |name: &str| ToolCallRecord {
+            id: "c".into(),
+            name: name.into(),
+            arguments: "{}".into(),
+            ok: true,
+            duration: std::time::Duration::ZERO,
+            error: None,
+        };
+        assert_eq!(ToolNames(&[]).to_string(), "");
+        assert_eq!(
+            ToolNames(&[record("add"), record("search")]).to_string(),
+            "add,search"
+        );
+    }
 }

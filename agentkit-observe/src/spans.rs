@@ -218,6 +218,11 @@ impl OpenSpan {
         )
     }
 
+    /// The attributes, to add to in place; `None` when the span is not recorded.
+    pub(crate) fn attributes_mut(&mut self) -> Option<&mut Vec<KeyValue>> {
+        self.sampled().then_some(&mut self.attributes)
+    }
+
     /// Adds attributes (dropped when the span is not recorded).
     pub(crate) fn add(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
         if self.sampled() {
