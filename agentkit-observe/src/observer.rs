@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn ids_are_lowercase_hex_of_every_byte() {
         let trace = TraceContext::from_parts(
-            0x0af7_651916cd_43dd_8448_eb21_1c80_319c,
+            0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c,
             0xb7ad_6b71_6920_3331,
             true,
         )
