@@ -193,8 +193,8 @@ where
 ///
 /// #[derive(serde::Deserialize, schemars::JsonSchema)]
 /// struct AddArgs {
-///     a: f64,
-///     b: f64,
+///     a: i64,
+///     b: i64,
 /// }
 ///
 /// let add = tool_fn_inline("add", "Adds two numbers", |args: AddArgs| {
