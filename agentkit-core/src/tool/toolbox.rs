@@ -246,25 +246,19 @@ mod tests {
 
     #[test]
     fn lookup_finds_each_name_and_no_other() {
-        let mut tools = Toolbox::new();
-        for name in [
+        const NAMES: [&str; 6] = [
             "add",
             "lookup_city_a",
             "lookup_city_b",
             "a",
             "lookup_c",
             "lookup_",
-        ] {
+        ];
+        let mut tools = Toolbox::new();
+        for name in NAMES {
             tools.insert(named(name)).unwrap();
         }
-        for name in [
-            "add",
-            "lookup_city_a",
-            "lookup_city_b",
-            "a",
-            "lookup_c",
-            "lookup_",
-        ] {
+        for name in NAMES {
             assert_eq!(tools.get(name).unwrap().spec().name, name);
         }
         for absent in ["ad", "add_", "lookup_city_c", "lookup_d", "lookup", "", "b"] {

@@ -55,6 +55,21 @@ impl<A, F, M> fmt::Debug for FnTool<A, F, M> {
     }
 }
 
+impl<A: JsonSchema, F, M> FnTool<A, F, M> {
+    /// A tool of no side effects, timeout or scope, its schema derived from `A`.
+    fn new(name: String, description: String, f: F) -> Self {
+        FnTool {
+            spec: ToolSpec::new(name, description, schema_of::<A>()),
+            f,
+            _mode: PhantomData,
+            side_effects: false,
+            timeout: None,
+            scope: None,
+            _args: PhantomData,
+        }
+    }
+}
+
 impl<A, F, M> FnTool<A, F, M> {
     /// Marks the tool as side-effecting (see [`Tool::side_effects`]).
     #[must_use]
@@ -128,15 +143,7 @@ where
     O: Serialize,
     E: Into<BoxError>,
 {
-    FnTool {
-        spec: ToolSpec::new(name, description, schema_of::<A>()),
-        f,
-        _mode: PhantomData,
-        side_effects: false,
-        timeout: None,
-        scope: None,
-        _args: PhantomData,
-    }
+    FnTool::new(name.into(), description.into(), f)
 }
 
 /// Like [`tool_fn`], for functions that also need the call's context (tenant, deadline,
@@ -169,15 +176,7 @@ where
     O: Serialize,
     E: Into<BoxError>,
 {
-    FnTool {
-        spec: ToolSpec::new(name, description, schema_of::<A>()),
-        f,
-        _mode: PhantomData,
-        side_effects: false,
-        timeout: None,
-        scope: None,
-        _args: PhantomData,
-    }
+    FnTool::new(name.into(), description.into(), f)
 }
 
 /// Makes a tool from a plain function of typed arguments, for work that never waits: arithmetic,
@@ -215,15 +214,7 @@ where
     O: Serialize,
     E: Into<BoxError>,
 {
-    FnTool {
-        spec: ToolSpec::new(name, description, schema_of::<A>()),
-        f,
-        _mode: PhantomData,
-        side_effects: false,
-        timeout: None,
-        scope: None,
-        _args: PhantomData,
-    }
+    FnTool::new(name.into(), description.into(), f)
 }
 
 impl<A, F, M> FnTool<A, F, M>
