@@ -328,3 +328,139 @@ async fn flag_switch_follows_the_table_at_run_time() {
         "flipped for everyone, no restart"
     );
 }
+
+/// A canary's share ramps while running without moving callers the wrong way, and a rolled-back
+/// canary can be put back in service.
+#[tokio::test]
+async fn canary_ramps_and_resets() {
+    use agentkit_core::Context;
+    use agentkit_core::executor::{Canary, CanaryGuard, CanaryStatus};
+
+    let failing = Probe {
+        failures: 3,
+        kind: Some(ErrorKind::Internal),
+        ..Probe::default()
+    };
+    let canary = Canary::new(Probe::default(), failing, 10.0).with_guard(CanaryGuard {
+        window: 3,
+        max_error_rate: 0.5,
+        ..CanaryGuard::default()
+    });
+    let sessions: Vec<Context> = (0..1000)
+        .map(|i| Context::new().with_session_id(format!("r-{i}")))
+        .collect();
+    let on = |canary: &Canary<Probe, Probe>| -> Vec<bool> {
+        sessions
+            .iter()
+            .map(|cx| canary.routes_to_candidate(cx))
+            .collect()
+    };
+    let at_ten = on(&canary);
+    canary.set_percent(50.0).unwrap();
+    assert_eq!(canary.percent(), 50.0);
+    let at_fifty = on(&canary);
+    let share = at_fifty.iter().filter(|c| **c).count();
+    assert!((420..=580).contains(&share), "50% of 1000, got {share}");
+    for (i, (ten, fifty)) in at_ten.iter().zip(&at_fifty).enumerate() {
+        assert!(
+            !ten || *fifty,
+            "session r-{i} left the candidate as the share rose"
+        );
+    }
+    for bad in [-1.0, 100.5, f64::NAN] {
+        assert_eq!(
+            canary.set_percent(bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+    assert_eq!(canary.percent(), 50.0, "a refused share changes nothing");
+
+    // All traffic on it; it fails three times in a row and is rolled back; reset re-arms it,
+    // and the candidate, healthy now, serves again.
+    canary.set_percent(100.0).unwrap();
+    for i in 0..3 {
+        let cx = Context::new().with_session_id(format!("f-{i}"));
+        canary
+            .execute(Invocation::text("hi").with_context(cx))
+            .await
+            .unwrap_err();
+    }
+    assert!(matches!(canary.status(), CanaryStatus::RolledBack { .. }));
+    assert!(!canary.routes_to_candidate(&sessions[0]));
+    canary.reset();
+    assert_eq!(canary.status(), CanaryStatus::Active);
+    assert!(canary.routes_to_candidate(&sessions[0]));
+    let cx = Context::new().with_session_id("after-reset");
+    canary
+        .execute(Invocation::text("hi").with_context(cx))
+        .await
+        .unwrap();
+}
+
+/// Flags follow a JSON file: a new version applies, a broken one leaves the table in use, and
+/// a broken file at start is an error.
+#[tokio::test]
+async fn flags_follow_their_file() {
+    use std::time::Duration;
+
+    use agentkit_core::Context;
+    use agentkit_core::executor::Flags;
+
+    let dir = std::env::temp_dir().join(format!("agentkit-flags-{}", agentkit_core::generate_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flags.json");
+    std::fs::write(&path, r#"{"beta": {"default": false}}"#).unwrap();
+    let flags = Flags::default();
+    let watcher = flags
+        .watch_file(&path, Duration::from_millis(20))
+        .await
+        .unwrap();
+    let cx = Context::new();
+    assert!(!flags.is_on("beta", &cx));
+
+    /// Waits (at most 5 s) for the flag to read `want`.
+    async fn until(flags: &Flags, cx: &Context, want: bool) -> bool {
+        for _ in 0..250 {
+            if flags.is_on("beta", cx) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+    std::fs::write(&path, r#"{"beta": {"default": true}}"#).unwrap();
+    assert!(until(&flags, &cx, true).await, "the new version applies");
+
+    std::fs::write(&path, r#"{"beta": {"default": false, "percent": 400}}"#).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        flags.is_on("beta", &cx),
+        "a broken version leaves the table in use"
+    );
+    std::fs::write(&path, r#"{"beta": {"default": false}}"#).unwrap();
+    assert!(
+        until(&flags, &cx, false).await,
+        "a fixed version applies again"
+    );
+
+    // The watcher ends once the flags are gone.
+    drop(flags);
+    tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("the watcher ends with its flags")
+        .unwrap();
+
+    std::fs::write(&path, "not json").unwrap();
+    let error = Flags::default()
+        .watch_file(&path, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    assert!(error.message().contains("flags.json"), "{error}");
+    let error = Flags::default()
+        .watch_file(dir.join("absent.json"), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -85,12 +85,13 @@ struct Outcome {
 }
 
 struct State {
+    /// The candidate's share of callers, 0-100.
+    percent: f64,
     recent: VecDeque<Outcome>,
     status: CanaryStatus,
 }
 
 struct Shared {
-    percent: f64,
     sticky: Sticky,
     guard: CanaryGuard,
     state: Mutex<State>,
@@ -140,10 +141,15 @@ impl Shared {
     }
 
     fn to_candidate(&self, cx: &Context) -> bool {
-        let active =
-            self.state.lock().unwrap_or_else(|p| p.into_inner()).status == CanaryStatus::Active;
+        let percent = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.status != CanaryStatus::Active {
+                return false;
+            }
+            state.percent
+        };
         let bucket = (stable_hash(self.sticky.key(cx).bytes()) % 10_000) as f64;
-        active && bucket < self.percent * 100.0
+        bucket < percent * 100.0
     }
 }
 
@@ -160,8 +166,9 @@ fn counts_against(kind: ErrorKind) -> bool {
 }
 
 /// Sends a sticky `percent` of callers (by [`Sticky`] key: a session stays on one version) to
-/// `candidate` and the rest to `stable`, and rolls the candidate back by itself, for good, when
-/// it breaks its [`CanaryGuard`]; [`status`](Self::status) says which. Only errors that are the
+/// `candidate` and the rest to `stable`, and rolls the candidate back by itself when it breaks
+/// its [`CanaryGuard`] (until [`reset`](Self::reset)); [`status`](Self::status) says which.
+/// [`set_percent`](Self::set_percent) ramps the share while running. Only errors that are the
 /// candidate's doing count against it (not bad input, auth, rate limits or cancellation).
 /// Cheap to clone; clones share the judgement.
 ///
@@ -189,7 +196,7 @@ pub struct Canary<S, C> {
 impl<S, C> std::fmt::Debug for Canary<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Canary")
-            .field("percent", &self.shared.percent)
+            .field("percent", &self.percent())
             .field("sticky", &self.shared.sticky)
             .field("status", &self.status())
             .finish_non_exhaustive()
@@ -203,10 +210,10 @@ impl<S, C> Canary<S, C> {
             stable,
             candidate,
             shared: Arc::new(Shared {
-                percent: percent.clamp(0.0, 100.0),
                 sticky: Sticky::default(),
                 guard: CanaryGuard::default(),
                 state: Mutex::new(State {
+                    percent: percent.clamp(0.0, 100.0),
                     recent: VecDeque::new(),
                     status: CanaryStatus::Active,
                 }),
@@ -243,6 +250,45 @@ impl<S, C> Canary<S, C> {
             .unwrap_or_else(|p| p.into_inner())
             .status
             .clone()
+    }
+
+    /// Ramps the candidate's share to `percent` (0-100) while running, for every clone. The
+    /// buckets are stable, so raising the share keeps every caller already on the candidate
+    /// there and lowering it moves only callers off it. An
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind) for a share outside 0-100.
+    pub fn set_percent(&self, percent: f64) -> Result<()> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(crate::Error::invalid_input(format!(
+                "a canary's share must be between 0 and 100, not {percent}"
+            )));
+        }
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .percent = percent;
+        Ok(())
+    }
+
+    /// The candidate's share of callers now, 0-100.
+    pub fn percent(&self) -> f64 {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .percent
+    }
+
+    /// Puts a rolled-back candidate back in service with its share and a fresh window (after
+    /// the cause was found elsewhere, say a dependency's outage); an active one just forgets
+    /// the requests judged so far.
+    pub fn reset(&self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.recent.clear();
+        if let CanaryStatus::RolledBack { reason } = &state.status {
+            tracing::warn!(%reason, "canary put back in service");
+        }
+        state.status = CanaryStatus::Active;
     }
 
     /// Whether the caller of `cx` is on the candidate now.

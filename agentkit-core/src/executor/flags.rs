@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::future::Either;
 use serde::Deserialize;
@@ -132,6 +134,54 @@ impl Flags {
         let table = Self::parse(json)?;
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         Ok(())
+    }
+
+    /// Keeps the table equal to the JSON file at `path` (a mounted ConfigMap, a file your
+    /// deploy tool writes): reads it now, an error if it cannot be read or parsed; then reads
+    /// it every `every` and, when its content changed, replaces the table. A later version that
+    /// cannot be read or parsed is logged and the table in use stays. The watcher ends when
+    /// every clone of these flags is gone; abort the handle to end it sooner.
+    pub async fn watch_file(
+        &self,
+        path: impl Into<PathBuf>,
+        every: Duration,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let path = path.into();
+        let read = |path: PathBuf| async move {
+            tokio::fs::read_to_string(&path)
+                .await
+                .map_err(|e| Error::invalid_input(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut seen = read(path.clone()).await?;
+        self.replace_json(&seen)
+            .map_err(|e| Error::invalid_input(format!("{}: {}", path.display(), e.message())))?;
+        let table = Arc::downgrade(&self.table);
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(table) = table.upgrade() else {
+                    return;
+                };
+                let text = match read(path.clone()).await {
+                    Ok(text) => text,
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "flag file not read; the table in use stays");
+                        continue;
+                    }
+                };
+                if text == seen {
+                    continue;
+                }
+                // Each version is applied, or warned about, once.
+                match (Flags { table }).replace_json(&text) {
+                    Ok(()) => tracing::info!(path = %path.display(), "flag table reloaded"),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "flag file not applied; the table in use stays");
+                    }
+                }
+                seen = text;
+            }
+        }))
     }
 
     /// Sets one flag.
