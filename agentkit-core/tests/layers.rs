@@ -395,6 +395,13 @@ async fn canary_ramps_and_resets() {
         .execute(Invocation::text("hi").with_context(cx))
         .await
         .unwrap();
+
+    // Clones share the share; one configured after cloning goes its own way (no panic).
+    canary.clone().set_percent(20.0).unwrap();
+    assert_eq!(canary.percent(), 20.0);
+    let own = canary.clone().with_guard(CanaryGuard::default());
+    own.set_percent(70.0).unwrap();
+    assert_eq!((canary.percent(), own.percent()), (20.0, 70.0));
 }
 
 /// Flags follow a JSON file: a new version applies, a broken one leaves the table in use, and

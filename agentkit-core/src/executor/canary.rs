@@ -97,6 +97,21 @@ struct Shared {
     state: Mutex<State>,
 }
 
+impl Clone for Shared {
+    fn clone(&self) -> Self {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Self {
+            sticky: self.sticky,
+            guard: self.guard,
+            state: Mutex::new(State {
+                percent: state.percent,
+                recent: state.recent.clone(),
+                status: state.status.clone(),
+            }),
+        }
+    }
+}
+
 impl Shared {
     fn record(&self, outcome: Outcome) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,8 +236,10 @@ impl<S, C> Canary<S, C> {
         }
     }
 
+    /// The settings to change. A canary configured after it was cloned gets settings, and
+    /// from then on a judgement, of its own (starting from a copy of the shared state).
     fn edit(&mut self) -> &mut Shared {
-        Arc::get_mut(&mut self.shared).expect("a canary is configured before it is cloned")
+        Arc::make_mut(&mut self.shared)
     }
 
     /// What keeps a caller on one side (default: the session).
