@@ -6,6 +6,7 @@ mod support;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use agentkit::Executor;
 use agentkit::model::ScriptedModel;
 use agentkit::transport::jobs::{JobQueue, MemoryJobQueue, Worker};
 use agentkit::transport::{Api, Authenticator};
@@ -236,4 +237,61 @@ async fn one_line_per_job_run() {
         assert!(!line[field].is_null(), "field {field} missing in {line}");
     }
     running.stop().await.unwrap();
+}
+
+/// A run that no edge logs (an agent called from the caller's own code) gets its line from
+/// the observer. The line is written on the telemetry thread, through the subscriber that was
+/// current where the run ended (here one set for this thread only), and its ids are those of
+/// the run's exported span.
+#[test]
+fn a_run_outside_any_edge_logs_its_own_line_through_the_callers_subscriber() {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let telemetry = agentkit::observe::ObserveBuilder::from_env()
+        .unwrap()
+        .global(false)
+        .metrics(false)
+        .span_exporter_batched(exporter.clone())
+        .init()
+        .unwrap();
+    let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .observer(telemetry.observer())
+        .build()
+        .unwrap();
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(agentkit::observe::JsonLines)
+        .with_writer(BoxMakeWriter::new(move || writer.clone()))
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        let invocation = agentkit::Invocation::text("What is 17 + 25?");
+        runtime.block_on(agent.execute(invocation)).unwrap();
+    });
+    telemetry.flush();
+
+    let lines = capture.lines();
+    let [line] = lines.as_slice() else {
+        panic!("one line, got {lines:?}")
+    };
+    assert_eq!(line["message"], "agent run finished");
+    assert_eq!(line["target"], "agentkit::run");
+    assert_eq!(line["agent"], "assistant");
+    assert_eq!(line["tool_calls"], 1);
+    assert_eq!(line["tool_names"], "add");
+    assert_eq!(line["outcome"], "ok");
+    assert!(line["tokens_in"].as_u64().unwrap() > 0, "{line}");
+    assert!(line["latency_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    let spans = exporter.get_finished_spans().unwrap();
+    let run = spans
+        .iter()
+        .find(|s| s.name.starts_with("invoke_agent"))
+        .expect("the run's span was exported by the flush");
+    assert_eq!(line["trace_id"], run.span_context.trace_id().to_string());
+    assert_eq!(line["span_id"], run.span_context.span_id().to_string());
+    assert_eq!(spans.len(), 4, "invoke_agent, two chats, one tool");
+    assert_eq!(telemetry.dropped(), 0);
 }

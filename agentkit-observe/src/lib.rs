@@ -36,6 +36,7 @@
 //! | `OTEL_SEMCONV_STABILITY_OPT_IN` | `gen_ai/dup` also emits the older attribute names | latest names |
 //! | `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` | `true` records prompt and completion text | off |
 
+mod background;
 mod fnv;
 mod json;
 mod metrics;
@@ -46,14 +47,13 @@ mod spans;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentkit_core::observer::Observer;
 use agentkit_core::{Error, Result};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SimpleSpanProcessor, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{Sampler, SpanExporter};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
@@ -85,7 +85,9 @@ pub struct ObserveBuilder {
     otlp_headers: HashMap<String, String>,
     protocol: Option<String>,
     sampler: Sampler,
-    processor: Option<Box<dyn SpanProcessor>>,
+    exporter: Option<(Box<dyn spans::Export>, spans::Batching)>,
+    batching: spans::Batching,
+    queue_size: usize,
     names: &'static [semconv::Names],
     capture: bool,
     metrics: bool,
@@ -105,6 +107,23 @@ impl std::fmt::Debug for ObserveBuilder {
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A positive whole number from `name`, or `default` when unset.
+fn number(name: &str, default: usize) -> Result<usize> {
+    match var(name) {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "{name} must be a positive whole number, not {text:?}"
+                ))
+            }),
+    }
 }
 
 fn pairs(text: &str) -> Vec<(String, String)> {
@@ -192,7 +211,12 @@ impl ObserveBuilder {
                 var("OTEL_TRACES_SAMPLER").as_deref(),
                 var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
             )?,
-            processor: None,
+            exporter: None,
+            batching: spans::Batching {
+                size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?,
+                delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)? as u64),
+            },
+            queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE", 8192)?,
             names: semconv::from_opt_in(var("OTEL_SEMCONV_STABILITY_OPT_IN").as_deref()),
             capture: var("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
@@ -237,16 +261,28 @@ impl ObserveBuilder {
         self
     }
 
-    /// Exports spans to `exporter` (synchronously, span by span), e.g. an in-memory exporter
-    /// in tests; replaces OTLP.
+    /// Exports spans to `exporter` one by one, as soon as the telemetry thread has built them
+    /// (within about a millisecond of their end), e.g. an in-memory exporter in tests; replaces
+    /// OTLP.
     pub fn span_exporter(mut self, exporter: impl SpanExporter + 'static) -> Self {
-        self.processor = Some(Box::new(SimpleSpanProcessor::new(exporter)));
+        self.exporter = Some((Box::new(exporter), spans::Batching::EACH));
         self
     }
 
-    /// Exports spans to `exporter` in batches from a background thread (as OTLP does).
+    /// Exports spans to `exporter` in batches, as OTLP does: when
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (512) wait, or the oldest has waited
+    /// `OTEL_BSP_SCHEDULE_DELAY` milliseconds (5,000).
     pub fn span_exporter_batched(mut self, exporter: impl SpanExporter + 'static) -> Self {
-        self.processor = Some(Box::new(BatchSpanProcessor::builder(exporter).build()));
+        self.exporter = Some((Box::new(exporter), self.batching));
+        self
+    }
+
+    /// How many finished spans and run records may wait for the telemetry thread
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 8,192). A request that finds the queue full waits
+    /// up to 100 ms for room, then its record is dropped and counted
+    /// ([`Telemetry::dropped`]).
+    pub fn queue_size(mut self, records: usize) -> Self {
+        self.queue_size = records.max(1);
         self
     }
 
@@ -285,30 +321,47 @@ impl ObserveBuilder {
             )));
         }
         let mut runtime = None;
-        let processor: Option<Box<dyn SpanProcessor>> = match (self.processor, &self.otlp_endpoint)
-        {
-            (Some(processor), _) => Some(processor),
-            (None, Some(endpoint)) => {
-                let export = otlp::ExportRuntime::start()?;
-                let exporter = otlp::exporter(&export, endpoint, self.otlp_headers.clone())?;
-                runtime = Some(export);
-                Some(Box::new(BatchSpanProcessor::builder(exporter).build()))
-            }
-            (None, None) => None,
-        };
-        let spans = processor.map(|processor| {
+        let exporter: Option<(Box<dyn spans::Export>, spans::Batching)> =
+            match (self.exporter, &self.otlp_endpoint) {
+                (Some(exporter), _) => Some(exporter),
+                (None, Some(endpoint)) => {
+                    let export = otlp::ExportRuntime::start()?;
+                    let exporter = otlp::exporter(&export, endpoint, self.otlp_headers.clone())?;
+                    runtime = Some(export);
+                    Some((Box::new(exporter), self.batching))
+                }
+                (None, None) => None,
+            };
+        let sampling = exporter
+            .as_ref()
+            .map(|_| spans::Sampling::new(self.sampler.clone()));
+        let batch = exporter.map(|(exporter, batching)| {
             let resource = Resource::builder()
                 .with_service_name(self.service_name.clone())
                 .with_attributes(self.resource.clone())
                 .build();
-            spans::Pipeline::new(processor, self.sampler.clone(), &resource)
+            spans::Batch::new(exporter, batching, &resource)
         });
+        let background = if batch.is_some() || self.logs {
+            let builder = observer::Builder {
+                names: self.names,
+                scope: spans::scope(),
+                batch,
+            };
+            Some(
+                background::Background::start(self.queue_size, builder).map_err(|e| {
+                    Error::internal(format!("cannot start the telemetry thread: {e}"))
+                })?,
+            )
+        } else {
+            None
+        };
         let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
         let observer = AgentObserver {
             inner: Arc::new(observer::Inner {
-                spans,
+                sampling,
+                queue: background.as_ref().map(|b| b.queue().clone()),
                 metrics: metrics.clone(),
-                names: self.names,
                 capture: self.capture,
                 log_runs: self.logs,
                 labels: observer::Labels::default(),
@@ -343,6 +396,7 @@ impl ObserveBuilder {
         Ok(Telemetry {
             observer,
             metrics: metrics.map(MetricsHandle),
+            background,
             _runtime: runtime,
         })
     }
@@ -353,10 +407,13 @@ pub fn init() -> Result<Telemetry> {
     ObserveBuilder::from_env()?.init()
 }
 
-/// What [`init`] installed. Dropping it flushes and shuts down the span exporter.
+/// What [`init`] installed, and its telemetry thread. Dropping it exports what is left and
+/// shuts down the span exporter; spans and run logs recorded afterwards are dropped.
 pub struct Telemetry {
     observer: AgentObserver,
     metrics: Option<MetricsHandle>,
+    background: Option<background::Background<observer::Record>>,
+    /// Dropped after the thread that exports through it.
     _runtime: Option<otlp::ExportRuntime>,
 }
 
@@ -364,7 +421,7 @@ impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("observer", &self.observer)
-            .field("tracing", &self.observer.inner.spans.is_some())
+            .field("tracing", &self.observer.inner.sampling.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -391,21 +448,29 @@ impl Telemetry {
         })
     }
 
-    /// Exports the spans finished so far.
+    /// Writes the run log lines and exports the spans finished so far, waiting up to ten
+    /// seconds for the telemetry thread and the exporter.
     pub fn flush(&self) {
-        if let Some(spans) = &self.observer.inner.spans
-            && let Err(error) = spans.flush()
+        if let Some(background) = &self.background
+            && !background.queue().flush(Duration::from_secs(10))
         {
-            eprintln!("agentkit-observe: flushing spans failed: {error}");
+            eprintln!("agentkit-observe: flushing telemetry took longer than ten seconds");
         }
+    }
+
+    /// Spans and run records dropped because the telemetry thread fell behind by more than
+    /// the queue holds for 100 ms, or had stopped. Zero in a healthy process.
+    pub fn dropped(&self) -> u64 {
+        self.background
+            .as_ref()
+            .map_or(0, |background| background.queue().dropped())
     }
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(spans) = &self.observer.inner.spans {
-            let _ = spans.flush();
-            let _ = spans.shutdown();
+        if let Some(background) = &mut self.background {
+            background.stop();
         }
     }
 }

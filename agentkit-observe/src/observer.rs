@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use agentkit_core::model::ModelResponse;
 use agentkit_core::observer::{
@@ -12,19 +12,23 @@ use agentkit_core::observer::{
     RunStart,
 };
 use agentkit_core::tool::ToolCallRecord;
-use agentkit_core::{Context, Error, ToolCall, TraceContext};
+use agentkit_core::{Context, Error, StopReason, ToolCall, TraceContext, Usage};
 use opentelemetry::trace::{SpanKind, Status};
-use opentelemetry::{KeyValue, StringValue};
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue};
+use tracing::Dispatch;
 
+use crate::background::{Drain, Queue};
 use crate::fnv::FnvBuild;
-use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, QueueLabel};
+use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel};
 use crate::semconv::Names;
-use crate::spans::{OpenSpan, Pipeline};
+use crate::spans::{Batch, OpenSpan, Sampling};
 
 pub(crate) struct Inner {
-    pub(crate) spans: Option<Pipeline>,
+    /// Spans are recorded: the sampling decision and ids, on the request path.
+    pub(crate) sampling: Option<Sampling>,
+    /// To the telemetry thread: ended spans and run log lines.
+    pub(crate) queue: Option<Queue<Record>>,
     pub(crate) metrics: Option<Arc<Metrics>>,
-    pub(crate) names: &'static [Names],
     pub(crate) capture: bool,
     pub(crate) log_runs: bool,
     pub(crate) labels: Labels,
@@ -40,6 +44,16 @@ const MAX_LABELS: usize = 4096;
 pub(crate) struct Label {
     value: StringValue,
     span: Cow<'static, str>,
+}
+
+impl Default for Label {
+    /// An empty name, for what is not recorded.
+    fn default() -> Self {
+        Self {
+            value: StringValue::from(""),
+            span: Cow::Borrowed(""),
+        }
+    }
 }
 
 impl Label {
@@ -119,6 +133,10 @@ impl Default for Labels {
 /// Observes agent runs, model calls, tool calls and HTTP requests: OpenTelemetry spans named and
 /// attributed by the GenAI semantic conventions (`invoke_agent {agent}`, `chat {model}`,
 /// `execute_tool {tool}`), Prometheus metrics, and a JSON log line for runs no edge logs.
+///
+/// Metrics are counted on the request path. Spans and log lines are recorded there (ids,
+/// times, the values they will carry) and built, formatted and exported on the telemetry
+/// thread of the [`Telemetry`](crate::Telemetry) that made the observer.
 #[derive(Clone)]
 pub struct AgentObserver {
     pub(crate) inner: Arc<Inner>,
@@ -127,74 +145,96 @@ pub struct AgentObserver {
 impl std::fmt::Debug for AgentObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentObserver")
-            .field("tracing", &self.inner.spans.is_some())
+            .field("tracing", &self.inner.sampling.is_some())
             .field("metrics", &self.inner.metrics.is_some())
             .field("capture_content", &self.inner.capture)
             .finish()
     }
 }
 
-/// An attribute: where its name is in a [`Names`] table, and its value.
-type Attr = (fn(&Names) -> &'static str, opentelemetry::Value);
-
 impl AgentObserver {
-    /// The attributes under every name table switched on (values are moved into the last).
-    ///
-    /// Sized for the attributes a span gets when it ends too, so adding those does not copy.
-    fn attrs<const N: usize>(&self, pairs: [Attr; N]) -> Vec<KeyValue> {
-        let mut out = Vec::with_capacity((N + 6) * self.inner.names.len() + 3);
-        self.attrs_into(&mut out, pairs);
-        out
-    }
-
-    /// Appends the attributes under every name table switched on to `out`.
-    fn attrs_into<const N: usize>(&self, out: &mut Vec<KeyValue>, pairs: [Attr; N]) {
-        let tables = self.inner.names;
-        if let Some((last, earlier)) = tables.split_last() {
-            for names in earlier {
-                for (name, value) in &pairs {
-                    out.push(KeyValue::new(name(names), value.clone()));
-                }
-            }
-            for (name, value) in pairs {
-                out.push(KeyValue::new(name(last), value));
-            }
-        }
-    }
-
-    fn start_span(
-        &self,
-        name: Cow<'static, str>,
-        kind: SpanKind,
-        attributes: Vec<KeyValue>,
-        parent: Option<&agentkit_core::TraceContext>,
-    ) -> Option<OpenSpan> {
-        let spans = self.inner.spans.as_ref()?;
-        Some(spans.start(name, kind, attributes, parent))
-    }
-
-    fn child_span(
-        &self,
-        parent: &OpenSpan,
-        name: Cow<'static, str>,
-        kind: SpanKind,
-        attributes: Vec<KeyValue>,
-    ) -> Option<OpenSpan> {
-        let spans = self.inner.spans.as_ref()?;
-        Some(spans.child(parent, name, kind, attributes))
-    }
-
-    fn end_span(&self, span: OpenSpan) {
-        if let Some(spans) = &self.inner.spans {
-            spans.end(span);
+    fn record(&self, record: Record) {
+        if let Some(queue) = &self.inner.queue {
+            queue.push(record);
         }
     }
 }
 
+/// What the request path hands to the telemetry thread.
+pub(crate) enum Record {
+    Run(Box<RunRecord>),
+    Model(ModelRecord),
+    Tool(ToolRecord),
+    Request(RequestRecord),
+}
+
+/// An `error.type` and the status message.
+type Failure = (Cow<'static, str>, String);
+
+pub(crate) struct RunRecord {
+    /// The recorded `invoke_agent` span, with the provider and requested model.
+    span: Option<(OpenSpan, Label, Label)>,
+    end: SystemTime,
+    agent: Label,
+    agent_version: Label,
+    /// The model that answered.
+    model: Label,
+    context: Context,
+    usage: Usage,
+    cost_usd: f64,
+    failure: Option<Failure>,
+    output: Option<String>,
+    log: Option<RunLog>,
+}
+
+/// What the run's log line adds.
+struct RunLog {
+    /// The subscriber current where the run ended.
+    dispatch: Dispatch,
+    trace: Option<TraceContext>,
+    tool_calls: usize,
+    tool_names: String,
+    latency_ms: f64,
+    error_code: Option<&'static str>,
+}
+
+pub(crate) struct ModelRecord {
+    span: OpenSpan,
+    end: SystemTime,
+    model: Label,
+    provider: Label,
+    answered: Result<(Label, Usage, StopReason, Option<String>), Failure>,
+}
+
+pub(crate) struct ToolRecord {
+    span: OpenSpan,
+    end: SystemTime,
+    tool: Label,
+    call_id: String,
+    arguments: Option<String>,
+    /// The error message of a failed call.
+    failed: Option<String>,
+}
+
+pub(crate) struct RequestRecord {
+    span: OpenSpan,
+    end: SystemTime,
+    name: String,
+    method: String,
+    route: String,
+    request_id: String,
+    status: u16,
+}
+
 struct Run {
     observer: AgentObserver,
+    /// The run's span (recorded or not: its ids travel either way).
     span: Option<OpenSpan>,
+    /// The provider and the model asked for: model calls and the end mostly name them again.
+    provider: Label,
+    model: Label,
     metrics: Option<Arc<AgentMetrics>>,
+    model_metrics: Option<Arc<ModelMetrics>>,
     agent: Label,
     started: Instant,
     logged_by_edge: bool,
@@ -206,49 +246,34 @@ struct Run {
 impl Observer for AgentObserver {
     fn enabled(&self) -> bool {
         let inner = &self.inner;
-        inner.spans.is_some() || inner.metrics.is_some() || inner.log_runs
+        inner.sampling.is_some() || inner.metrics.is_some() || inner.log_runs
     }
 
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope> {
         let labels = &self.inner.labels;
         let agent = labels.agents.get(run.agent);
         let agent_version = labels.values.get(run.agent_version);
-        let metrics = self.inner.metrics.as_ref().map(|m| m.agent(run.agent));
-        if let Some(metrics) = &metrics {
-            metrics.inflight.inc();
-        }
-        let span = self.inner.spans.is_some().then(|| {
-            let mut attributes = self.attrs([
-                (|n| n.operation_name, "invoke_agent".into()),
-                (|n| n.agent_name, agent.value()),
-                (|n| n.provider_name, labels.values.get(run.provider).value()),
-                (|n| n.request_model, labels.models.get(run.model).value()),
-            ]);
-            if let Some(session) = run.context.session_id() {
-                attributes.extend(self.attrs([(|n| n.conversation_id, session.to_owned().into())]));
+        let model = labels.models.get(run.model);
+        let (metrics, model_metrics) = match &self.inner.metrics {
+            Some(all) => {
+                let agent = all.agent(run.agent);
+                agent.inflight.inc();
+                let model = all.model(&agent, run.model);
+                (Some(agent), Some(model))
             }
-            attributes.push(KeyValue::new(
-                "agentkit.request_id",
-                run.context.request_id().to_owned(),
-            ));
-            attributes.push(KeyValue::new(
-                "agentkit.agent.version",
-                agent_version.value(),
-            ));
-            if let Some(tenant) = run.context.tenant() {
-                attributes.push(KeyValue::new("agentkit.tenant", tenant.to_owned()));
-            }
-            self.start_span(
-                agent.span.clone(),
-                SpanKind::Internal,
-                attributes,
-                run.context.trace(),
-            )
-        });
+            None => (None, None),
+        };
+        let span =
+            self.inner.sampling.as_ref().map(|sampling| {
+                sampling.start(&agent.span, &SpanKind::Internal, run.context.trace())
+            });
         Box::new(Run {
             observer: self.clone(),
-            span: span.flatten(),
+            span,
+            provider: labels.values.get(run.provider),
+            model,
             metrics,
+            model_metrics,
             agent,
             started: Instant::now(),
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
@@ -258,23 +283,19 @@ impl Observer for AgentObserver {
     }
 
     fn start_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestScope>> {
-        let attributes = vec![
-            KeyValue::new("http.request.method", request.method.to_owned()),
-            KeyValue::new("http.route", request.route.to_owned()),
-            KeyValue::new(
-                "agentkit.request_id",
-                request.context.request_id().to_owned(),
-            ),
-        ];
-        let span = self.start_span(
-            format!("{} {}", request.method, request.route).into(),
-            SpanKind::Server,
-            attributes,
-            request.context.trace(),
-        )?;
+        let name = format!("{} {}", request.method, request.route);
+        let span =
+            self.inner
+                .sampling
+                .as_ref()?
+                .start(&name, &SpanKind::Server, request.context.trace());
         Some(Box::new(Request {
             observer: self.clone(),
             span,
+            name,
+            method: request.method.to_owned(),
+            route: request.route.to_owned(),
+            request_id: request.context.request_id().to_owned(),
         }))
     }
 
@@ -303,6 +324,10 @@ impl Observer for AgentObserver {
 struct Request {
     observer: AgentObserver,
     span: OpenSpan,
+    name: String,
+    method: String,
+    route: String,
+    request_id: String,
 }
 
 impl RequestScope for Request {
@@ -311,28 +336,46 @@ impl RequestScope for Request {
     }
 
     fn end(self: Box<Self>, status: u16) {
-        let Request { observer, mut span } = *self;
-        span.add([KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        )]);
-        if status >= 500 {
-            span.add([KeyValue::new("error.type", status.to_string())]);
-            span.set_status(Status::error(format!("HTTP {status}")));
+        let Request {
+            observer,
+            span,
+            name,
+            method,
+            route,
+            request_id,
+        } = *self;
+        if span.sampled() {
+            observer.record(Record::Request(RequestRecord {
+                span,
+                end: SystemTime::now(),
+                name,
+                method,
+                route,
+                request_id,
+                status,
+            }));
         }
-        observer.end_span(span);
     }
 }
 
 enum CallKind {
-    Model { model: String, started: Instant },
-    Tool,
+    Model {
+        model: Label,
+        provider: Label,
+        started: Instant,
+        metrics: Option<Arc<ModelMetrics>>,
+    },
+    Tool {
+        tool: Label,
+        call_id: String,
+        arguments: Option<String>,
+    },
 }
 
 struct Call {
     observer: AgentObserver,
+    /// The call's span (recorded or not: its ids travel either way).
     span: Option<OpenSpan>,
-    metrics: Option<Arc<AgentMetrics>>,
     kind: CallKind,
 }
 
@@ -342,143 +385,543 @@ impl RunScope for Run {
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
-        let labels = &self.observer.inner.labels;
-        let span = self.span.as_ref().and_then(|parent| {
-            let model = labels.models.get(call.model);
-            let attributes = self.observer.attrs([
-                (|n| n.operation_name, "chat".into()),
-                (
-                    |n| n.provider_name,
-                    labels.values.get(call.provider).value(),
-                ),
-                (|n| n.request_model, model.value()),
-            ]);
-            self.observer
-                .child_span(parent, model.span, SpanKind::Client, attributes)
-        });
+        let inner = &self.observer.inner;
+        let (model, metrics) = if call.model == self.model.value.as_str() {
+            (self.model.clone(), self.model_metrics.clone())
+        } else {
+            let metrics = inner
+                .metrics
+                .as_ref()
+                .zip(self.metrics.as_ref())
+                .map(|(all, agent)| all.model(agent, call.model));
+            (inner.labels.models.get(call.model), metrics)
+        };
+        let provider = if call.provider == self.provider.value.as_str() {
+            self.provider.clone()
+        } else {
+            inner.labels.values.get(call.provider)
+        };
         Box::new(Call {
             observer: self.observer.clone(),
-            span,
-            metrics: self.metrics.clone(),
+            span: self
+                .span
+                .as_ref()
+                .filter(|s| s.sampled())
+                .map(OpenSpan::child),
             kind: CallKind::Model {
-                model: call.model.to_owned(),
+                model,
+                provider,
                 started: Instant::now(),
+                metrics,
             },
         })
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
-        let span = self.span.as_ref().and_then(|parent| {
-            let tool = self.observer.inner.labels.tools.get(&call.name);
-            let mut attributes = self.observer.attrs([
-                (|n| n.operation_name, "execute_tool".into()),
-                (|n| n.tool_name, tool.value()),
-                (|n| n.tool_call_id, call.id.clone().into()),
-            ]);
-            if self.observer.inner.capture {
-                attributes.push(KeyValue::new(
-                    "gen_ai.tool.call.arguments",
-                    call.arguments.clone(),
-                ));
-            }
-            self.observer
-                .child_span(parent, tool.span, SpanKind::Internal, attributes)
-        });
+        let span = self.span.as_ref().map(OpenSpan::child);
+        let inner = &self.observer.inner;
+        let kind = match span.as_ref().filter(|s| s.sampled()) {
+            Some(_) => CallKind::Tool {
+                tool: inner.labels.tools.get(&call.name),
+                call_id: call.id.clone(),
+                arguments: inner.capture.then(|| call.arguments.clone()),
+            },
+            None => CallKind::Tool {
+                tool: Label::default(),
+                call_id: String::new(),
+                arguments: None,
+            },
+        };
         Box::new(Call {
             observer: self.observer.clone(),
             span,
-            metrics: None,
-            kind: CallKind::Tool,
+            kind,
         })
     }
 
-    fn end(mut self: Box<Self>, end: &RunEnd<'_>) {
-        let trace = self.trace();
-        let inner = &self.observer.inner;
-        let outcome = match end.outcome {
-            Ok(_) => "ok",
-            Err(error) => error.code(),
-        };
-        if let (Some(metrics), Some(agent)) = (&inner.metrics, &self.metrics) {
-            agent.inflight.dec();
+    fn end(self: Box<Self>, end: &RunEnd<'_>) {
+        let Run {
+            observer,
+            span,
+            provider,
+            model,
+            metrics: agent_metrics,
+            model_metrics,
+            agent,
+            started,
+            logged_by_edge,
+            context,
+            agent_version,
+        } = *self;
+        let inner = &observer.inner;
+        if let (Some(metrics), Some(agent_metrics)) = (&inner.metrics, &agent_metrics) {
+            agent_metrics.inflight.dec();
             match end.outcome {
                 Ok(_) => {
-                    agent.ok.inc();
+                    agent_metrics.ok.inc();
                 }
-                Err(_) => {
+                Err(error) => {
                     metrics
                         .requests
                         .get_or_create(&AgentOutcome {
-                            agent: self.agent.value.to_string(),
-                            outcome: outcome.to_owned(),
+                            agent: agent.value.to_string(),
+                            outcome: error.code().to_owned(),
                         })
                         .inc();
                 }
             }
-            agent.duration.observe(self.started.elapsed().as_secs_f64());
+            agent_metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
             if end.cost_usd > 0.0 {
-                metrics.model(agent, end.model).cost.inc_by(end.cost_usd);
+                match model_metrics.filter(|_| end.model == model.value.as_str()) {
+                    Some(same) => same.cost.inc_by(end.cost_usd),
+                    None => metrics
+                        .model(agent_metrics, end.model)
+                        .cost
+                        .inc_by(end.cost_usd),
+                };
             }
         }
-        if let Some(mut span) = self.span.take() {
-            if let Some(attributes) = span.attributes_mut() {
-                let observer = &self.observer;
-                observer.attrs_into(
-                    attributes,
-                    [
-                        (
-                            |n| n.response_model,
-                            inner.labels.models.get(end.model).value(),
-                        ),
-                        (|n| n.input_tokens, (end.usage.input_tokens as i64).into()),
-                        (|n| n.output_tokens, (end.usage.output_tokens as i64).into()),
-                    ],
-                );
-                attributes.push(KeyValue::new("agentkit.cost_usd", end.cost_usd));
-                if let Ok(reply) = end.outcome
-                    && inner.capture
-                {
-                    observer.attrs_into(
-                        attributes,
-                        [(|n| n.output_messages, reply.output.clone().into())],
-                    );
-                }
-            }
-            if let Err(error) = end.outcome {
-                fail(&self.observer, &mut span, error);
-            }
-            self.observer.end_span(span);
+        let trace = span.as_ref().and_then(OpenSpan::trace);
+        let answered = if end.model == model.value.as_str() {
+            model.clone()
+        } else {
+            inner.labels.models.get(end.model)
+        };
+        let span = span
+            .filter(OpenSpan::sampled)
+            .map(|span| (span, provider, model));
+        let log = (inner.log_runs
+            && !logged_by_edge
+            && tracing::enabled!(target: "agentkit::run", tracing::Level::INFO))
+        .then(|| RunLog {
+            dispatch: tracing::dispatcher::get_default(Dispatch::clone),
+            trace,
+            tool_calls: end.tool_calls.len(),
+            tool_names: tool_names(end.tool_calls),
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            error_code: end.outcome.as_ref().err().map(|e| e.code()),
+        });
+        if span.is_none() && log.is_none() {
+            return;
         }
-        if inner.log_runs && !self.logged_by_edge {
-            let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
-            let trace_id = trace
-                .as_ref()
-                .map(|t| hex(&mut trace_hex, &t.trace_id().to_be_bytes()));
-            let span_id = trace
-                .as_ref()
-                .map(|t| hex(&mut span_hex, &t.span_id().to_be_bytes()));
-            tracing::info!(
-                target: "agentkit::run",
-                request_id = self.context.request_id(),
-                trace_id,
-                span_id,
-                tenant = self.context.tenant(),
-                agent = self.agent.value.as_str(),
-                agent_version = self.agent_version.value.as_str(),
-                session_id = self.context.session_id(),
-                model = end.model,
-                tokens_in = end.usage.input_tokens,
-                tokens_out = end.usage.output_tokens,
-                tool_calls = end.tool_calls.len(),
-                tool_names = %ToolNames(end.tool_calls),
-                cost_usd = end.cost_usd,
-                latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-                outcome = if end.outcome.is_ok() { "ok" } else { "error" },
-                error_code = end.outcome.as_ref().err().map(|e| e.code()),
-                "agent run finished"
-            );
+        let recorded = span.is_some();
+        observer.record(Record::Run(Box::new(RunRecord {
+            span,
+            end: SystemTime::now(),
+            model: answered,
+            agent,
+            agent_version,
+            context,
+            usage: end.usage,
+            cost_usd: end.cost_usd,
+            failure: end
+                .outcome
+                .err()
+                .filter(|_| recorded)
+                .map(|error| (error.code().into(), error.message().to_owned())),
+            output: match end.outcome {
+                Ok(reply) if recorded && inner.capture => Some(reply.output.clone()),
+                _ => None,
+            },
+            log,
+        })));
+    }
+}
+
+impl CallScope for Call {
+    fn trace(&self) -> Option<TraceContext> {
+        self.span.as_ref().and_then(OpenSpan::trace)
+    }
+
+    fn end_model(self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
+        let Call {
+            observer,
+            span,
+            kind:
+                CallKind::Model {
+                    model,
+                    provider,
+                    started,
+                    metrics,
+                },
+        } = *self
+        else {
+            return;
+        };
+        let inner = &observer.inner;
+        if let Some(model) = &metrics {
+            model.chat_duration.observe(started.elapsed().as_secs_f64());
+            if let Ok(response) = outcome {
+                model
+                    .input_tokens
+                    .observe(response.usage.input_tokens as f64);
+                model
+                    .output_tokens
+                    .observe(response.usage.output_tokens as f64);
+            }
+        }
+        let Some(span) = span.filter(OpenSpan::sampled) else {
+            return;
+        };
+        let answered = match outcome {
+            Ok(response) => Ok((
+                match response.model.as_deref() {
+                    Some(answered) if answered != model.value.as_str() => {
+                        inner.labels.models.get(answered)
+                    }
+                    _ => model.clone(),
+                },
+                response.usage,
+                response.stop_reason,
+                inner.capture.then(|| message_text(&response.message)),
+            )),
+            Err(error) => Err((error.code().into(), error.message().to_owned())),
+        };
+        observer.record(Record::Model(ModelRecord {
+            span,
+            end: SystemTime::now(),
+            model,
+            provider,
+            answered,
+        }));
+    }
+
+    fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
+        if let Some(metrics) = &self.observer.inner.metrics {
+            let tool = metrics.tool(&record.name);
+            if record.ok {
+                tool.ok.inc();
+            } else {
+                tool.error.inc();
+            }
+        }
+        let Call {
+            observer,
+            span: Some(span),
+            kind:
+                CallKind::Tool {
+                    tool,
+                    call_id,
+                    arguments,
+                },
+            ..
+        } = *self
+        else {
+            return;
+        };
+        if !span.sampled() {
+            return;
+        }
+        observer.record(Record::Tool(ToolRecord {
+            span,
+            end: SystemTime::now(),
+            tool,
+            call_id,
+            arguments,
+            failed: (!record.ok).then(|| record.error.clone().unwrap_or_default()),
+        }));
+    }
+}
+
+/// The telemetry thread's half: builds spans and log lines from records.
+pub(crate) struct Builder {
+    pub(crate) names: &'static [Names],
+    pub(crate) scope: InstrumentationScope,
+    /// Where spans go; none when only logs are on.
+    pub(crate) batch: Option<Batch>,
+}
+
+/// Appends `value` under `key` of every name table switched on.
+fn gen_ai(
+    out: &mut Vec<KeyValue>,
+    names: &[Names],
+    key: fn(&Names) -> &'static str,
+    value: opentelemetry::Value,
+) {
+    if let Some((last, earlier)) = names.split_last() {
+        for table in earlier {
+            out.push(KeyValue::new(key(table), value.clone()));
+        }
+        out.push(KeyValue::new(key(last), value));
+    }
+}
+
+/// Adds a failure's `error.type` and returns its status.
+fn failed(out: &mut Vec<KeyValue>, names: &[Names], failure: Option<Failure>) -> Status {
+    match failure {
+        Some((kind, message)) => {
+            gen_ai(out, names, |n| n.error_type, kind.into());
+            Status::error(message)
+        }
+        None => Status::Unset,
+    }
+}
+
+impl Builder {
+    fn attributes(&self, per_table: usize, more: usize) -> Vec<KeyValue> {
+        Vec::with_capacity(per_table * self.names.len() + more)
+    }
+
+    fn push(
+        &mut self,
+        span: &OpenSpan,
+        end: SystemTime,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        status: Status,
+    ) {
+        if let Some(batch) = &mut self.batch {
+            batch.push(span.data(end, name, kind, attributes, status, &self.scope));
         }
     }
+
+    fn run(&mut self, record: RunRecord) {
+        let RunRecord {
+            span,
+            end,
+            agent,
+            agent_version,
+            model,
+            context,
+            usage,
+            cost_usd,
+            failure,
+            output,
+            log,
+        } = record;
+        if let Some(log) = log {
+            log_run(
+                &log,
+                &context,
+                &agent,
+                &agent_version,
+                &model,
+                usage,
+                cost_usd,
+            );
+        }
+        let Some((span, provider, requested)) = span else {
+            return;
+        };
+        let names = self.names;
+        let mut a = self.attributes(10, 4);
+        gen_ai(&mut a, names, |n| n.operation_name, "invoke_agent".into());
+        gen_ai(&mut a, names, |n| n.agent_name, agent.value());
+        gen_ai(&mut a, names, |n| n.provider_name, provider.value());
+        gen_ai(&mut a, names, |n| n.request_model, requested.value());
+        if let Some(session) = context.session_id() {
+            gen_ai(
+                &mut a,
+                names,
+                |n| n.conversation_id,
+                session.to_owned().into(),
+            );
+        }
+        a.push(KeyValue::new(
+            "agentkit.request_id",
+            context.request_id().to_owned(),
+        ));
+        a.push(KeyValue::new(
+            "agentkit.agent.version",
+            agent_version.value(),
+        ));
+        if let Some(tenant) = context.tenant() {
+            a.push(KeyValue::new("agentkit.tenant", tenant.to_owned()));
+        }
+        gen_ai(&mut a, names, |n| n.response_model, model.value());
+        gen_ai(
+            &mut a,
+            names,
+            |n| n.input_tokens,
+            (usage.input_tokens as i64).into(),
+        );
+        gen_ai(
+            &mut a,
+            names,
+            |n| n.output_tokens,
+            (usage.output_tokens as i64).into(),
+        );
+        a.push(KeyValue::new("agentkit.cost_usd", cost_usd));
+        if let Some(output) = output {
+            gen_ai(&mut a, names, |n| n.output_messages, output.into());
+        }
+        let status = failed(&mut a, names, failure);
+        self.push(&span, end, agent.span, SpanKind::Internal, a, status);
+    }
+
+    fn model(&mut self, record: ModelRecord) {
+        let names = self.names;
+        let mut a = self.attributes(7, 0);
+        gen_ai(&mut a, names, |n| n.operation_name, "chat".into());
+        gen_ai(&mut a, names, |n| n.provider_name, record.provider.value());
+        gen_ai(&mut a, names, |n| n.request_model, record.model.value());
+        let status = match record.answered {
+            Ok((answered, usage, stop_reason, output)) => {
+                gen_ai(&mut a, names, |n| n.response_model, answered.value());
+                gen_ai(
+                    &mut a,
+                    names,
+                    |n| n.input_tokens,
+                    (usage.input_tokens as i64).into(),
+                );
+                gen_ai(
+                    &mut a,
+                    names,
+                    |n| n.output_tokens,
+                    (usage.output_tokens as i64).into(),
+                );
+                gen_ai(
+                    &mut a,
+                    names,
+                    |n| n.finish_reasons,
+                    opentelemetry::Value::Array(
+                        vec![StringValue::from(stop_reason.as_str())].into(),
+                    ),
+                );
+                if let Some(output) = output {
+                    gen_ai(&mut a, names, |n| n.output_messages, output.into());
+                }
+                Status::Unset
+            }
+            Err(failure) => failed(&mut a, names, Some(failure)),
+        };
+        self.push(
+            &record.span,
+            record.end,
+            record.model.span,
+            SpanKind::Client,
+            a,
+            status,
+        );
+    }
+
+    fn tool(&mut self, record: ToolRecord) {
+        let names = self.names;
+        let mut a = self.attributes(4, 1);
+        gen_ai(&mut a, names, |n| n.operation_name, "execute_tool".into());
+        gen_ai(&mut a, names, |n| n.tool_name, record.tool.value());
+        gen_ai(&mut a, names, |n| n.tool_call_id, record.call_id.into());
+        if let Some(arguments) = record.arguments {
+            a.push(KeyValue::new("gen_ai.tool.call.arguments", arguments));
+        }
+        let status = failed(
+            &mut a,
+            names,
+            record.failed.map(|message| ("tool_error".into(), message)),
+        );
+        self.push(
+            &record.span,
+            record.end,
+            record.tool.span,
+            SpanKind::Internal,
+            a,
+            status,
+        );
+    }
+
+    fn request(&mut self, record: RequestRecord) {
+        let mut a = vec![
+            KeyValue::new("http.request.method", record.method),
+            KeyValue::new("http.route", record.route),
+            KeyValue::new("agentkit.request_id", record.request_id),
+            KeyValue::new("http.response.status_code", i64::from(record.status)),
+        ];
+        let status = if record.status >= 500 {
+            a.push(KeyValue::new("error.type", record.status.to_string()));
+            Status::error(format!("HTTP {}", record.status))
+        } else {
+            Status::Unset
+        };
+        self.push(
+            &record.span,
+            record.end,
+            record.name.into(),
+            SpanKind::Server,
+            a,
+            status,
+        );
+    }
+}
+
+impl Drain for Builder {
+    type Item = Record;
+
+    fn take(&mut self, items: &mut Vec<Record>) {
+        for record in items.drain(..) {
+            match record {
+                Record::Run(run) => self.run(*run),
+                Record::Model(model) => self.model(model),
+                Record::Tool(tool) => self.tool(tool),
+                Record::Request(request) => self.request(request),
+            }
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.batch.as_ref().and_then(Batch::due)
+    }
+
+    fn send(&mut self, force: bool) {
+        if let Some(batch) = &mut self.batch {
+            if force {
+                batch.flush();
+            } else {
+                batch.export();
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(batch) = &mut self.batch {
+            batch.shutdown();
+        }
+    }
+}
+
+/// The run's log line, through the subscriber that was current where the run ended.
+fn log_run(
+    log: &RunLog,
+    context: &Context,
+    agent: &Label,
+    agent_version: &Label,
+    model: &Label,
+    usage: Usage,
+    cost_usd: f64,
+) {
+    let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
+    let trace_id = log
+        .trace
+        .as_ref()
+        .map(|t| hex(&mut trace_hex, &t.trace_id().to_be_bytes()));
+    let span_id = log
+        .trace
+        .as_ref()
+        .map(|t| hex(&mut span_hex, &t.span_id().to_be_bytes()));
+    tracing::dispatcher::with_default(&log.dispatch, || {
+        tracing::info!(
+            target: "agentkit::run",
+            request_id = context.request_id(),
+            trace_id,
+            span_id,
+            tenant = context.tenant(),
+            agent = agent.value.as_str(),
+            agent_version = agent_version.value.as_str(),
+            session_id = context.session_id(),
+            model = model.value.as_str(),
+            tokens_in = usage.input_tokens,
+            tokens_out = usage.output_tokens,
+            tool_calls = log.tool_calls,
+            tool_names = log.tool_names.as_str(),
+            cost_usd,
+            latency_ms = log.latency_ms,
+            outcome = if log.error_code.is_none() { "ok" } else { "error" },
+            error_code = log.error_code,
+            "agent run finished"
+        );
+    });
 }
 
 /// `bytes` as lowercase hex digits, written into `out` (two per byte).
@@ -491,121 +934,20 @@ fn hex<'a>(out: &'a mut [u8], bytes: &[u8]) -> &'a str {
     std::str::from_utf8(&out[..bytes.len() * 2]).unwrap_or_default()
 }
 
-/// The names of a run's tool calls, comma-separated, written without collecting them.
-struct ToolNames<'a>(&'a [ToolCallRecord]);
-
-impl std::fmt::Display for ToolNames<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, call) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(&call.name)?;
+/// The names of a run's tool calls, comma-separated.
+fn tool_names(calls: &[ToolCallRecord]) -> String {
+    let mut out = String::with_capacity(calls.iter().map(|c| c.name.len() + 1).sum());
+    for (i, call) in calls.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
-        Ok(())
+        out.push_str(&call.name);
     }
-}
-
-fn fail(observer: &AgentObserver, span: &mut OpenSpan, error: &Error) {
-    span.add(observer.attrs([(|n| n.error_type, error.code().into())]));
-    span.set_status(Status::error(error.message().to_owned()));
-}
-
-impl CallScope for Call {
-    fn trace(&self) -> Option<TraceContext> {
-        self.span.as_ref().and_then(OpenSpan::trace)
-    }
-
-    fn end_model(mut self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
-        let CallKind::Model { model, started } = &self.kind else {
-            return;
-        };
-        let inner = &self.observer.inner;
-        if let (Some(metrics), Some(agent)) = (&inner.metrics, &self.metrics) {
-            let model = metrics.model(agent, model);
-            model.chat_duration.observe(started.elapsed().as_secs_f64());
-            if let Ok(response) = outcome {
-                model
-                    .input_tokens
-                    .observe(response.usage.input_tokens as f64);
-                model
-                    .output_tokens
-                    .observe(response.usage.output_tokens as f64);
-            }
-        }
-        let Some(mut span) = self.span.take() else {
-            return;
-        };
-        match outcome {
-            Ok(response) => {
-                let Some(attributes) = span.attributes_mut() else {
-                    return self.observer.end_span(span);
-                };
-                let answered = response.model.as_deref().unwrap_or(model);
-                self.observer.attrs_into(
-                    attributes,
-                    [
-                        (
-                            |n| n.response_model,
-                            inner.labels.models.get(answered).value(),
-                        ),
-                        (
-                            |n| n.input_tokens,
-                            (response.usage.input_tokens as i64).into(),
-                        ),
-                        (
-                            |n| n.output_tokens,
-                            (response.usage.output_tokens as i64).into(),
-                        ),
-                    ],
-                );
-                for names in inner.names {
-                    attributes.push(KeyValue::new(
-                        names.finish_reasons,
-                        opentelemetry::Value::Array(
-                            vec![opentelemetry::StringValue::from(
-                                response.stop_reason.as_str(),
-                            )]
-                            .into(),
-                        ),
-                    ));
-                }
-                if inner.capture {
-                    let text = serde_json_message(&response.message);
-                    self.observer
-                        .attrs_into(attributes, [(|n| n.output_messages, text.into())]);
-                }
-            }
-            Err(error) => fail(&self.observer, &mut span, error),
-        }
-        self.observer.end_span(span);
-    }
-
-    fn end_tool(mut self: Box<Self>, record: &ToolCallRecord) {
-        if let Some(metrics) = &self.observer.inner.metrics {
-            let tool = metrics.tool(&record.name);
-            if record.ok {
-                tool.ok.inc();
-            } else {
-                tool.error.inc();
-            }
-        }
-        let Some(mut span) = self.span.take() else {
-            return;
-        };
-        if !record.ok {
-            span.add(
-                self.observer
-                    .attrs([(|n| n.error_type, "tool_error".into())]),
-            );
-            span.set_status(Status::error(record.error.clone().unwrap_or_default()));
-        }
-        self.observer.end_span(span);
-    }
+    out
 }
 
 /// The message's text parts and tool calls, for content capture.
-fn serde_json_message(message: &agentkit_core::Message) -> String {
+fn message_text(message: &agentkit_core::Message) -> String {
     let mut out = message.text_content();
     for call in message.tool_calls() {
         if !out.is_empty() {
@@ -650,10 +992,7 @@ mod tests {
             duration: std::time::Duration::ZERO,
             error: None,
         };
-        assert_eq!(ToolNames(&[]).to_string(), "");
-        assert_eq!(
-            ToolNames(&[record("add"), record("search")]).to_string(),
-            "add,search"
-        );
+        assert_eq!(tool_names(&[]), "");
+        assert_eq!(tool_names(&[record("add"), record("search")]), "add,search");
     }
 }

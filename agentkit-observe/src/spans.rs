@@ -1,13 +1,19 @@
-//! A lean span pipeline: spans are plain records built on the request path and handed, once
-//! ended, to an OpenTelemetry SDK span processor (which batches and exports them).
+//! A lean span pipeline. The request path decides sampling, makes ids and takes the start and
+//! end times; the telemetry thread ([`crate::background`]) builds each span's attributes and
+//! its OpenTelemetry [`SpanData`], batches them and calls the exporter.
 //!
 //! The SDK's tracer is not on the path: it costs a context, a lock, processor callbacks and
 //! a sampler call per span, which made four spans cost four times a scripted agent turn.
 //! Sampling follows the configured sampler where a trace starts here, and a parent's decision
-//! below that (what every standard sampler decides for spans of one trace).
+//! below that (what every standard sampler decides for spans of one trace). A sampler sees a
+//! root span's name and kind; its attributes are built later, on the telemetry thread, so a
+//! custom sampler that reads attributes sees none.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Poll, Wake, Waker};
+use std::time::{Duration, Instant, SystemTime};
 
 use agentkit_core::TraceContext;
 use opentelemetry::trace::{
@@ -17,21 +23,8 @@ use opentelemetry::{Context as OtelContext, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    Sampler, SamplingDecision, ShouldSample, SpanData, SpanEvents, SpanLinks, SpanProcessor,
+    Sampler, SamplingDecision, ShouldSample, SpanData, SpanEvents, SpanExporter, SpanLinks,
 };
-
-/// Where ended spans go, and which are recorded.
-pub(crate) struct Pipeline {
-    processor: Box<dyn SpanProcessor>,
-    sampler: Sampler,
-    scope: InstrumentationScope,
-}
-
-impl std::fmt::Debug for Pipeline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").finish_non_exhaustive()
-    }
-}
 
 fn span_context(trace_id: u128, span_id: u64, sampled: bool, remote: bool) -> SpanContext {
     let flags = if sampled {
@@ -53,30 +46,20 @@ fn span_id() -> u64 {
     fastrand::u64(1..)
 }
 
-impl Pipeline {
-    pub(crate) fn new(
-        mut processor: Box<dyn SpanProcessor>,
-        sampler: Sampler,
-        resource: &Resource,
-    ) -> Self {
-        processor.set_resource(resource);
-        Self {
-            processor,
-            sampler,
-            scope: InstrumentationScope::builder("agentkit")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        }
-    }
+/// The request path's half: which spans are recorded, and their ids.
+pub(crate) struct Sampling {
+    sampler: Sampler,
+}
 
-    /// Exports what is batched, waiting for the exporter.
-    pub(crate) fn flush(&self) -> OTelSdkResult {
-        self.processor.force_flush()
+impl std::fmt::Debug for Sampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampling").finish_non_exhaustive()
     }
+}
 
-    /// Flushes and stops the processor; spans ended after this are dropped.
-    pub(crate) fn shutdown(&self) -> OTelSdkResult {
-        self.processor.shutdown()
+impl Sampling {
+    pub(crate) fn new(sampler: Sampler) -> Self {
+        Self { sampler }
     }
 
     /// Whether a span starting under `parent` (none: a new trace `trace_id`) is recorded.
@@ -86,7 +69,6 @@ impl Pipeline {
         trace_id: u128,
         name: &str,
         kind: &SpanKind,
-        attributes: &[KeyValue],
     ) -> bool {
         match (&self.sampler, parent) {
             (Sampler::AlwaysOn, _) => true,
@@ -106,7 +88,7 @@ impl Pipeline {
                     TraceId::from_bytes(trace_id.to_be_bytes()),
                     name,
                     kind,
-                    attributes,
+                    &[],
                     &[],
                 );
                 result.decision == SamplingDecision::RecordAndSample
@@ -118,120 +100,224 @@ impl Pipeline {
     /// another component), or a new trace.
     pub(crate) fn start(
         &self,
-        name: Cow<'static, str>,
-        kind: SpanKind,
-        attributes: Vec<KeyValue>,
+        name: &str,
+        kind: &SpanKind,
         parent: Option<&TraceContext>,
     ) -> OpenSpan {
         let trace_id = match parent {
             Some(parent) => parent.trace_id(),
             None => TraceContext::new_root().trace_id(),
         };
-        let sampled = self.sampled(parent, trace_id, &name, &kind, &attributes);
         OpenSpan {
-            context: span_context(trace_id, span_id(), sampled, false),
-            parent: parent.map_or(SpanId::INVALID, |p| {
-                SpanId::from_bytes(p.span_id().to_be_bytes())
-            }),
+            trace_id,
+            span_id: span_id(),
+            parent: parent.map_or(0, TraceContext::span_id),
             parent_remote: parent.is_some(),
-            kind,
-            name,
+            sampled: self.sampled(parent, trace_id, name, kind),
             start: SystemTime::now(),
-            attributes: if sampled { attributes } else { Vec::new() },
-            status: Status::Unset,
         }
-    }
-
-    /// Starts a span under `parent`, a span of this process, sharing its sampling decision.
-    pub(crate) fn child(
-        &self,
-        parent: &OpenSpan,
-        name: Cow<'static, str>,
-        kind: SpanKind,
-        attributes: Vec<KeyValue>,
-    ) -> OpenSpan {
-        let sampled = parent.sampled();
-        OpenSpan {
-            context: span_context(
-                u128::from_be_bytes(parent.context.trace_id().to_bytes()),
-                span_id(),
-                sampled,
-                false,
-            ),
-            parent: parent.context.span_id(),
-            parent_remote: false,
-            kind,
-            name,
-            start: SystemTime::now(),
-            attributes: if sampled { attributes } else { Vec::new() },
-            status: Status::Unset,
-        }
-    }
-
-    /// Ends `span` now and hands it to the processor (when sampled).
-    pub(crate) fn end(&self, span: OpenSpan) {
-        if !span.sampled() {
-            return;
-        }
-        self.processor.on_end(SpanData {
-            span_context: span.context,
-            parent_span_id: span.parent,
-            parent_span_is_remote: span.parent_remote,
-            span_kind: span.kind,
-            name: span.name,
-            start_time: span.start,
-            end_time: SystemTime::now(),
-            attributes: span.attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: span.status,
-            instrumentation_scope: self.scope.clone(),
-        });
     }
 }
 
-/// A span in progress.
-#[derive(Debug)]
+/// A span in progress: its identity and start. What it records is built when it ends.
+#[derive(Clone, Debug)]
 pub(crate) struct OpenSpan {
-    context: SpanContext,
-    parent: SpanId,
+    trace_id: u128,
+    span_id: u64,
+    /// 0: none.
+    parent: u64,
     parent_remote: bool,
-    kind: SpanKind,
-    name: Cow<'static, str>,
+    sampled: bool,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
-    status: Status,
 }
 
 impl OpenSpan {
     pub(crate) fn sampled(&self) -> bool {
-        self.context.is_sampled()
+        self.sampled
+    }
+
+    /// A span under this one, sharing its sampling decision.
+    pub(crate) fn child(&self) -> OpenSpan {
+        OpenSpan {
+            trace_id: self.trace_id,
+            span_id: span_id(),
+            parent: self.span_id,
+            parent_remote: false,
+            sampled: self.sampled,
+            start: SystemTime::now(),
+        }
     }
 
     /// The trace context that work under this span continues.
     pub(crate) fn trace(&self) -> Option<TraceContext> {
-        TraceContext::from_parts(
-            u128::from_be_bytes(self.context.trace_id().to_bytes()),
-            u64::from_be_bytes(self.context.span_id().to_bytes()),
-            self.sampled(),
-        )
+        TraceContext::from_parts(self.trace_id, self.span_id, self.sampled)
     }
 
-    /// The attributes, to add to in place; `None` when the span is not recorded.
-    pub(crate) fn attributes_mut(&mut self) -> Option<&mut Vec<KeyValue>> {
-        self.sampled().then_some(&mut self.attributes)
+    /// The span's record, ended at `end`.
+    pub(crate) fn data(
+        &self,
+        end: SystemTime,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        status: Status,
+        scope: &InstrumentationScope,
+    ) -> SpanData {
+        SpanData {
+            span_context: span_context(self.trace_id, self.span_id, self.sampled, false),
+            parent_span_id: SpanId::from_bytes(self.parent.to_be_bytes()),
+            parent_span_is_remote: self.parent_remote,
+            span_kind: kind,
+            name,
+            start_time: self.start,
+            end_time: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+/// The instrumentation scope of agentkit's spans.
+pub(crate) fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("agentkit")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// A span exporter the telemetry thread can own: [`SpanExporter`] is not object-safe.
+pub(crate) trait Export: Send + 'static {
+    fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult;
+    fn flush(&mut self) -> OTelSdkResult;
+    fn shutdown(&mut self) -> OTelSdkResult;
+    fn set_resource(&mut self, resource: &Resource);
+}
+
+impl<E: SpanExporter + 'static> Export for E {
+    fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+        block_on(SpanExporter::export(self, batch))
     }
 
-    /// Adds attributes (dropped when the span is not recorded).
-    pub(crate) fn add(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
-        if self.sampled() {
-            self.attributes.extend(attributes);
+    fn flush(&mut self) -> OTelSdkResult {
+        self.force_flush()
+    }
+
+    fn shutdown(&mut self) -> OTelSdkResult {
+        SpanExporter::shutdown(self)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        SpanExporter::set_resource(self, resource);
+    }
+}
+
+/// Wakes the thread that waits in [`block_on`].
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `future` to completion on this thread (the exporters' futures wait on HTTP requests
+/// that run on a runtime of their own, or not at all).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// When spans are exported.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batching {
+    /// Export once this many spans wait.
+    pub(crate) size: usize,
+    /// Export spans that waited this long, however few.
+    pub(crate) delay: Duration,
+}
+
+impl Batching {
+    /// Each span as soon as the telemetry thread has built it (for tests and local tools).
+    pub(crate) const EACH: Batching = Batching {
+        size: 1,
+        delay: Duration::ZERO,
+    };
+}
+
+/// Spans built on the telemetry thread, waiting for export.
+pub(crate) struct Batch {
+    exporter: Box<dyn Export>,
+    batching: Batching,
+    spans: Vec<SpanData>,
+    /// When the oldest waiting span arrived.
+    since: Option<Instant>,
+}
+
+impl Batch {
+    pub(crate) fn new(
+        mut exporter: Box<dyn Export>,
+        batching: Batching,
+        resource: &Resource,
+    ) -> Self {
+        exporter.set_resource(resource);
+        Self {
+            exporter,
+            batching,
+            spans: Vec::new(),
+            since: None,
         }
     }
 
-    pub(crate) fn set_status(&mut self, status: Status) {
-        self.status = status;
+    pub(crate) fn push(&mut self, span: SpanData) {
+        self.since.get_or_insert_with(Instant::now);
+        self.spans.push(span);
+        if self.spans.len() >= self.batching.size {
+            self.export();
+        }
+    }
+
+    /// When waiting spans are due for export.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.since.map(|since| since + self.batching.delay)
+    }
+
+    pub(crate) fn export(&mut self) {
+        self.since = None;
+        if self.spans.is_empty() {
+            return;
+        }
+        let spans = std::mem::replace(
+            &mut self.spans,
+            Vec::with_capacity(self.batching.size.min(4096)),
+        );
+        if let Err(error) = self.exporter.export(spans) {
+            tracing::warn!(target: "agentkit::telemetry", %error, "exporting spans failed");
+        }
+    }
+
+    /// Exports what waits and flushes the exporter.
+    pub(crate) fn flush(&mut self) {
+        self.export();
+        if let Err(error) = self.exporter.flush() {
+            tracing::warn!(target: "agentkit::telemetry", %error, "flushing spans failed");
+        }
+    }
+
+    pub(crate) fn shutdown(&mut self) {
+        self.flush();
+        if let Err(error) = self.exporter.shutdown() {
+            tracing::warn!(target: "agentkit::telemetry", %error, "shutting the span exporter down failed");
+        }
     }
 }
 
@@ -241,36 +327,53 @@ mod tests {
 
     use super::*;
 
-    fn pipeline(sampler: Sampler) -> (Pipeline, InMemorySpanExporter) {
+    fn batch() -> (Batch, InMemorySpanExporter) {
         let exporter = InMemorySpanExporter::default();
-        let processor = Box::new(opentelemetry_sdk::trace::SimpleSpanProcessor::new(
-            exporter.clone(),
-        ));
         let resource = Resource::builder().with_service_name("test").build();
-        (Pipeline::new(processor, sampler, &resource), exporter)
+        (
+            Batch::new(Box::new(exporter.clone()), Batching::EACH, &resource),
+            exporter,
+        )
     }
 
     /// Starts a root (or a span under `parent`) with one child; ends both.
-    fn run(pipeline: &Pipeline, parent: Option<&TraceContext>) -> Option<TraceContext> {
-        let mut root = pipeline.start("root".into(), SpanKind::Server, Vec::new(), parent);
-        let child = pipeline.child(&root, "child".into(), SpanKind::Internal, Vec::new());
+    fn run(
+        sampling: &Sampling,
+        batch: &mut Batch,
+        parent: Option<&TraceContext>,
+    ) -> Option<TraceContext> {
+        let scope = scope();
+        let root = sampling.start("root", &SpanKind::Server, parent);
+        let child = root.child();
         assert_eq!(
             child.sampled(),
             root.sampled(),
             "children share the decision"
         );
-        pipeline.end(child);
-        root.add([KeyValue::new("k", 1)]);
-        let trace = root.trace();
-        pipeline.end(root);
-        trace
+        for (span, name, attributes) in [
+            (&child, "child", vec![]),
+            (&root, "root", vec![KeyValue::new("k", 1)]),
+        ] {
+            if span.sampled() {
+                batch.push(span.data(
+                    SystemTime::now(),
+                    name.into(),
+                    SpanKind::Internal,
+                    attributes,
+                    Status::Unset,
+                    &scope,
+                ));
+            }
+        }
+        root.trace()
     }
 
     #[test]
     fn recorded_spans_are_parented_and_carry_their_attributes() {
-        let (pipeline, exporter) = pipeline(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        let sampling = Sampling::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        let (mut batch, exporter) = batch();
         let inbound = TraceContext::new_root();
-        let trace = run(&pipeline, Some(&inbound)).unwrap();
+        let trace = run(&sampling, &mut batch, Some(&inbound)).unwrap();
         assert_eq!(trace.trace_id(), inbound.trace_id());
         let spans = exporter.get_finished_spans().unwrap();
         let [child, root] = spans.as_slice() else {
@@ -290,25 +393,62 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_sampler_at_the_root_and_the_parent_below() {
-        let (off, exported) = pipeline(Sampler::AlwaysOff);
-        let trace = run(&off, None).unwrap();
+        let (mut batch, exported) = batch();
+        let off = Sampling::new(Sampler::AlwaysOff);
+        let trace = run(&off, &mut batch, None).unwrap();
         assert!(!trace.is_sampled(), "the decision travels on");
         assert!(exported.get_finished_spans().unwrap().is_empty());
 
-        let (ratio, exported) = pipeline(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(0.0),
-        )));
-        run(&ratio, None);
+        let ratio = Sampling::new(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            0.0,
+        ))));
+        run(&ratio, &mut batch, None);
         assert!(exported.get_finished_spans().unwrap().is_empty());
         // A sampled parent wins over the root sampler; an unsampled one too.
-        run(&ratio, Some(&TraceContext::new_root()));
+        run(&ratio, &mut batch, Some(&TraceContext::new_root()));
         assert_eq!(exported.get_finished_spans().unwrap().len(), 2);
         let unsampled = TraceContext::from_parts(7, 9, false).unwrap();
-        run(&ratio, Some(&unsampled));
+        run(&ratio, &mut batch, Some(&unsampled));
         assert_eq!(exported.get_finished_spans().unwrap().len(), 2);
 
-        let (all, exported) = pipeline(Sampler::TraceIdRatioBased(1.0));
-        run(&all, None);
-        assert_eq!(exported.get_finished_spans().unwrap().len(), 2);
+        let all = Sampling::new(Sampler::TraceIdRatioBased(1.0));
+        run(&all, &mut batch, None);
+        assert_eq!(exported.get_finished_spans().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn batches_wait_for_their_size_or_their_delay() {
+        let exporter = InMemorySpanExporter::default();
+        let resource = Resource::builder().with_service_name("test").build();
+        let mut batch = Batch::new(
+            Box::new(exporter.clone()),
+            Batching {
+                size: 3,
+                delay: Duration::from_secs(60),
+            },
+            &resource,
+        );
+        assert_eq!(batch.due(), None, "nothing waits");
+        let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None);
+        let span = || {
+            root.data(
+                SystemTime::now(),
+                "s".into(),
+                SpanKind::Internal,
+                Vec::new(),
+                Status::Unset,
+                &scope(),
+            )
+        };
+        batch.push(span());
+        batch.push(span());
+        assert!(exporter.get_finished_spans().unwrap().is_empty());
+        assert!(batch.due().is_some_and(|due| due > Instant::now()));
+        batch.push(span());
+        assert_eq!(exporter.get_finished_spans().unwrap().len(), 3, "full");
+        batch.push(span());
+        batch.flush();
+        assert_eq!(exporter.get_finished_spans().unwrap().len(), 4, "flushed");
+        assert_eq!(batch.due(), None);
     }
 }

@@ -224,7 +224,11 @@ impl Agent {
                 outcome: outcome.as_ref(),
                 usage: state.usage,
                 cost_usd: state.cost,
-                tool_calls: &state.records,
+                // A reply takes the records along; a failed run leaves them in the state.
+                tool_calls: match &outcome {
+                    Ok(reply) => &reply.tool_calls,
+                    Err(_) => &state.records,
+                },
                 model,
                 steps: state.steps,
             });

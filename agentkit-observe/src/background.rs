@@ -1,0 +1,388 @@
+//! The telemetry thread: the request path hands finished spans and run records over in a
+//! bounded queue; one thread per [`Telemetry`](crate::Telemetry) turns them into span data and
+//! log lines and exports them.
+//!
+//! The request path pays for a lock and a push. It wakes the thread only when the thread has
+//! parked after a quiet spell; under load the thread wakes itself every [`TICK`] and takes
+//! everything queued in one swap, so no request makes a system call for telemetry. A full
+//! queue makes the request wait (at most [`FULL_WAIT`]) rather than lose telemetry silently;
+//! past that the record is dropped and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long the thread waits for more records while work keeps arriving.
+const TICK: Duration = Duration::from_millis(1);
+/// Quiet ticks after which the thread parks until a record wakes it.
+const QUIET_TICKS: u32 = 50;
+/// The longest a request waits for room in a full queue.
+const FULL_WAIT: Duration = Duration::from_millis(100);
+
+/// What the telemetry thread does with records.
+pub(crate) trait Drain: Send + 'static {
+    /// A record handed over by the request path.
+    type Item: Send + 'static;
+
+    /// Takes in `items` (and leaves the vector empty, keeping its room).
+    fn take(&mut self, items: &mut Vec<Self::Item>);
+
+    /// When batched output is next due, if any is pending.
+    fn due(&self) -> Option<Instant>;
+
+    /// Sends what is batched; with `force`, everything, and flushes the exporter.
+    fn send(&mut self, force: bool);
+
+    /// Sends everything and shuts the exporter down.
+    fn stop(&mut self);
+}
+
+struct State<T> {
+    items: Vec<T>,
+    /// Records accepted so far.
+    submitted: u64,
+    /// Records sent by the last forced send (a flush's or the stop's).
+    flushed: u64,
+    /// A flush waits until `flushed` reaches this.
+    flush_to: u64,
+    /// Requests waiting for room.
+    waiting: usize,
+    /// The thread waits without a deadline; a new record must wake it.
+    parked: bool,
+    closed: bool,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Wakes the thread.
+    work: Condvar,
+    /// Wakes requests waiting for room and flushes waiting for progress.
+    progress: Condvar,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The request path's end of the queue.
+pub(crate) struct Queue<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("capacity", &self.shared.capacity)
+            .field("dropped", &self.shared.dropped.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Queue<T> {
+    /// Hands `item` to the thread. Waits for room in a full queue, at most [`FULL_WAIT`];
+    /// then, or once the thread has stopped, the item is dropped and counted.
+    pub(crate) fn push(&self, item: T) {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.items.len() >= shared.capacity {
+            let deadline = Instant::now() + FULL_WAIT;
+            state.waiting += 1;
+            while state.items.len() >= shared.capacity && !state.closed {
+                shared.work.notify_one();
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                state = shared
+                    .progress
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            state.waiting -= 1;
+        }
+        if state.closed || state.items.len() >= shared.capacity {
+            drop(state);
+            if shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!(
+                    "agentkit-observe: the telemetry queue is full or stopped; dropping records \
+                     (counted in Telemetry::dropped)"
+                );
+            }
+            return;
+        }
+        state.items.push(item);
+        state.submitted += 1;
+        if state.parked {
+            state.parked = false;
+            shared.work.notify_one();
+        }
+    }
+
+    /// Records dropped because the queue stayed full or the thread had stopped.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything pushed before this call is sent and the exporter flushed, at
+    /// most `timeout`. False when the deadline passed first.
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        let shared = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut state = shared.lock();
+        let target = state.submitted;
+        state.flush_to = state.flush_to.max(target);
+        shared.work.notify_one();
+        while state.flushed < target && !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = shared
+                .progress
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.flushed >= target
+    }
+}
+
+/// The thread, owned by [`Telemetry`](crate::Telemetry): stopping it sends what is left.
+pub(crate) struct Background<T> {
+    queue: Queue<T>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> Background<T> {
+    /// Starts the thread with room for `capacity` records.
+    pub(crate) fn start<D: Drain<Item = T>>(capacity: usize, drain: D) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                items: Vec::with_capacity(capacity.min(1024)),
+                submitted: 0,
+                flushed: 0,
+                flush_to: 0,
+                waiting: 0,
+                parked: false,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+        });
+        let thread = std::thread::Builder::new()
+            .name("agentkit-telemetry".into())
+            .spawn({
+                let shared = shared.clone();
+                move || run(&shared, drain)
+            })?;
+        Ok(Self {
+            queue: Queue { shared },
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn queue(&self) -> &Queue<T> {
+        &self.queue
+    }
+
+    /// Sends what is queued, shuts the exporter down and ends the thread. Records pushed
+    /// afterwards are dropped.
+    pub(crate) fn stop(&mut self) {
+        {
+            let mut state = self.queue.shared.lock();
+            state.closed = true;
+            self.queue.shared.work.notify_one();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.queue.shared.progress.notify_all();
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        let mut state = self.queue.shared.lock();
+        state.closed = true;
+        self.queue.shared.work.notify_one();
+    }
+}
+
+/// The thread's loop.
+fn run<D: Drain>(shared: &Shared<D::Item>, mut drain: D) {
+    let mut batch = Vec::with_capacity(1024);
+    let mut quiet = 0u32;
+    loop {
+        let mut state = shared.lock();
+        while state.items.is_empty() && !state.closed && state.flush_to <= state.flushed {
+            let due = drain.due();
+            if due.is_some_and(|due| due <= Instant::now()) {
+                break;
+            }
+            let wait = if quiet < QUIET_TICKS {
+                quiet += 1;
+                Some(TICK)
+            } else {
+                due.map(|due| due.saturating_duration_since(Instant::now()))
+            };
+            state = match wait {
+                Some(wait) => {
+                    shared
+                        .work
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => {
+                    state.parked = true;
+                    let mut state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state.parked = false;
+                    state
+                }
+            };
+        }
+        std::mem::swap(&mut state.items, &mut batch);
+        let upto = state.submitted;
+        let flush = state.flush_to > state.flushed;
+        let closed = state.closed;
+        if state.waiting > 0 {
+            shared.progress.notify_all();
+        }
+        drop(state);
+
+        if !batch.is_empty() {
+            quiet = 0;
+            drain.take(&mut batch);
+        }
+        if closed {
+            drain.stop();
+        } else if flush || drain.due().is_some_and(|due| due <= Instant::now()) {
+            drain.send(flush);
+        }
+
+        let mut state = shared.lock();
+        if flush || closed {
+            state.flushed = upto;
+            shared.progress.notify_all();
+        }
+        if closed && state.items.is_empty() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Held<T> = Arc<Mutex<T>>;
+
+    /// Collects what it takes; `sent` holds what was sent.
+    struct Collect {
+        pending: Vec<u32>,
+        sent: Arc<Mutex<Vec<u32>>>,
+        stopped: Arc<Mutex<bool>>,
+        slow: Duration,
+    }
+
+    impl Drain for Collect {
+        type Item = u32;
+        fn take(&mut self, items: &mut Vec<u32>) {
+            std::thread::sleep(self.slow);
+            self.pending.append(items);
+        }
+        fn due(&self) -> Option<Instant> {
+            None
+        }
+        fn send(&mut self, _force: bool) {
+            self.sent.lock().unwrap().append(&mut self.pending);
+        }
+        fn stop(&mut self) {
+            self.send(true);
+            *self.stopped.lock().unwrap() = true;
+        }
+    }
+
+    fn start(capacity: usize, slow: Duration) -> (Background<u32>, Held<Vec<u32>>, Held<bool>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let stopped = Arc::new(Mutex::new(false));
+        let background = Background::start(
+            capacity,
+            Collect {
+                pending: Vec::new(),
+                sent: sent.clone(),
+                stopped: stopped.clone(),
+                slow,
+            },
+        )
+        .unwrap();
+        (background, sent, stopped)
+    }
+
+    #[test]
+    fn a_flush_returns_after_everything_pushed_before_it_is_sent() {
+        let (background, sent, _) = start(64, Duration::ZERO);
+        for i in 0..1000 {
+            background.queue().push(i);
+        }
+        assert!(background.queue().flush(Duration::from_secs(5)));
+        assert_eq!(*sent.lock().unwrap(), (0..1000).collect::<Vec<_>>());
+        assert_eq!(background.queue().dropped(), 0);
+    }
+
+    #[test]
+    fn a_parked_thread_wakes_for_a_record() {
+        let (background, sent, _) = start(8, Duration::ZERO);
+        // Long enough for the thread to park after its quiet ticks.
+        std::thread::sleep(TICK * (QUIET_TICKS + 20));
+        background.queue().push(7);
+        assert!(background.queue().flush(Duration::from_secs(5)));
+        assert_eq!(*sent.lock().unwrap(), [7]);
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_producer_wait_instead_of_dropping() {
+        // The thread takes 5 ms per batch; 4 records fit.
+        let (background, sent, _) = start(4, Duration::from_millis(5));
+        for i in 0..100 {
+            background.queue().push(i);
+        }
+        assert!(background.queue().flush(Duration::from_secs(5)));
+        assert_eq!(sent.lock().unwrap().len(), 100);
+        assert_eq!(background.queue().dropped(), 0);
+    }
+
+    #[test]
+    fn stopping_sends_what_is_left_and_later_records_are_counted_as_dropped() {
+        let (mut background, sent, stopped) = start(64, Duration::ZERO);
+        let queue = background.queue().clone();
+        for i in 0..10 {
+            queue.push(i);
+        }
+        background.stop();
+        assert!(*stopped.lock().unwrap());
+        assert_eq!(sent.lock().unwrap().len(), 10);
+        queue.push(11);
+        assert_eq!(queue.dropped(), 1);
+        assert!(
+            queue.flush(Duration::from_millis(100)),
+            "a stopped queue has nothing to wait for"
+        );
+    }
+}
