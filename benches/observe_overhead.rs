@@ -110,13 +110,14 @@ impl Counted<'_> {
     }
 }
 
-/// JSON lines to a sink, for the variants that log.
-fn json_to_sink() -> tracing::subscriber::DefaultGuard {
+/// JSON lines to a sink, for the variants that log: the process-wide subscriber, as
+/// `agentkit_observe::init` installs it in a service.
+fn json_to_sink() {
     let subscriber = tracing_subscriber::fmt()
         .event_format(agentkit::observe::JsonLines)
         .with_writer(BoxMakeWriter::new(std::io::sink))
         .finish();
-    tracing::subscriber::set_default(subscriber)
+    tracing::subscriber::set_global_default(subscriber).expect("the bench's only subscriber");
 }
 
 fn overhead(c: &mut Criterion) {
@@ -125,7 +126,7 @@ fn overhead(c: &mut Criterion) {
         .build()
         .unwrap();
     let variants = variants();
-    let _logging = json_to_sink();
+    json_to_sink();
     let mut full = 0;
     for (name, agent) in &variants.agents {
         runtime
@@ -168,7 +169,7 @@ fn turns_only(turns: usize, variant: &str) {
         .build()
         .unwrap();
     let variants = variants();
-    let _logging = json_to_sink();
+    json_to_sink();
     let agent = &variants
         .agents
         .iter()

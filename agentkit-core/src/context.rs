@@ -32,6 +32,9 @@ use crate::trace::TraceContext;
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<Inner>,
+    /// Beside the shared part: every model and tool call continues the trace under a span of
+    /// its own, and setting it must not copy the rest.
+    trace: Option<TraceContext>,
 }
 
 /// Cloning a context is one reference-count increment; the builder methods copy on write.
@@ -44,7 +47,6 @@ struct Inner {
     scopes: Option<Arc<[String]>>,
     deadline: Option<Instant>,
     cancel: CancellationToken,
-    trace: Option<TraceContext>,
     extensions: Extensions,
 }
 
@@ -71,9 +73,9 @@ impl Context {
                 scopes: None,
                 deadline: None,
                 cancel: CancellationToken::new(),
-                trace: None,
                 extensions: Extensions::default(),
             }),
+            trace: None,
         }
     }
 
@@ -143,7 +145,7 @@ impl Context {
     /// Sets the W3C trace context this request continues.
     #[must_use]
     pub fn with_trace(mut self, trace: TraceContext) -> Self {
-        self.edit().trace = Some(trace);
+        self.trace = Some(trace);
         self
     }
 
@@ -219,7 +221,7 @@ impl Context {
 
     /// The trace context this request continues, when it has one.
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.inner.trace.as_ref()
+        self.trace.as_ref()
     }
 
     /// A typed value added with [`with_extension`](Context::with_extension).
@@ -249,7 +251,7 @@ impl fmt::Debug for Context {
             .field("scopes", &inner.scopes)
             .field("deadline", &inner.deadline)
             .field("cancelled", &inner.cancel.is_cancelled())
-            .field("trace", &inner.trace)
+            .field("trace", &self.trace)
             .finish_non_exhaustive()
     }
 }

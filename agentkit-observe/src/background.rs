@@ -94,9 +94,26 @@ impl<T> std::fmt::Debug for Queue<T> {
 impl<T: Send + 'static> Queue<T> {
     /// Hands `item` to the thread. Waits for room in a full queue, at most [`FULL_WAIT`];
     /// then, or once the thread has stopped, the item is dropped and counted.
+    #[inline]
     pub(crate) fn push(&self, item: T) {
         let shared = &*self.shared;
         let mut state = shared.lock();
+        if state.items.len() < shared.capacity && !state.closed {
+            state.items.push(item);
+            state.submitted += 1;
+            if state.parked {
+                state.parked = false;
+                shared.work.notify_one();
+            }
+            return;
+        }
+        self.push_full(state, item);
+    }
+
+    /// [`push`](Self::push) when the queue is full or closed: waits for room.
+    #[cold]
+    fn push_full(&self, mut state: MutexGuard<'_, State<T>>, item: T) {
+        let shared = &*self.shared;
         if state.items.len() >= shared.capacity {
             let deadline = Instant::now() + FULL_WAIT;
             state.waiting += 1;

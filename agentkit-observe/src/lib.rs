@@ -44,6 +44,7 @@ mod observer;
 mod otlp;
 pub mod semconv;
 mod spans;
+mod text;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -22,6 +22,7 @@ use crate::fnv::FnvBuild;
 use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel};
 use crate::semconv::Names;
 use crate::spans::{Batch, OpenSpan, Sampling};
+use crate::text::Text;
 
 pub(crate) struct Inner {
     /// Spans are recorded: the sampling decision and ids, on the request path.
@@ -39,33 +40,69 @@ pub(crate) struct Inner {
 const MAX_LABELS: usize = 4096;
 
 /// A name that recurs on every run (an agent's, a model's, a tool's, a provider's), made once:
-/// the attribute value, shared, and the span name for it.
+/// its text and the span name for it, kept for the life of the process. Copying a label
+/// touches no reference count, which matters because the request path makes them and the
+/// telemetry thread drops them: a shared count would bounce between the two cores on every
+/// run.
 #[derive(Clone)]
-pub(crate) struct Label {
-    value: StringValue,
-    span: Cow<'static, str>,
+pub(crate) enum Label {
+    Kept(&'static Named<&'static str>),
+    /// Past [`MAX_LABELS`] names of a kind.
+    Made(Arc<Named<Box<str>>>),
+}
+
+/// A label's text and span name.
+pub(crate) struct Named<S> {
+    value: S,
+    span: S,
 }
 
 impl Default for Label {
     /// An empty name, for what is not recorded.
     fn default() -> Self {
-        Self {
-            value: StringValue::from(""),
-            span: Cow::Borrowed(""),
-        }
+        static EMPTY: Named<&str> = Named {
+            value: "",
+            span: "",
+        };
+        Label::Kept(&EMPTY)
     }
 }
 
 impl Label {
+    fn as_str(&self) -> &str {
+        match self {
+            Label::Kept(named) => named.value,
+            Label::Made(named) => &named.value,
+        }
+    }
+
+    /// The text, for the life of the process when the label is kept.
+    fn kept(&self) -> Option<&'static str> {
+        match self {
+            Label::Kept(named) => Some(named.value),
+            Label::Made(_) => None,
+        }
+    }
+
     fn value(&self) -> opentelemetry::Value {
-        opentelemetry::Value::String(self.value.clone())
+        opentelemetry::Value::String(match self {
+            Label::Kept(named) => StringValue::from(named.value),
+            Label::Made(named) => StringValue::from(String::from(&*named.value)),
+        })
+    }
+
+    fn span_name(&self) -> Cow<'static, str> {
+        match self {
+            Label::Kept(named) => Cow::Borrowed(named.span),
+            Label::Made(named) => Cow::Owned(String::from(&*named.span)),
+        }
     }
 }
 
 /// Names of one kind, with the prefix of their span names.
 pub(crate) struct LabelSet {
     prefix: &'static str,
-    made: RwLock<HashMap<Box<str>, Label, FnvBuild>>,
+    made: RwLock<HashMap<&'static str, &'static Named<&'static str>, FnvBuild>>,
 }
 
 impl LabelSet {
@@ -76,9 +113,9 @@ impl LabelSet {
         }
     }
 
-    /// The label of `name`. A span name is made once per distinct name and kept for the
-    /// life of the process (names come from configuration: agents, models, tools; at most
-    /// [`MAX_LABELS`] of them, after which each span gets its own).
+    /// The label of `name`. Labels are made once per distinct name and kept for the life of
+    /// the process (names come from configuration: agents, models, tools; at most
+    /// [`MAX_LABELS`] of each kind, after which each run makes its own).
     fn get(&self, name: &str) -> Label {
         if let Some(found) = self
             .made
@@ -86,27 +123,29 @@ impl LabelSet {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            return found.clone();
+            return Label::Kept(found);
         }
-        let value = StringValue::from(Arc::<str>::from(name));
-        let span = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{} {name}", self.prefix)
+        let named = Named::<Box<str>> {
+            value: name.into(),
+            span: if self.prefix.is_empty() {
+                Box::default()
+            } else {
+                format!("{} {name}", self.prefix).into()
+            },
         };
         let mut made = self.made.write().unwrap_or_else(|p| p.into_inner());
-        if made.len() >= MAX_LABELS {
-            return Label {
-                value,
-                span: span.into(),
-            };
+        if let Some(found) = made.get(name) {
+            return Label::Kept(found);
         }
-        made.entry(name.into())
-            .or_insert_with(|| Label {
-                value,
-                span: Cow::Borrowed(Box::leak(span.into_boxed_str())),
-            })
-            .clone()
+        if made.len() >= MAX_LABELS {
+            return Label::Made(Arc::new(named));
+        }
+        let kept: &'static Named<&'static str> = Box::leak(Box::new(Named {
+            value: &*Box::leak(named.value),
+            span: &*Box::leak(named.span),
+        }));
+        made.insert(kept.value, kept);
+        Label::Kept(kept)
     }
 }
 
@@ -153,6 +192,7 @@ impl std::fmt::Debug for AgentObserver {
 }
 
 impl AgentObserver {
+    #[inline]
     fn record(&self, record: Record) {
         if let Some(queue) = &self.inner.queue {
             queue.push(record);
@@ -162,7 +202,7 @@ impl AgentObserver {
 
 /// What the request path hands to the telemetry thread.
 pub(crate) enum Record {
-    Run(Box<RunRecord>),
+    Run(RunRecord),
     Model(ModelRecord),
     Tool(ToolRecord),
     Request(RequestRecord),
@@ -179,7 +219,9 @@ pub(crate) struct RunRecord {
     agent_version: Label,
     /// The model that answered.
     model: Label,
-    context: Context,
+    request_id: Text,
+    tenant: Option<Text>,
+    session_id: Option<Text>,
     usage: Usage,
     cost_usd: f64,
     failure: Option<Failure>,
@@ -193,7 +235,7 @@ struct RunLog {
     dispatch: Dispatch,
     trace: Option<TraceContext>,
     tool_calls: usize,
-    tool_names: String,
+    tool_names: ToolNames,
     latency_ms: f64,
     error_code: Option<&'static str>,
 }
@@ -210,7 +252,7 @@ pub(crate) struct ToolRecord {
     span: OpenSpan,
     end: SystemTime,
     tool: Label,
-    call_id: String,
+    call_id: Text,
     arguments: Option<String>,
     /// The error message of a failed call.
     failed: Option<String>,
@@ -219,10 +261,10 @@ pub(crate) struct ToolRecord {
 pub(crate) struct RequestRecord {
     span: OpenSpan,
     end: SystemTime,
-    name: String,
-    method: String,
-    route: String,
-    request_id: String,
+    name: Text,
+    method: Text,
+    route: Text,
+    request_id: Text,
     status: u16,
 }
 
@@ -263,10 +305,9 @@ impl Observer for AgentObserver {
             }
             None => (None, None),
         };
-        let span =
-            self.inner.sampling.as_ref().map(|sampling| {
-                sampling.start(&agent.span, &SpanKind::Internal, run.context.trace())
-            });
+        let span = self.inner.sampling.as_ref().map(|sampling| {
+            sampling.start(&agent.span_name(), &SpanKind::Internal, run.context.trace())
+        });
         Box::new(Run {
             observer: self.clone(),
             span,
@@ -292,10 +333,10 @@ impl Observer for AgentObserver {
         Some(Box::new(Request {
             observer: self.clone(),
             span,
-            name,
-            method: request.method.to_owned(),
-            route: request.route.to_owned(),
-            request_id: request.context.request_id().to_owned(),
+            name: Text::new(&name),
+            method: Text::new(request.method),
+            route: Text::new(request.route),
+            request_id: Text::new(request.context.request_id()),
         }))
     }
 
@@ -324,10 +365,10 @@ impl Observer for AgentObserver {
 struct Request {
     observer: AgentObserver,
     span: OpenSpan,
-    name: String,
-    method: String,
-    route: String,
-    request_id: String,
+    name: Text,
+    method: Text,
+    route: Text,
+    request_id: Text,
 }
 
 impl RequestScope for Request {
@@ -362,12 +403,13 @@ enum CallKind {
     Model {
         model: Label,
         provider: Label,
-        started: Instant,
+        /// When metrics are kept.
+        started: Option<Instant>,
         metrics: Option<Arc<ModelMetrics>>,
     },
     Tool {
         tool: Label,
-        call_id: String,
+        call_id: Text,
         arguments: Option<String>,
     },
 }
@@ -386,7 +428,7 @@ impl RunScope for Run {
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
         let inner = &self.observer.inner;
-        let (model, metrics) = if call.model == self.model.value.as_str() {
+        let (model, metrics) = if call.model == self.model.as_str() {
             (self.model.clone(), self.model_metrics.clone())
         } else {
             let metrics = inner
@@ -396,7 +438,7 @@ impl RunScope for Run {
                 .map(|(all, agent)| all.model(agent, call.model));
             (inner.labels.models.get(call.model), metrics)
         };
-        let provider = if call.provider == self.provider.value.as_str() {
+        let provider = if call.provider == self.provider.as_str() {
             self.provider.clone()
         } else {
             inner.labels.values.get(call.provider)
@@ -411,7 +453,7 @@ impl RunScope for Run {
             kind: CallKind::Model {
                 model,
                 provider,
-                started: Instant::now(),
+                started: metrics.as_ref().map(|_| Instant::now()),
                 metrics,
             },
         })
@@ -423,12 +465,12 @@ impl RunScope for Run {
         let kind = match span.as_ref().filter(|s| s.sampled()) {
             Some(_) => CallKind::Tool {
                 tool: inner.labels.tools.get(&call.name),
-                call_id: call.id.clone(),
+                call_id: Text::new(&call.id),
                 arguments: inner.capture.then(|| call.arguments.clone()),
             },
             None => CallKind::Tool {
                 tool: Label::default(),
-                call_id: String::new(),
+                call_id: Text::new(""),
                 arguments: None,
             },
         };
@@ -464,7 +506,7 @@ impl RunScope for Run {
                     metrics
                         .requests
                         .get_or_create(&AgentOutcome {
-                            agent: agent.value.to_string(),
+                            agent: agent.as_str().to_owned(),
                             outcome: error.code().to_owned(),
                         })
                         .inc();
@@ -474,7 +516,7 @@ impl RunScope for Run {
                 .duration
                 .observe(started.elapsed().as_secs_f64());
             if end.cost_usd > 0.0 {
-                match model_metrics.filter(|_| end.model == model.value.as_str()) {
+                match model_metrics.filter(|_| end.model == model.as_str()) {
                     Some(same) => same.cost.inc_by(end.cost_usd),
                     None => metrics
                         .model(agent_metrics, end.model)
@@ -484,7 +526,7 @@ impl RunScope for Run {
             }
         }
         let trace = span.as_ref().and_then(OpenSpan::trace);
-        let answered = if end.model == model.value.as_str() {
+        let answered = if end.model == model.as_str() {
             model.clone()
         } else {
             inner.labels.models.get(end.model)
@@ -499,7 +541,7 @@ impl RunScope for Run {
             dispatch: tracing::dispatcher::get_default(Dispatch::clone),
             trace,
             tool_calls: end.tool_calls.len(),
-            tool_names: tool_names(end.tool_calls),
+            tool_names: ToolNames::of(end.tool_calls, &inner.labels.tools),
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             error_code: end.outcome.as_ref().err().map(|e| e.code()),
         });
@@ -507,13 +549,15 @@ impl RunScope for Run {
             return;
         }
         let recorded = span.is_some();
-        observer.record(Record::Run(Box::new(RunRecord {
+        observer.record(Record::Run(RunRecord {
             span,
             end: SystemTime::now(),
             model: answered,
             agent,
             agent_version,
-            context,
+            request_id: Text::new(context.request_id()),
+            tenant: context.tenant().map(Text::new),
+            session_id: context.session_id().map(Text::new),
             usage: end.usage,
             cost_usd: end.cost_usd,
             failure: end
@@ -526,7 +570,7 @@ impl RunScope for Run {
                 _ => None,
             },
             log,
-        })));
+        }));
     }
 }
 
@@ -551,7 +595,7 @@ impl CallScope for Call {
             return;
         };
         let inner = &observer.inner;
-        if let Some(model) = &metrics {
+        if let (Some(model), Some(started)) = (&metrics, started) {
             model.chat_duration.observe(started.elapsed().as_secs_f64());
             if let Ok(response) = outcome {
                 model
@@ -568,7 +612,7 @@ impl CallScope for Call {
         let answered = match outcome {
             Ok(response) => Ok((
                 match response.model.as_deref() {
-                    Some(answered) if answered != model.value.as_str() => {
+                    Some(answered) if answered != model.as_str() => {
                         inner.labels.models.get(answered)
                     }
                     _ => model.clone(),
@@ -679,30 +723,24 @@ impl Builder {
     }
 
     fn run(&mut self, record: RunRecord) {
+        if let Some(log) = &record.log {
+            log_run(log, &record);
+        }
         let RunRecord {
             span,
             end,
             agent,
             agent_version,
             model,
-            context,
+            request_id,
+            tenant,
+            session_id,
             usage,
             cost_usd,
             failure,
             output,
-            log,
+            log: _,
         } = record;
-        if let Some(log) = log {
-            log_run(
-                &log,
-                &context,
-                &agent,
-                &agent_version,
-                &model,
-                usage,
-                cost_usd,
-            );
-        }
         let Some((span, provider, requested)) = span else {
             return;
         };
@@ -712,24 +750,16 @@ impl Builder {
         gen_ai(&mut a, names, |n| n.agent_name, agent.value());
         gen_ai(&mut a, names, |n| n.provider_name, provider.value());
         gen_ai(&mut a, names, |n| n.request_model, requested.value());
-        if let Some(session) = context.session_id() {
-            gen_ai(
-                &mut a,
-                names,
-                |n| n.conversation_id,
-                session.to_owned().into(),
-            );
+        if let Some(session) = session_id {
+            gen_ai(&mut a, names, |n| n.conversation_id, session.into());
         }
-        a.push(KeyValue::new(
-            "agentkit.request_id",
-            context.request_id().to_owned(),
-        ));
+        a.push(KeyValue::new("agentkit.request_id", request_id));
         a.push(KeyValue::new(
             "agentkit.agent.version",
             agent_version.value(),
         ));
-        if let Some(tenant) = context.tenant() {
-            a.push(KeyValue::new("agentkit.tenant", tenant.to_owned()));
+        if let Some(tenant) = tenant {
+            a.push(KeyValue::new("agentkit.tenant", tenant));
         }
         gen_ai(&mut a, names, |n| n.response_model, model.value());
         gen_ai(
@@ -749,7 +779,7 @@ impl Builder {
             gen_ai(&mut a, names, |n| n.output_messages, output.into());
         }
         let status = failed(&mut a, names, failure);
-        self.push(&span, end, agent.span, SpanKind::Internal, a, status);
+        self.push(&span, end, agent.span_name(), SpanKind::Internal, a, status);
     }
 
     fn model(&mut self, record: ModelRecord) {
@@ -791,7 +821,7 @@ impl Builder {
         self.push(
             &record.span,
             record.end,
-            record.model.span,
+            record.model.span_name(),
             SpanKind::Client,
             a,
             status,
@@ -815,7 +845,7 @@ impl Builder {
         self.push(
             &record.span,
             record.end,
-            record.tool.span,
+            record.tool.span_name(),
             SpanKind::Internal,
             a,
             status,
@@ -838,7 +868,7 @@ impl Builder {
         self.push(
             &record.span,
             record.end,
-            record.name.into(),
+            record.name.as_str().to_owned().into(),
             SpanKind::Server,
             a,
             status,
@@ -852,7 +882,8 @@ impl Drain for Builder {
     fn take(&mut self, items: &mut Vec<Record>) {
         for record in items.drain(..) {
             match record {
-                Record::Run(run) => self.run(*run),
+                Record::Run(run) => self.run(run),
+
                 Record::Model(model) => self.model(model),
                 Record::Tool(tool) => self.tool(tool),
                 Record::Request(request) => self.request(request),
@@ -882,15 +913,7 @@ impl Drain for Builder {
 }
 
 /// The run's log line, through the subscriber that was current where the run ended.
-fn log_run(
-    log: &RunLog,
-    context: &Context,
-    agent: &Label,
-    agent_version: &Label,
-    model: &Label,
-    usage: Usage,
-    cost_usd: f64,
-) {
+fn log_run(log: &RunLog, run: &RunRecord) {
     let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
     let trace_id = log
         .trace
@@ -903,19 +926,19 @@ fn log_run(
     tracing::dispatcher::with_default(&log.dispatch, || {
         tracing::info!(
             target: "agentkit::run",
-            request_id = context.request_id(),
+            request_id = run.request_id.as_str(),
             trace_id,
             span_id,
-            tenant = context.tenant(),
-            agent = agent.value.as_str(),
-            agent_version = agent_version.value.as_str(),
-            session_id = context.session_id(),
-            model = model.value.as_str(),
-            tokens_in = usage.input_tokens,
-            tokens_out = usage.output_tokens,
+            tenant = run.tenant.as_ref().map(Text::as_str),
+            agent = run.agent.as_str(),
+            agent_version = run.agent_version.as_str(),
+            session_id = run.session_id.as_ref().map(Text::as_str),
+            model = run.model.as_str(),
+            tokens_in = run.usage.input_tokens,
+            tokens_out = run.usage.output_tokens,
             tool_calls = log.tool_calls,
-            tool_names = log.tool_names.as_str(),
-            cost_usd,
+            tool_names = %log.tool_names,
+            cost_usd = run.cost_usd,
             latency_ms = log.latency_ms,
             outcome = if log.error_code.is_none() { "ok" } else { "error" },
             error_code = log.error_code,
@@ -934,16 +957,62 @@ fn hex<'a>(out: &'a mut [u8], bytes: &[u8]) -> &'a str {
     std::str::from_utf8(&out[..bytes.len() * 2]).unwrap_or_default()
 }
 
-/// The names of a run's tool calls, comma-separated.
-fn tool_names(calls: &[ToolCallRecord]) -> String {
-    let mut out = String::with_capacity(calls.iter().map(|c| c.name.len() + 1).sum());
-    for (i, call) in calls.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+/// The names of a run's tool calls, comma-separated when written; kept without allocating
+/// for up to four calls of configured tools.
+enum ToolNames {
+    Few {
+        names: [&'static str; 4],
+        len: usize,
+    },
+    Joined(String),
+}
+
+impl ToolNames {
+    fn of(calls: &[ToolCallRecord], labels: &LabelSet) -> Self {
+        let mut names = [""; 4];
+        if calls.len() <= names.len() {
+            let kept = calls.iter().zip(&mut names).all(|(call, slot)| {
+                match labels.get(&call.name).kept() {
+                    Some(kept) => {
+                        *slot = kept;
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if kept {
+                return ToolNames::Few {
+                    names,
+                    len: calls.len(),
+                };
+            }
         }
-        out.push_str(&call.name);
+        let mut joined = String::with_capacity(calls.iter().map(|c| c.name.len() + 1).sum());
+        for (i, call) in calls.iter().enumerate() {
+            if i > 0 {
+                joined.push(',');
+            }
+            joined.push_str(&call.name);
+        }
+        ToolNames::Joined(joined)
     }
-    out
+}
+
+impl std::fmt::Display for ToolNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolNames::Few { names, len } => {
+                for (i, name) in names[..*len].iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(name)?;
+                }
+                Ok(())
+            }
+            ToolNames::Joined(joined) => f.write_str(joined),
+        }
+    }
 }
 
 /// The message's text parts and tool calls, for content capture.
@@ -992,7 +1061,14 @@ mod tests {
             duration: std::time::Duration::ZERO,
             error: None,
         };
-        assert_eq!(tool_names(&[]), "");
-        assert_eq!(tool_names(&[record("add"), record("search")]), "add,search");
+        let labels = LabelSet::new("execute_tool");
+        let names = |calls: &[ToolCallRecord]| ToolNames::of(calls, &labels);
+        assert_eq!(names(&[]).to_string(), "");
+        let two = names(&[record("add"), record("search")]);
+        assert!(matches!(two, ToolNames::Few { len: 2, .. }));
+        assert_eq!(two.to_string(), "add,search");
+        let five = names(&[0, 1, 2, 3, 4].map(|i| record(&format!("t{i}"))));
+        assert!(matches!(five, ToolNames::Joined(_)));
+        assert_eq!(five.to_string(), "t0,t1,t2,t3,t4");
     }
 }
