@@ -20,13 +20,30 @@ const QUIET_TICKS: u32 = 50;
 /// The longest a request waits for room in a full queue.
 const FULL_WAIT: Duration = Duration::from_millis(100);
 
+/// Records waiting for the telemetry thread, kept by kind so that a small record does not
+/// take the room (and the copying) of the largest.
+pub(crate) trait Items: Default + Send + 'static {
+    /// How many records wait.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Send + 'static> Items for Vec<T> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
 /// What the telemetry thread does with records.
 pub(crate) trait Drain: Send + 'static {
-    /// A record handed over by the request path.
-    type Item: Send + 'static;
+    /// Records handed over by the request path.
+    type Items: Items;
 
-    /// Takes in `items` (and leaves the vector empty, keeping its room).
-    fn take(&mut self, items: &mut Vec<Self::Item>);
+    /// Takes in `items` (and leaves them empty, keeping their room).
+    fn take(&mut self, items: &mut Self::Items);
 
     /// When batched output is next due, if any is pending.
     fn due(&self) -> Option<Instant>;
@@ -39,7 +56,7 @@ pub(crate) trait Drain: Send + 'static {
 }
 
 struct State<T> {
-    items: Vec<T>,
+    items: T,
     /// Records accepted so far.
     submitted: u64,
     /// Records sent by the last forced send (a flush's or the stop's).
@@ -91,15 +108,16 @@ impl<T> std::fmt::Debug for Queue<T> {
     }
 }
 
-impl<T: Send + 'static> Queue<T> {
-    /// Hands `item` to the thread. Waits for room in a full queue, at most [`FULL_WAIT`];
-    /// then, or once the thread has stopped, the item is dropped and counted.
+impl<T: Items> Queue<T> {
+    /// Hands one record to the thread: `add` puts it among the waiting records. Waits for
+    /// room in a full queue, at most [`FULL_WAIT`]; then, or once the thread has stopped,
+    /// the record is dropped and counted.
     #[inline]
-    pub(crate) fn push(&self, item: T) {
+    pub(crate) fn push(&self, add: impl FnOnce(&mut T)) {
         let shared = &*self.shared;
         let mut state = shared.lock();
         if state.items.len() < shared.capacity && !state.closed {
-            state.items.push(item);
+            add(&mut state.items);
             state.submitted += 1;
             if state.parked {
                 state.parked = false;
@@ -107,12 +125,12 @@ impl<T: Send + 'static> Queue<T> {
             }
             return;
         }
-        self.push_full(state, item);
+        self.push_full(state, add);
     }
 
     /// [`push`](Self::push) when the queue is full or closed: waits for room.
     #[cold]
-    fn push_full(&self, mut state: MutexGuard<'_, State<T>>, item: T) {
+    fn push_full(&self, mut state: MutexGuard<'_, State<T>>, add: impl FnOnce(&mut T)) {
         let shared = &*self.shared;
         if state.items.len() >= shared.capacity {
             let deadline = Instant::now() + FULL_WAIT;
@@ -141,7 +159,7 @@ impl<T: Send + 'static> Queue<T> {
             }
             return;
         }
-        state.items.push(item);
+        add(&mut state.items);
         state.submitted += 1;
         if state.parked {
             state.parked = false;
@@ -184,12 +202,12 @@ pub(crate) struct Background<T> {
     thread: Option<JoinHandle<()>>,
 }
 
-impl<T: Send + 'static> Background<T> {
+impl<T: Items> Background<T> {
     /// Starts the thread with room for `capacity` records.
-    pub(crate) fn start<D: Drain<Item = T>>(capacity: usize, drain: D) -> std::io::Result<Self> {
+    pub(crate) fn start<D: Drain<Items = T>>(capacity: usize, drain: D) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                items: Vec::with_capacity(capacity.min(1024)),
+                items: T::default(),
                 submitted: 0,
                 flushed: 0,
                 flush_to: 0,
@@ -242,8 +260,8 @@ impl<T> Drop for Background<T> {
 }
 
 /// The thread's loop.
-fn run<D: Drain>(shared: &Shared<D::Item>, mut drain: D) {
-    let mut batch = Vec::with_capacity(1024);
+fn run<D: Drain>(shared: &Shared<D::Items>, mut drain: D) {
+    let mut batch = D::Items::default();
     let mut quiet = 0u32;
     loop {
         let mut state = shared.lock();
@@ -319,7 +337,7 @@ mod tests {
     }
 
     impl Drain for Collect {
-        type Item = u32;
+        type Items = Vec<u32>;
         fn take(&mut self, items: &mut Vec<u32>) {
             std::thread::sleep(self.slow);
             self.pending.append(items);
@@ -336,7 +354,10 @@ mod tests {
         }
     }
 
-    fn start(capacity: usize, slow: Duration) -> (Background<u32>, Held<Vec<u32>>, Held<bool>) {
+    fn start(
+        capacity: usize,
+        slow: Duration,
+    ) -> (Background<Vec<u32>>, Held<Vec<u32>>, Held<bool>) {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let stopped = Arc::new(Mutex::new(false));
         let background = Background::start(
@@ -356,7 +377,7 @@ mod tests {
     fn a_flush_returns_after_everything_pushed_before_it_is_sent() {
         let (background, sent, _) = start(64, Duration::ZERO);
         for i in 0..1000 {
-            background.queue().push(i);
+            background.queue().push(|items| items.push(i));
         }
         assert!(background.queue().flush(Duration::from_secs(5)));
         assert_eq!(*sent.lock().unwrap(), (0..1000).collect::<Vec<_>>());
@@ -368,7 +389,7 @@ mod tests {
         let (background, sent, _) = start(8, Duration::ZERO);
         // Long enough for the thread to park after its quiet ticks.
         std::thread::sleep(TICK * (QUIET_TICKS + 20));
-        background.queue().push(7);
+        background.queue().push(|items| items.push(7));
         assert!(background.queue().flush(Duration::from_secs(5)));
         assert_eq!(*sent.lock().unwrap(), [7]);
     }
@@ -378,7 +399,7 @@ mod tests {
         // The thread takes 5 ms per batch; 4 records fit.
         let (background, sent, _) = start(4, Duration::from_millis(5));
         for i in 0..100 {
-            background.queue().push(i);
+            background.queue().push(|items| items.push(i));
         }
         assert!(background.queue().flush(Duration::from_secs(5)));
         assert_eq!(sent.lock().unwrap().len(), 100);
@@ -390,12 +411,12 @@ mod tests {
         let (mut background, sent, stopped) = start(64, Duration::ZERO);
         let queue = background.queue().clone();
         for i in 0..10 {
-            queue.push(i);
+            queue.push(|items| items.push(i));
         }
         background.stop();
         assert!(*stopped.lock().unwrap());
         assert_eq!(sent.lock().unwrap().len(), 10);
-        queue.push(11);
+        queue.push(|items| items.push(11));
         assert_eq!(queue.dropped(), 1);
         assert!(
             queue.flush(Duration::from_millis(100)),

@@ -348,6 +348,7 @@ impl ObserveBuilder {
                 names: self.names,
                 scope: spans::scope(),
                 batch,
+                clock: spans::Clock::now(),
             };
             Some(
                 background::Background::start(self.queue_size, builder).map_err(|e| {
@@ -413,7 +414,7 @@ pub fn init() -> Result<Telemetry> {
 pub struct Telemetry {
     observer: AgentObserver,
     metrics: Option<MetricsHandle>,
-    background: Option<background::Background<observer::Record>>,
+    background: Option<background::Background<observer::Records>>,
     /// Dropped after the thread that exports through it.
     _runtime: Option<otlp::ExportRuntime>,
 }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use agentkit_core::model::ModelResponse;
 use agentkit_core::observer::{
@@ -12,23 +12,23 @@ use agentkit_core::observer::{
     RunStart,
 };
 use agentkit_core::tool::ToolCallRecord;
-use agentkit_core::{Context, Error, StopReason, ToolCall, TraceContext, Usage};
+use agentkit_core::{Context, Error, StopReason, ToolCall, TraceContext};
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{InstrumentationScope, KeyValue, StringValue};
 use tracing::Dispatch;
 
-use crate::background::{Drain, Queue};
+use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
 use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel};
 use crate::semconv::Names;
-use crate::spans::{Batch, OpenSpan, Sampling};
+use crate::spans::{Batch, Clock, OpenSpan, Sampling};
 use crate::text::Text;
 
 pub(crate) struct Inner {
     /// Spans are recorded: the sampling decision and ids, on the request path.
     pub(crate) sampling: Option<Sampling>,
     /// To the telemetry thread: ended spans and run log lines.
-    pub(crate) queue: Option<Queue<Record>>,
+    pub(crate) queue: Option<Queue<Records>>,
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) capture: bool,
     pub(crate) log_runs: bool,
@@ -99,6 +99,18 @@ impl Label {
     }
 }
 
+/// Slots of the per-thread cache of recent labels.
+const RECENT_SLOTS: usize = 16;
+
+/// A cached label: the address of its set, and the label.
+type Recent = Option<(usize, &'static Named<&'static str>)>;
+
+thread_local! {
+    /// Labels found recently on this thread.
+    static RECENT: std::cell::RefCell<[Recent; RECENT_SLOTS]> =
+        const { std::cell::RefCell::new([None; RECENT_SLOTS]) };
+}
+
 /// Names of one kind, with the prefix of their span names.
 pub(crate) struct LabelSet {
     prefix: &'static str,
@@ -117,13 +129,27 @@ impl LabelSet {
     /// the process (names come from configuration: agents, models, tools; at most
     /// [`MAX_LABELS`] of each kind, after which each run makes its own).
     fn get(&self, name: &str) -> Label {
-        if let Some(found) = self
+        // Each run names the same few things: a small per-thread cache answers most lookups
+        // without hashing the name or touching the lock.
+        let set = std::ptr::from_ref(self) as usize;
+        let slot =
+            (set >> 4 ^ name.len() ^ usize::from(name.as_bytes().first().copied().unwrap_or(0)))
+                % RECENT_SLOTS;
+        let cached = RECENT.with(|recent| {
+            recent.borrow()[slot].filter(|(owner, named)| *owner == set && named.value == name)
+        });
+        if let Some((_, named)) = cached {
+            return Label::Kept(named);
+        }
+        let found = self
             .made
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-        {
-            return Label::Kept(found);
+            .copied();
+        if let Some(named) = found {
+            RECENT.with(|recent| recent.borrow_mut()[slot] = Some((set, named)));
+            return Label::Kept(named);
         }
         let named = Named::<Box<str>> {
             value: name.into(),
@@ -192,29 +218,52 @@ impl std::fmt::Debug for AgentObserver {
 }
 
 impl AgentObserver {
+    /// Hands a record to the telemetry thread.
     #[inline]
-    fn record(&self, record: Record) {
+    fn record(&self, add: impl FnOnce(&mut Records)) {
         if let Some(queue) = &self.inner.queue {
-            queue.push(record);
+            queue.push(add);
         }
     }
 }
 
-/// What the request path hands to the telemetry thread.
-pub(crate) enum Record {
-    Run(RunRecord),
-    Model(ModelRecord),
-    Tool(ToolRecord),
-    Request(RequestRecord),
+/// What the request path hands to the telemetry thread, by kind.
+pub(crate) struct Records {
+    runs: Vec<RunRecord>,
+    models: Vec<ModelRecord>,
+    tools: Vec<ToolRecord>,
+    requests: Vec<RequestRecord>,
+}
+
+impl Default for Records {
+    /// Room for a few milliseconds of a busy process, so that the vectors rarely grow.
+    fn default() -> Self {
+        Self {
+            runs: Vec::with_capacity(128),
+            models: Vec::with_capacity(128),
+            tools: Vec::with_capacity(128),
+            requests: Vec::with_capacity(16),
+        }
+    }
+}
+
+impl Items for Records {
+    fn len(&self) -> usize {
+        self.runs.len() + self.models.len() + self.tools.len() + self.requests.len()
+    }
 }
 
 /// An `error.type` and the status message.
 type Failure = (Cow<'static, str>, String);
 
 pub(crate) struct RunRecord {
-    /// The recorded `invoke_agent` span, with the provider and requested model.
-    span: Option<(OpenSpan, Label, Label)>,
-    end: SystemTime,
+    /// The run's span: exported when sampled; its ids go into the log line either way.
+    span: Option<OpenSpan>,
+    /// The provider and the model asked for.
+    provider: Label,
+    requested: Label,
+    started: Instant,
+    end: Instant,
     agent: Label,
     agent_version: Label,
     /// The model that answered.
@@ -222,9 +271,12 @@ pub(crate) struct RunRecord {
     request_id: Text,
     tenant: Option<Text>,
     session_id: Option<Text>,
-    usage: Usage,
+    tokens_in: u64,
+    tokens_out: u64,
     cost_usd: f64,
-    failure: Option<Failure>,
+    /// The error's code, and its message when the span is recorded.
+    error: Option<(&'static str, Option<Box<str>>)>,
+    /// The answer, when content capture is on and the span is recorded.
     output: Option<String>,
     log: Option<RunLog>,
 }
@@ -233,24 +285,31 @@ pub(crate) struct RunRecord {
 struct RunLog {
     /// The subscriber current where the run ended.
     dispatch: Dispatch,
-    trace: Option<TraceContext>,
     tool_calls: usize,
     tool_names: ToolNames,
-    latency_ms: f64,
-    error_code: Option<&'static str>,
 }
 
 pub(crate) struct ModelRecord {
     span: OpenSpan,
-    end: SystemTime,
+    end: Instant,
     model: Label,
     provider: Label,
-    answered: Result<(Label, Usage, StopReason, Option<String>), Failure>,
+    answered: Result<Answer, Box<Failure>>,
+}
+
+/// What a model call that answered records.
+struct Answer {
+    model: Label,
+    tokens_in: u64,
+    tokens_out: u64,
+    stop_reason: StopReason,
+    /// Content capture only.
+    output: Option<String>,
 }
 
 pub(crate) struct ToolRecord {
     span: OpenSpan,
-    end: SystemTime,
+    end: Instant,
     tool: Label,
     call_id: Text,
     arguments: Option<String>,
@@ -260,7 +319,7 @@ pub(crate) struct ToolRecord {
 
 pub(crate) struct RequestRecord {
     span: OpenSpan,
-    end: SystemTime,
+    end: Instant,
     name: Text,
     method: Text,
     route: Text,
@@ -278,6 +337,7 @@ struct Run {
     metrics: Option<Arc<AgentMetrics>>,
     model_metrics: Option<Arc<ModelMetrics>>,
     agent: Label,
+    /// The span's start too: one clock read serves both.
     started: Instant,
     logged_by_edge: bool,
     /// The request's context (request id, tenant, session), held rather than copied.
@@ -305,8 +365,14 @@ impl Observer for AgentObserver {
             }
             None => (None, None),
         };
+        let started = Instant::now();
         let span = self.inner.sampling.as_ref().map(|sampling| {
-            sampling.start(&agent.span_name(), &SpanKind::Internal, run.context.trace())
+            sampling.start(
+                &agent.span_name(),
+                &SpanKind::Internal,
+                run.context.trace(),
+                started,
+            )
         });
         Box::new(Run {
             observer: self.clone(),
@@ -316,7 +382,7 @@ impl Observer for AgentObserver {
             metrics,
             model_metrics,
             agent,
-            started: Instant::now(),
+            started,
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
             context: run.context.clone(),
             agent_version,
@@ -325,11 +391,12 @@ impl Observer for AgentObserver {
 
     fn start_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestScope>> {
         let name = format!("{} {}", request.method, request.route);
-        let span =
-            self.inner
-                .sampling
-                .as_ref()?
-                .start(&name, &SpanKind::Server, request.context.trace());
+        let span = self.inner.sampling.as_ref()?.start(
+            &name,
+            &SpanKind::Server,
+            request.context.trace(),
+            Instant::now(),
+        );
         Some(Box::new(Request {
             observer: self.clone(),
             span,
@@ -386,15 +453,18 @@ impl RequestScope for Request {
             request_id,
         } = *self;
         if span.sampled() {
-            observer.record(Record::Request(RequestRecord {
-                span,
-                end: SystemTime::now(),
-                name,
-                method,
-                route,
-                request_id,
-                status,
-            }));
+            let end = Instant::now();
+            observer.record(|records| {
+                records.requests.push(RequestRecord {
+                    span,
+                    end,
+                    name,
+                    method,
+                    route,
+                    request_id,
+                    status,
+                })
+            });
         }
     }
 }
@@ -403,8 +473,8 @@ enum CallKind {
     Model {
         model: Label,
         provider: Label,
-        /// When metrics are kept.
-        started: Option<Instant>,
+        /// The span's start too.
+        started: Instant,
         metrics: Option<Arc<ModelMetrics>>,
     },
     Tool {
@@ -443,24 +513,22 @@ impl RunScope for Run {
         } else {
             inner.labels.values.get(call.provider)
         };
+        let started = Instant::now();
         Box::new(Call {
             observer: self.observer.clone(),
-            span: self
-                .span
-                .as_ref()
-                .filter(|s| s.sampled())
-                .map(OpenSpan::child),
+            span: self.span.as_ref().map(|run| run.child(started)),
             kind: CallKind::Model {
                 model,
                 provider,
-                started: metrics.as_ref().map(|_| Instant::now()),
+                started,
                 metrics,
             },
         })
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
-        let span = self.span.as_ref().map(OpenSpan::child);
+        // Started for real when it ends: the call's own timing gives the start.
+        let span = self.span.as_ref().map(|run| run.child(self.started));
         let inner = &self.observer.inner;
         let kind = match span.as_ref().filter(|s| s.sampled()) {
             Some(_) => CallKind::Tool {
@@ -495,6 +563,7 @@ impl RunScope for Run {
             context,
             agent_version,
         } = *self;
+        let now = Instant::now();
         let inner = &observer.inner;
         if let (Some(metrics), Some(agent_metrics)) = (&inner.metrics, &agent_metrics) {
             agent_metrics.inflight.dec();
@@ -514,7 +583,7 @@ impl RunScope for Run {
             }
             agent_metrics
                 .duration
-                .observe(started.elapsed().as_secs_f64());
+                .observe((now - started).as_secs_f64());
             if end.cost_usd > 0.0 {
                 match model_metrics.filter(|_| end.model == model.as_str()) {
                     Some(same) => same.cost.inc_by(end.cost_usd),
@@ -525,52 +594,51 @@ impl RunScope for Run {
                 };
             }
         }
-        let trace = span.as_ref().and_then(OpenSpan::trace);
-        let answered = if end.model == model.as_str() {
-            model.clone()
-        } else {
-            inner.labels.models.get(end.model)
-        };
-        let span = span
-            .filter(OpenSpan::sampled)
-            .map(|span| (span, provider, model));
+        let recorded = span.as_ref().is_some_and(OpenSpan::sampled);
         let log = (inner.log_runs
             && !logged_by_edge
             && tracing::enabled!(target: "agentkit::run", tracing::Level::INFO))
         .then(|| RunLog {
             dispatch: tracing::dispatcher::get_default(Dispatch::clone),
-            trace,
             tool_calls: end.tool_calls.len(),
             tool_names: ToolNames::of(end.tool_calls, &inner.labels.tools),
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            error_code: end.outcome.as_ref().err().map(|e| e.code()),
         });
-        if span.is_none() && log.is_none() {
+        if !recorded && log.is_none() {
             return;
         }
-        let recorded = span.is_some();
-        observer.record(Record::Run(RunRecord {
+        let answered = if end.model == model.as_str() {
+            model.clone()
+        } else {
+            inner.labels.models.get(end.model)
+        };
+        let record = RunRecord {
             span,
-            end: SystemTime::now(),
-            model: answered,
+            provider,
+            requested: model,
+            started,
+            end: now,
             agent,
             agent_version,
+            model: answered,
             request_id: Text::new(context.request_id()),
             tenant: context.tenant().map(Text::new),
             session_id: context.session_id().map(Text::new),
-            usage: end.usage,
+            tokens_in: end.usage.input_tokens,
+            tokens_out: end.usage.output_tokens,
             cost_usd: end.cost_usd,
-            failure: end
-                .outcome
-                .err()
-                .filter(|_| recorded)
-                .map(|error| (error.code().into(), error.message().to_owned())),
+            error: end.outcome.err().map(|error| {
+                (
+                    error.code(),
+                    recorded.then(|| error.message().to_owned().into_boxed_str()),
+                )
+            }),
             output: match end.outcome {
                 Ok(reply) if recorded && inner.capture => Some(reply.output.clone()),
                 _ => None,
             },
             log,
-        }));
+        };
+        observer.record(|records| records.runs.push(record));
     }
 }
 
@@ -594,14 +662,15 @@ impl CallScope for Call {
         else {
             return;
         };
+        let now = Instant::now();
         let inner = &observer.inner;
-        if let (Some(model), Some(started)) = (&metrics, started) {
-            model.chat_duration.observe(started.elapsed().as_secs_f64());
+        if let Some(metrics) = &metrics {
+            metrics.chat_duration.observe((now - started).as_secs_f64());
             if let Ok(response) = outcome {
-                model
+                metrics
                     .input_tokens
                     .observe(response.usage.input_tokens as f64);
-                model
+                metrics
                     .output_tokens
                     .observe(response.usage.output_tokens as f64);
             }
@@ -610,26 +679,29 @@ impl CallScope for Call {
             return;
         };
         let answered = match outcome {
-            Ok(response) => Ok((
-                match response.model.as_deref() {
+            Ok(response) => Ok(Answer {
+                model: match response.model.as_deref() {
                     Some(answered) if answered != model.as_str() => {
                         inner.labels.models.get(answered)
                     }
                     _ => model.clone(),
                 },
-                response.usage,
-                response.stop_reason,
-                inner.capture.then(|| message_text(&response.message)),
-            )),
-            Err(error) => Err((error.code().into(), error.message().to_owned())),
+                tokens_in: response.usage.input_tokens,
+                tokens_out: response.usage.output_tokens,
+                stop_reason: response.stop_reason,
+                output: inner.capture.then(|| message_text(&response.message)),
+            }),
+            Err(error) => Err(Box::new((error.code().into(), error.message().to_owned()))),
         };
-        observer.record(Record::Model(ModelRecord {
-            span,
-            end: SystemTime::now(),
-            model,
-            provider,
-            answered,
-        }));
+        observer.record(|records| {
+            records.models.push(ModelRecord {
+                span,
+                end: now,
+                model,
+                provider,
+                answered,
+            })
+        });
     }
 
     fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
@@ -658,14 +730,20 @@ impl CallScope for Call {
         if !span.sampled() {
             return;
         }
-        observer.record(Record::Tool(ToolRecord {
-            span,
-            end: SystemTime::now(),
-            tool,
-            call_id,
-            arguments,
-            failed: (!record.ok).then(|| record.error.clone().unwrap_or_default()),
-        }));
+        let end = Instant::now();
+        let mut span = span;
+        span.started_at(end.checked_sub(record.duration).unwrap_or(end));
+        let failed = (!record.ok).then(|| record.error.clone().unwrap_or_default());
+        observer.record(|records| {
+            records.tools.push(ToolRecord {
+                span,
+                end,
+                tool,
+                call_id,
+                arguments,
+                failed,
+            })
+        });
     }
 }
 
@@ -675,6 +753,8 @@ pub(crate) struct Builder {
     pub(crate) scope: InstrumentationScope,
     /// Where spans go; none when only logs are on.
     pub(crate) batch: Option<Batch>,
+    /// Turns the records' monotonic times into wall-clock times; set for each batch taken.
+    pub(crate) clock: Clock,
 }
 
 /// Appends `value` under `key` of every name table switched on.
@@ -711,14 +791,22 @@ impl Builder {
     fn push(
         &mut self,
         span: &OpenSpan,
-        end: SystemTime,
+        end: Instant,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
         status: Status,
     ) {
         if let Some(batch) = &mut self.batch {
-            batch.push(span.data(end, name, kind, attributes, status, &self.scope));
+            batch.push(span.data(
+                &self.clock,
+                end,
+                name,
+                kind,
+                attributes,
+                status,
+                &self.scope,
+            ));
         }
     }
 
@@ -728,6 +816,8 @@ impl Builder {
         }
         let RunRecord {
             span,
+            provider,
+            requested,
             end,
             agent,
             agent_version,
@@ -735,13 +825,14 @@ impl Builder {
             request_id,
             tenant,
             session_id,
-            usage,
+            tokens_in,
+            tokens_out,
             cost_usd,
-            failure,
+            error,
             output,
-            log: _,
+            ..
         } = record;
-        let Some((span, provider, requested)) = span else {
+        let Some(span) = span.filter(OpenSpan::sampled) else {
             return;
         };
         let names = self.names;
@@ -762,22 +853,23 @@ impl Builder {
             a.push(KeyValue::new("agentkit.tenant", tenant));
         }
         gen_ai(&mut a, names, |n| n.response_model, model.value());
-        gen_ai(
-            &mut a,
-            names,
-            |n| n.input_tokens,
-            (usage.input_tokens as i64).into(),
-        );
+        gen_ai(&mut a, names, |n| n.input_tokens, (tokens_in as i64).into());
         gen_ai(
             &mut a,
             names,
             |n| n.output_tokens,
-            (usage.output_tokens as i64).into(),
+            (tokens_out as i64).into(),
         );
         a.push(KeyValue::new("agentkit.cost_usd", cost_usd));
         if let Some(output) = output {
             gen_ai(&mut a, names, |n| n.output_messages, output.into());
         }
+        let failure = error.map(|(code, message)| {
+            (
+                Cow::Borrowed(code),
+                message.map(String::from).unwrap_or_default(),
+            )
+        });
         let status = failed(&mut a, names, failure);
         self.push(&span, end, agent.span_name(), SpanKind::Internal, a, status);
     }
@@ -789,34 +881,34 @@ impl Builder {
         gen_ai(&mut a, names, |n| n.provider_name, record.provider.value());
         gen_ai(&mut a, names, |n| n.request_model, record.model.value());
         let status = match record.answered {
-            Ok((answered, usage, stop_reason, output)) => {
-                gen_ai(&mut a, names, |n| n.response_model, answered.value());
+            Ok(answer) => {
+                gen_ai(&mut a, names, |n| n.response_model, answer.model.value());
                 gen_ai(
                     &mut a,
                     names,
                     |n| n.input_tokens,
-                    (usage.input_tokens as i64).into(),
+                    (answer.tokens_in as i64).into(),
                 );
                 gen_ai(
                     &mut a,
                     names,
                     |n| n.output_tokens,
-                    (usage.output_tokens as i64).into(),
+                    (answer.tokens_out as i64).into(),
                 );
                 gen_ai(
                     &mut a,
                     names,
                     |n| n.finish_reasons,
                     opentelemetry::Value::Array(
-                        vec![StringValue::from(stop_reason.as_str())].into(),
+                        vec![StringValue::from(answer.stop_reason.as_str())].into(),
                     ),
                 );
-                if let Some(output) = output {
+                if let Some(output) = answer.output {
                     gen_ai(&mut a, names, |n| n.output_messages, output.into());
                 }
                 Status::Unset
             }
-            Err(failure) => failed(&mut a, names, Some(failure)),
+            Err(failure) => failed(&mut a, names, Some(*failure)),
         };
         self.push(
             &record.span,
@@ -877,17 +969,21 @@ impl Builder {
 }
 
 impl Drain for Builder {
-    type Item = Record;
+    type Items = Records;
 
-    fn take(&mut self, items: &mut Vec<Record>) {
-        for record in items.drain(..) {
-            match record {
-                Record::Run(run) => self.run(run),
-
-                Record::Model(model) => self.model(model),
-                Record::Tool(tool) => self.tool(tool),
-                Record::Request(request) => self.request(request),
-            }
+    fn take(&mut self, records: &mut Records) {
+        self.clock = Clock::now();
+        for run in records.runs.drain(..) {
+            self.run(run);
+        }
+        for model in records.models.drain(..) {
+            self.model(model);
+        }
+        for tool in records.tools.drain(..) {
+            self.tool(tool);
+        }
+        for request in records.requests.drain(..) {
+            self.request(request);
         }
     }
 
@@ -914,13 +1010,12 @@ impl Drain for Builder {
 
 /// The run's log line, through the subscriber that was current where the run ended.
 fn log_run(log: &RunLog, run: &RunRecord) {
+    let trace = run.span.as_ref().and_then(OpenSpan::trace);
     let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
-    let trace_id = log
-        .trace
+    let trace_id = trace
         .as_ref()
         .map(|t| hex(&mut trace_hex, &t.trace_id().to_be_bytes()));
-    let span_id = log
-        .trace
+    let span_id = trace
         .as_ref()
         .map(|t| hex(&mut span_hex, &t.span_id().to_be_bytes()));
     tracing::dispatcher::with_default(&log.dispatch, || {
@@ -934,14 +1029,14 @@ fn log_run(log: &RunLog, run: &RunRecord) {
             agent_version = run.agent_version.as_str(),
             session_id = run.session_id.as_ref().map(Text::as_str),
             model = run.model.as_str(),
-            tokens_in = run.usage.input_tokens,
-            tokens_out = run.usage.output_tokens,
+            tokens_in = run.tokens_in,
+            tokens_out = run.tokens_out,
             tool_calls = log.tool_calls,
             tool_names = %log.tool_names,
             cost_usd = run.cost_usd,
-            latency_ms = log.latency_ms,
-            outcome = if log.error_code.is_none() { "ok" } else { "error" },
-            error_code = log.error_code,
+            latency_ms = (run.end - run.started).as_secs_f64() * 1000.0,
+            outcome = if run.error.is_none() { "ok" } else { "error" },
+            error_code = run.error.as_ref().map(|(code, _)| *code),
             "agent run finished"
         );
     });
@@ -1049,6 +1144,26 @@ mod tests {
             hex(&mut out, &trace.span_id().to_be_bytes()),
             "b7ad6b7169203331"
         );
+    }
+
+    #[test]
+    fn a_name_gets_the_label_of_its_kind_from_the_cache_too() {
+        let labels = Labels::default();
+        for _ in 0..3 {
+            let agent = labels.agents.get("x");
+            let model = labels.models.get("x");
+            assert_eq!(
+                (agent.as_str(), &*agent.span_name()),
+                ("x", "invoke_agent x")
+            );
+            assert_eq!((model.as_str(), &*model.span_name()), ("x", "chat x"));
+            assert_eq!(labels.values.get("x").span_name(), "");
+            assert!(matches!(agent, Label::Kept(_)));
+        }
+        // Another observer's labels of the same name are its own.
+        let other = Labels::default();
+        assert_eq!(other.tools.get("x").span_name(), "execute_tool x");
+        assert_eq!(labels.agents.get("y").as_str(), "y");
     }
 
     #[test]

@@ -96,25 +96,26 @@ impl Sampling {
         }
     }
 
-    /// Starts a span continuing `parent` (from a request, a queue message or an outer span of
-    /// another component), or a new trace.
+    /// Starts a span at `start` continuing `parent` (from a request, a queue message or an
+    /// outer span of another component), or a new trace.
     pub(crate) fn start(
         &self,
         name: &str,
         kind: &SpanKind,
         parent: Option<&TraceContext>,
+        start: Instant,
     ) -> OpenSpan {
         let trace_id = match parent {
             Some(parent) => parent.trace_id(),
-            None => TraceContext::new_root().trace_id(),
+            None => fastrand::u128(1..),
         };
         OpenSpan {
-            trace_id,
+            trace_id: [(trace_id >> 64) as u64, trace_id as u64],
             span_id: span_id(),
             parent: parent.map_or(0, TraceContext::span_id),
             parent_remote: parent.is_some(),
             sampled: self.sampled(parent, trace_id, name, kind),
-            start: SystemTime::now(),
+            start,
         }
     }
 }
@@ -122,13 +123,14 @@ impl Sampling {
 /// A span in progress: its identity and start. What it records is built when it ends.
 #[derive(Clone, Debug)]
 pub(crate) struct OpenSpan {
-    trace_id: u128,
+    /// High and low halves (a `u128` would align the record to 16 bytes).
+    trace_id: [u64; 2],
     span_id: u64,
     /// 0: none.
     parent: u64,
     parent_remote: bool,
     sampled: bool,
-    start: SystemTime,
+    start: Instant,
 }
 
 impl OpenSpan {
@@ -136,27 +138,38 @@ impl OpenSpan {
         self.sampled
     }
 
-    /// A span under this one, sharing its sampling decision.
-    pub(crate) fn child(&self) -> OpenSpan {
+    fn trace_id(&self) -> u128 {
+        (u128::from(self.trace_id[0]) << 64) | u128::from(self.trace_id[1])
+    }
+
+    /// A span under this one starting at `start`, sharing its sampling decision.
+    pub(crate) fn child(&self, start: Instant) -> OpenSpan {
         OpenSpan {
             trace_id: self.trace_id,
             span_id: span_id(),
             parent: self.span_id,
             parent_remote: false,
             sampled: self.sampled,
-            start: SystemTime::now(),
+            start,
         }
+    }
+
+    /// Moves the start, for a span whose start is learnt when it ends.
+    pub(crate) fn started_at(&mut self, start: Instant) {
+        self.start = start;
     }
 
     /// The trace context that work under this span continues.
     pub(crate) fn trace(&self) -> Option<TraceContext> {
-        TraceContext::from_parts(self.trace_id, self.span_id, self.sampled)
+        TraceContext::from_parts(self.trace_id(), self.span_id, self.sampled)
     }
 
     /// The span's record, ended at `end`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn data(
         &self,
-        end: SystemTime,
+        clock: &Clock,
+        end: Instant,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
@@ -164,19 +177,45 @@ impl OpenSpan {
         scope: &InstrumentationScope,
     ) -> SpanData {
         SpanData {
-            span_context: span_context(self.trace_id, self.span_id, self.sampled, false),
+            span_context: span_context(self.trace_id(), self.span_id, self.sampled, false),
             parent_span_id: SpanId::from_bytes(self.parent.to_be_bytes()),
             parent_span_is_remote: self.parent_remote,
             span_kind: kind,
             name,
-            start_time: self.start,
-            end_time: end,
+            start_time: clock.at(self.start),
+            end_time: clock.at(end),
             attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
             status,
             instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+/// Wall-clock times for the monotonic ones the request path takes (one clock read serves a
+/// span's time and a metric's duration). Taken afresh for each batch of records, which are at
+/// most milliseconds old, so clock adjustments in between do not accumulate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    system: SystemTime,
+    instant: Instant,
+}
+
+impl Clock {
+    pub(crate) fn now() -> Self {
+        Self {
+            system: SystemTime::now(),
+            instant: Instant::now(),
+        }
+    }
+
+    /// The wall-clock time of `at`.
+    pub(crate) fn at(&self, at: Instant) -> SystemTime {
+        match at.checked_duration_since(self.instant) {
+            Some(later) => self.system + later,
+            None => self.system - self.instant.duration_since(at),
         }
     }
 }
@@ -343,8 +382,8 @@ mod tests {
         parent: Option<&TraceContext>,
     ) -> Option<TraceContext> {
         let scope = scope();
-        let root = sampling.start("root", &SpanKind::Server, parent);
-        let child = root.child();
+        let root = sampling.start("root", &SpanKind::Server, parent, Instant::now());
+        let child = root.child(Instant::now());
         assert_eq!(
             child.sampled(),
             root.sampled(),
@@ -356,7 +395,8 @@ mod tests {
         ] {
             if span.sampled() {
                 batch.push(span.data(
-                    SystemTime::now(),
+                    &Clock::now(),
+                    Instant::now(),
                     name.into(),
                     SpanKind::Internal,
                     attributes,
@@ -417,6 +457,22 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_maps_monotonic_times_on_both_sides_of_its_reading() {
+        let before = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let clock = Clock::now();
+        let after = clock.instant + Duration::from_millis(5);
+        assert_eq!(
+            clock.at(after).duration_since(clock.at(before)).unwrap(),
+            after - before
+        );
+        let wall = SystemTime::now();
+        assert!(
+            clock.at(before) < wall && clock.at(Instant::now()) <= wall + Duration::from_millis(50)
+        );
+    }
+
+    #[test]
     fn batches_wait_for_their_size_or_their_delay() {
         let exporter = InMemorySpanExporter::default();
         let resource = Resource::builder().with_service_name("test").build();
@@ -429,10 +485,12 @@ mod tests {
             &resource,
         );
         assert_eq!(batch.due(), None, "nothing waits");
-        let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None);
+        let root =
+            Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, Instant::now());
         let span = || {
             root.data(
-                SystemTime::now(),
+                &Clock::now(),
+                Instant::now(),
                 "s".into(),
                 SpanKind::Internal,
                 Vec::new(),
