@@ -63,8 +63,14 @@ struct State<T> {
     flushed: u64,
     /// A flush waits until `flushed` reaches this.
     flush_to: u64,
+    /// Records taken in (built, counted, written), sent or not.
+    taken: u64,
+    /// A sync waits until `taken` reaches this.
+    take_to: u64,
     /// Requests waiting for room.
     waiting: usize,
+    /// Flushes and syncs waiting for progress.
+    watching: usize,
     /// The thread waits without a deadline; a new record must wake it.
     parked: bool,
     closed: bool,
@@ -175,24 +181,49 @@ impl<T: Items> Queue<T> {
     /// Waits until everything pushed before this call is sent and the exporter flushed, at
     /// most `timeout`. False when the deadline passed first.
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        self.wait(timeout, |state, target| {
+            state.flush_to = state.flush_to.max(target);
+            state.flushed
+        })
+    }
+
+    /// Waits until everything pushed before this call is taken in (counted, built, written;
+    /// not necessarily exported), at most `timeout`. False when the deadline passed first.
+    pub(crate) fn sync(&self, timeout: Duration) -> bool {
+        self.wait(timeout, |state, target| {
+            state.take_to = state.take_to.max(target);
+            state.taken
+        })
+    }
+
+    /// Asks for progress up to what was submitted (`ask` records the target and returns the
+    /// progress made) and waits for it.
+    fn wait(&self, timeout: Duration, ask: impl Fn(&mut State<T>, u64) -> u64) -> bool {
         let shared = &*self.shared;
         let deadline = Instant::now() + timeout;
         let mut state = shared.lock();
         let target = state.submitted;
-        state.flush_to = state.flush_to.max(target);
+        if ask(&mut state, target) >= target {
+            return true;
+        }
+        state.watching += 1;
         shared.work.notify_one();
-        while state.flushed < target && !state.closed {
+        let done = loop {
+            if ask(&mut state, target) >= target || state.closed {
+                break ask(&mut state, target) >= target;
+            }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                break false;
             }
             state = shared
                 .progress
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-        }
-        state.flushed >= target
+        };
+        state.watching -= 1;
+        done
     }
 }
 
@@ -211,7 +242,10 @@ impl<T: Items> Background<T> {
                 submitted: 0,
                 flushed: 0,
                 flush_to: 0,
+                taken: 0,
+                take_to: 0,
                 waiting: 0,
+                watching: 0,
                 parked: false,
                 closed: false,
             }),
@@ -265,7 +299,11 @@ fn run<D: Drain>(shared: &Shared<D::Items>, mut drain: D) {
     let mut quiet = 0u32;
     loop {
         let mut state = shared.lock();
-        while state.items.is_empty() && !state.closed && state.flush_to <= state.flushed {
+        while state.items.is_empty()
+            && !state.closed
+            && state.flush_to <= state.flushed
+            && state.take_to <= state.taken
+        {
             let due = drain.due();
             if due.is_some_and(|due| due <= Instant::now()) {
                 break;
@@ -312,8 +350,11 @@ fn run<D: Drain>(shared: &Shared<D::Items>, mut drain: D) {
         }
 
         let mut state = shared.lock();
+        state.taken = upto;
         if flush || closed {
             state.flushed = upto;
+        }
+        if state.watching > 0 || closed {
             shared.progress.notify_all();
         }
         if closed && state.items.is_empty() {
@@ -382,6 +423,22 @@ mod tests {
         assert!(background.queue().flush(Duration::from_secs(5)));
         assert_eq!(*sent.lock().unwrap(), (0..1000).collect::<Vec<_>>());
         assert_eq!(background.queue().dropped(), 0);
+    }
+
+    #[test]
+    fn a_sync_returns_once_everything_pushed_before_it_is_taken_in_without_sending() {
+        let (background, sent, _) = start(64, Duration::ZERO);
+        for i in 0..100 {
+            background.queue().push(|items| items.push(i));
+        }
+        assert!(background.queue().sync(Duration::from_secs(5)));
+        assert!(sent.lock().unwrap().is_empty(), "taken in, not sent");
+        assert!(
+            background.queue().sync(Duration::from_secs(5)),
+            "nothing new"
+        );
+        assert!(background.queue().flush(Duration::from_secs(5)));
+        assert_eq!(sent.lock().unwrap().len(), 100);
     }
 
     #[test]

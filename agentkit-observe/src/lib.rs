@@ -343,12 +343,14 @@ impl ObserveBuilder {
                 .build();
             spans::Batch::new(exporter, batching, &resource)
         });
-        let background = if batch.is_some() || self.logs {
+        let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
+        let background = if batch.is_some() || self.logs || metrics.is_some() {
             let builder = observer::Builder {
                 names: self.names,
                 scope: spans::scope(),
                 batch,
                 clock: spans::Clock::now(),
+                metrics: metrics.clone().map(observer::Counting::new),
             };
             Some(
                 background::Background::start(self.queue_size, builder).map_err(|e| {
@@ -358,7 +360,6 @@ impl ObserveBuilder {
         } else {
             None
         };
-        let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
         let observer = AgentObserver {
             inner: Arc::new(observer::Inner {
                 sampling,
@@ -397,7 +398,10 @@ impl ObserveBuilder {
         }
         Ok(Telemetry {
             observer,
-            metrics: metrics.map(MetricsHandle),
+            metrics: metrics.map(|metrics| MetricsHandle {
+                metrics,
+                pending: background.as_ref().map(|b| b.queue().clone()),
+            }),
             background,
             _runtime: runtime,
         })

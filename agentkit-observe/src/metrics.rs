@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::background::Queue;
 use crate::fnv::FnvBuild;
+use crate::observer::Records;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AgentOutcome {
@@ -292,7 +295,11 @@ impl Metrics {
 
 /// A handle on the metrics, for serving `/metrics` (see [`crate::Telemetry::metrics`]).
 #[derive(Clone)]
-pub struct MetricsHandle(pub(crate) Arc<Metrics>);
+pub struct MetricsHandle {
+    pub(crate) metrics: Arc<Metrics>,
+    /// Runs and calls counted on the telemetry thread, taken in before rendering.
+    pub(crate) pending: Option<Queue<Records>>,
+}
 
 impl std::fmt::Debug for MetricsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -301,8 +308,18 @@ impl std::fmt::Debug for MetricsHandle {
 }
 
 impl MetricsHandle {
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric. Runs and calls that ended before the
+    /// call are counted first (the telemetry thread counts them; this waits for it, at most
+    /// a second).
     pub fn render(&self) -> String {
-        self.0.render()
+        if let Some(pending) = &self.pending
+            && !pending.sync(Duration::from_secs(1))
+        {
+            tracing::warn!(
+                target: "agentkit::telemetry",
+                "the telemetry thread is behind; /metrics may miss the latest runs"
+            );
+        }
+        self.metrics.render()
     }
 }

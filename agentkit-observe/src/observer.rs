@@ -19,7 +19,7 @@ use tracing::Dispatch;
 
 use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
-use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel};
+use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel, ToolMetrics};
 use crate::semconv::Names;
 use crate::spans::{Batch, Clock, OpenSpan, Sampling};
 use crate::text::Text;
@@ -268,9 +268,8 @@ pub(crate) struct RunRecord {
     agent_version: Label,
     /// The model that answered.
     model: Label,
-    request_id: Text,
-    tenant: Option<Text>,
-    session_id: Option<Text>,
+    /// For the span and the log line.
+    ids: Option<Ids>,
     tokens_in: u64,
     tokens_out: u64,
     cost_usd: f64,
@@ -279,6 +278,13 @@ pub(crate) struct RunRecord {
     /// The answer, when content capture is on and the span is recorded.
     output: Option<String>,
     log: Option<RunLog>,
+}
+
+/// Who a run was for.
+struct Ids {
+    request_id: Text,
+    tenant: Option<Text>,
+    session_id: Option<Text>,
 }
 
 /// What the run's log line adds.
@@ -290,11 +296,16 @@ struct RunLog {
 }
 
 pub(crate) struct ModelRecord {
-    span: OpenSpan,
+    /// Recorded spans only.
+    span: Option<OpenSpan>,
+    /// For the metrics, which are per agent.
+    agent: Label,
+    started: Instant,
     end: Instant,
     model: Label,
     provider: Label,
-    answered: Result<Answer, Box<Failure>>,
+    /// What the span records of a failure (recorded spans only).
+    answered: Result<Answer, Option<Box<Failure>>>,
 }
 
 /// What a model call that answered records.
@@ -308,12 +319,14 @@ struct Answer {
 }
 
 pub(crate) struct ToolRecord {
-    span: OpenSpan,
+    /// Recorded spans only.
+    span: Option<OpenSpan>,
     end: Instant,
     tool: Label,
     call_id: Text,
     arguments: Option<String>,
-    /// The error message of a failed call.
+    ok: bool,
+    /// The error message of a failed call (recorded spans only).
     failed: Option<String>,
 }
 
@@ -334,8 +347,8 @@ struct Run {
     /// The provider and the model asked for: model calls and the end mostly name them again.
     provider: Label,
     model: Label,
-    metrics: Option<Arc<AgentMetrics>>,
-    model_metrics: Option<Arc<ModelMetrics>>,
+    /// For the in-flight gauge, the one metric kept on the request path.
+    inflight: Option<Arc<AgentMetrics>>,
     agent: Label,
     /// The span's start too: one clock read serves both.
     started: Instant,
@@ -354,17 +367,11 @@ impl Observer for AgentObserver {
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope> {
         let labels = &self.inner.labels;
         let agent = labels.agents.get(run.agent);
-        let agent_version = labels.values.get(run.agent_version);
-        let model = labels.models.get(run.model);
-        let (metrics, model_metrics) = match &self.inner.metrics {
-            Some(all) => {
-                let agent = all.agent(run.agent);
-                agent.inflight.inc();
-                let model = all.model(&agent, run.model);
-                (Some(agent), Some(model))
-            }
-            None => (None, None),
-        };
+        let inflight = self.inner.metrics.as_ref().map(|all| {
+            let agent = all.agent(run.agent);
+            agent.inflight.inc();
+            agent
+        });
         let started = Instant::now();
         let span = self.inner.sampling.as_ref().map(|sampling| {
             sampling.start(
@@ -378,14 +385,13 @@ impl Observer for AgentObserver {
             observer: self.clone(),
             span,
             provider: labels.values.get(run.provider),
-            model,
-            metrics,
-            model_metrics,
+            model: labels.models.get(run.model),
+            inflight,
             agent,
             started,
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
             context: run.context.clone(),
-            agent_version,
+            agent_version: labels.values.get(run.agent_version),
         })
     }
 
@@ -471,11 +477,11 @@ impl RequestScope for Request {
 
 enum CallKind {
     Model {
+        agent: Label,
         model: Label,
         provider: Label,
         /// The span's start too.
         started: Instant,
-        metrics: Option<Arc<ModelMetrics>>,
     },
     Tool {
         tool: Label,
@@ -497,31 +503,26 @@ impl RunScope for Run {
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
-        let inner = &self.observer.inner;
-        let (model, metrics) = if call.model == self.model.as_str() {
-            (self.model.clone(), self.model_metrics.clone())
+        let labels = &self.observer.inner.labels;
+        let model = if call.model == self.model.as_str() {
+            self.model.clone()
         } else {
-            let metrics = inner
-                .metrics
-                .as_ref()
-                .zip(self.metrics.as_ref())
-                .map(|(all, agent)| all.model(agent, call.model));
-            (inner.labels.models.get(call.model), metrics)
+            labels.models.get(call.model)
         };
         let provider = if call.provider == self.provider.as_str() {
             self.provider.clone()
         } else {
-            inner.labels.values.get(call.provider)
+            labels.values.get(call.provider)
         };
         let started = Instant::now();
         Box::new(Call {
             observer: self.observer.clone(),
             span: self.span.as_ref().map(|run| run.child(started)),
             kind: CallKind::Model {
+                agent: self.agent.clone(),
                 model,
                 provider,
                 started,
-                metrics,
             },
         })
     }
@@ -530,17 +531,15 @@ impl RunScope for Run {
         // Started for real when it ends: the call's own timing gives the start.
         let span = self.span.as_ref().map(|run| run.child(self.started));
         let inner = &self.observer.inner;
-        let kind = match span.as_ref().filter(|s| s.sampled()) {
-            Some(_) => CallKind::Tool {
-                tool: inner.labels.tools.get(&call.name),
-                call_id: Text::new(&call.id),
-                arguments: inner.capture.then(|| call.arguments.clone()),
+        let recorded = span.as_ref().is_some_and(OpenSpan::sampled);
+        let kind = CallKind::Tool {
+            tool: if recorded || inner.metrics.is_some() {
+                inner.labels.tools.get(&call.name)
+            } else {
+                Label::default()
             },
-            None => CallKind::Tool {
-                tool: Label::default(),
-                call_id: Text::new(""),
-                arguments: None,
-            },
+            call_id: Text::new(if recorded { &call.id } else { "" }),
+            arguments: (recorded && inner.capture).then(|| call.arguments.clone()),
         };
         Box::new(Call {
             observer: self.observer.clone(),
@@ -555,8 +554,7 @@ impl RunScope for Run {
             span,
             provider,
             model,
-            metrics: agent_metrics,
-            model_metrics,
+            inflight,
             agent,
             started,
             logged_by_edge,
@@ -564,36 +562,10 @@ impl RunScope for Run {
             agent_version,
         } = *self;
         let now = Instant::now();
-        let inner = &observer.inner;
-        if let (Some(metrics), Some(agent_metrics)) = (&inner.metrics, &agent_metrics) {
-            agent_metrics.inflight.dec();
-            match end.outcome {
-                Ok(_) => {
-                    agent_metrics.ok.inc();
-                }
-                Err(error) => {
-                    metrics
-                        .requests
-                        .get_or_create(&AgentOutcome {
-                            agent: agent.as_str().to_owned(),
-                            outcome: error.code().to_owned(),
-                        })
-                        .inc();
-                }
-            }
-            agent_metrics
-                .duration
-                .observe((now - started).as_secs_f64());
-            if end.cost_usd > 0.0 {
-                match model_metrics.filter(|_| end.model == model.as_str()) {
-                    Some(same) => same.cost.inc_by(end.cost_usd),
-                    None => metrics
-                        .model(agent_metrics, end.model)
-                        .cost
-                        .inc_by(end.cost_usd),
-                };
-            }
+        if let Some(agent) = inflight {
+            agent.inflight.dec();
         }
+        let inner = &observer.inner;
         let recorded = span.as_ref().is_some_and(OpenSpan::sampled);
         let log = (inner.log_runs
             && !logged_by_edge
@@ -603,7 +575,7 @@ impl RunScope for Run {
             tool_calls: end.tool_calls.len(),
             tool_names: ToolNames::of(end.tool_calls, &inner.labels.tools),
         });
-        if !recorded && log.is_none() {
+        if !recorded && log.is_none() && inner.metrics.is_none() {
             return;
         }
         let answered = if end.model == model.as_str() {
@@ -611,34 +583,40 @@ impl RunScope for Run {
         } else {
             inner.labels.models.get(end.model)
         };
-        let record = RunRecord {
-            span,
-            provider,
-            requested: model,
-            started,
-            end: now,
-            agent,
-            agent_version,
-            model: answered,
+        let ids = (recorded || log.is_some()).then(|| Ids {
             request_id: Text::new(context.request_id()),
             tenant: context.tenant().map(Text::new),
             session_id: context.session_id().map(Text::new),
-            tokens_in: end.usage.input_tokens,
-            tokens_out: end.usage.output_tokens,
-            cost_usd: end.cost_usd,
-            error: end.outcome.err().map(|error| {
-                (
-                    error.code(),
-                    recorded.then(|| error.message().to_owned().into_boxed_str()),
-                )
-            }),
-            output: match end.outcome {
-                Ok(reply) if recorded && inner.capture => Some(reply.output.clone()),
-                _ => None,
-            },
-            log,
+        });
+        let error = end.outcome.err().map(|error| {
+            (
+                error.code(),
+                recorded.then(|| error.message().to_owned().into_boxed_str()),
+            )
+        });
+        let output = match end.outcome {
+            Ok(reply) if recorded && inner.capture => Some(reply.output.clone()),
+            _ => None,
         };
-        observer.record(|records| records.runs.push(record));
+        observer.record(|records| {
+            records.runs.push(RunRecord {
+                span,
+                provider,
+                requested: model,
+                started,
+                end: now,
+                agent,
+                agent_version,
+                model: answered,
+                ids,
+                tokens_in: end.usage.input_tokens,
+                tokens_out: end.usage.output_tokens,
+                cost_usd: end.cost_usd,
+                error,
+                output,
+                log,
+            })
+        });
     }
 }
 
@@ -653,35 +631,26 @@ impl CallScope for Call {
             span,
             kind:
                 CallKind::Model {
+                    agent,
                     model,
                     provider,
                     started,
-                    metrics,
                 },
         } = *self
         else {
             return;
         };
-        let now = Instant::now();
         let inner = &observer.inner;
-        if let Some(metrics) = &metrics {
-            metrics.chat_duration.observe((now - started).as_secs_f64());
-            if let Ok(response) = outcome {
-                metrics
-                    .input_tokens
-                    .observe(response.usage.input_tokens as f64);
-                metrics
-                    .output_tokens
-                    .observe(response.usage.output_tokens as f64);
-            }
-        }
-        let Some(span) = span.filter(OpenSpan::sampled) else {
+        let span = span.filter(OpenSpan::sampled);
+        if span.is_none() && inner.metrics.is_none() {
             return;
-        };
+        }
+        let now = Instant::now();
+        let recorded = span.is_some();
         let answered = match outcome {
             Ok(response) => Ok(Answer {
                 model: match response.model.as_deref() {
-                    Some(answered) if answered != model.as_str() => {
+                    Some(answered) if recorded && answered != model.as_str() => {
                         inner.labels.models.get(answered)
                     }
                     _ => model.clone(),
@@ -689,13 +658,17 @@ impl CallScope for Call {
                 tokens_in: response.usage.input_tokens,
                 tokens_out: response.usage.output_tokens,
                 stop_reason: response.stop_reason,
-                output: inner.capture.then(|| message_text(&response.message)),
+                output: (recorded && inner.capture).then(|| message_text(&response.message)),
             }),
-            Err(error) => Err(Box::new((error.code().into(), error.message().to_owned()))),
+            Err(error) => {
+                Err(recorded.then(|| Box::new((error.code().into(), error.message().to_owned()))))
+            }
         };
         observer.record(|records| {
             records.models.push(ModelRecord {
                 span,
+                agent,
+                started,
                 end: now,
                 model,
                 provider,
@@ -705,35 +678,30 @@ impl CallScope for Call {
     }
 
     fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
-        if let Some(metrics) = &self.observer.inner.metrics {
-            let tool = metrics.tool(&record.name);
-            if record.ok {
-                tool.ok.inc();
-            } else {
-                tool.error.inc();
-            }
-        }
         let Call {
             observer,
-            span: Some(span),
+            span,
             kind:
                 CallKind::Tool {
                     tool,
                     call_id,
                     arguments,
                 },
-            ..
         } = *self
         else {
             return;
         };
-        if !span.sampled() {
+        let span = span.filter(OpenSpan::sampled);
+        if span.is_none() && observer.inner.metrics.is_none() {
             return;
         }
         let end = Instant::now();
-        let mut span = span;
-        span.started_at(end.checked_sub(record.duration).unwrap_or(end));
-        let failed = (!record.ok).then(|| record.error.clone().unwrap_or_default());
+        let span = span.map(|mut span| {
+            span.started_at(end.checked_sub(record.duration).unwrap_or(end));
+            span
+        });
+        let failed =
+            (span.is_some() && !record.ok).then(|| record.error.clone().unwrap_or_default());
         observer.record(|records| {
             records.tools.push(ToolRecord {
                 span,
@@ -741,13 +709,14 @@ impl CallScope for Call {
                 tool,
                 call_id,
                 arguments,
+                ok: record.ok,
                 failed,
             })
         });
     }
 }
 
-/// The telemetry thread's half: builds spans and log lines from records.
+/// The telemetry thread's half: builds spans and log lines from records, and counts them.
 pub(crate) struct Builder {
     pub(crate) names: &'static [Names],
     pub(crate) scope: InstrumentationScope,
@@ -755,6 +724,109 @@ pub(crate) struct Builder {
     pub(crate) batch: Option<Batch>,
     /// Turns the records' monotonic times into wall-clock times; set for each batch taken.
     pub(crate) clock: Clock,
+    pub(crate) metrics: Option<Counting>,
+}
+
+/// The metrics, with this thread's own cache of their handles (looking them up in the shared
+/// maps would bounce those maps' locks and counts between the request path and this thread).
+pub(crate) struct Counting {
+    metrics: Arc<Metrics>,
+    agents: HashMap<Box<str>, AgentCounting, FnvBuild>,
+    tools: HashMap<Box<str>, Arc<ToolMetrics>, FnvBuild>,
+}
+
+/// An agent's handles, and those of the models it used.
+struct AgentCounting {
+    handles: Arc<AgentMetrics>,
+    models: HashMap<Box<str>, Arc<ModelMetrics>, FnvBuild>,
+}
+
+impl Counting {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            agents: HashMap::default(),
+            tools: HashMap::default(),
+        }
+    }
+
+    fn agent(&mut self, agent: &str) -> &mut AgentCounting {
+        Self::agent_in(&self.metrics, &mut self.agents, agent)
+    }
+
+    fn agent_in<'a>(
+        metrics: &Metrics,
+        agents: &'a mut HashMap<Box<str>, AgentCounting, FnvBuild>,
+        agent: &str,
+    ) -> &'a mut AgentCounting {
+        if !agents.contains_key(agent) {
+            let handles = metrics.agent(agent);
+            agents.insert(
+                agent.into(),
+                AgentCounting {
+                    handles,
+                    models: HashMap::default(),
+                },
+            );
+        }
+        agents.get_mut(agent).expect("inserted above when missing")
+    }
+
+    fn model(&mut self, agent: &str, model: &str) -> &ModelMetrics {
+        let agent = Self::agent_in(&self.metrics, &mut self.agents, agent);
+        if !agent.models.contains_key(model) {
+            let made = self.metrics.model(&agent.handles, model);
+            agent.models.insert(model.into(), made);
+        }
+        &agent.models[model]
+    }
+
+    fn run(&mut self, run: &RunRecord) {
+        let agent = run.agent.as_str();
+        let duration = (run.end - run.started).as_secs_f64();
+        match run.error {
+            None => self.agent(agent).handles.ok.inc(),
+            Some((code, _)) => self
+                .metrics
+                .requests
+                .get_or_create(&AgentOutcome {
+                    agent: agent.to_owned(),
+                    outcome: code.to_owned(),
+                })
+                .inc(),
+        };
+        self.agent(agent).handles.duration.observe(duration);
+        if run.cost_usd > 0.0 {
+            self.model(agent, run.model.as_str())
+                .cost
+                .inc_by(run.cost_usd);
+        }
+    }
+
+    fn model_call(&mut self, call: &ModelRecord) {
+        let model = self.model(call.agent.as_str(), call.model.as_str());
+        model
+            .chat_duration
+            .observe((call.end - call.started).as_secs_f64());
+        if let Ok(answer) = &call.answered {
+            model.input_tokens.observe(answer.tokens_in as f64);
+            model.output_tokens.observe(answer.tokens_out as f64);
+        }
+    }
+
+    fn tool_call(&mut self, call: &ToolRecord) {
+        let name = call.tool.as_str();
+        if !self.tools.contains_key(name) {
+            let made = self.metrics.tool(name);
+            self.tools.insert(name.into(), made);
+        }
+        let tool = &self.tools[name];
+        if call.ok {
+            tool.ok.inc();
+        } else {
+            tool.error.inc();
+        }
+    }
 }
 
 /// Appends `value` under `key` of every name table switched on.
@@ -811,8 +883,11 @@ impl Builder {
     }
 
     fn run(&mut self, record: RunRecord) {
-        if let Some(log) = &record.log {
-            log_run(log, &record);
+        if let Some(counting) = &mut self.metrics {
+            counting.run(&record);
+        }
+        if let (Some(log), Some(ids)) = (&record.log, &record.ids) {
+            log_run(log, ids, &record);
         }
         let RunRecord {
             span,
@@ -822,9 +897,7 @@ impl Builder {
             agent,
             agent_version,
             model,
-            request_id,
-            tenant,
-            session_id,
+            ids,
             tokens_in,
             tokens_out,
             cost_usd,
@@ -832,7 +905,15 @@ impl Builder {
             output,
             ..
         } = record;
-        let Some(span) = span.filter(OpenSpan::sampled) else {
+        let (
+            Some(span),
+            Some(Ids {
+                request_id,
+                tenant,
+                session_id,
+            }),
+        ) = (span.filter(OpenSpan::sampled), ids)
+        else {
             return;
         };
         let names = self.names;
@@ -875,6 +956,12 @@ impl Builder {
     }
 
     fn model(&mut self, record: ModelRecord) {
+        if let Some(counting) = &mut self.metrics {
+            counting.model_call(&record);
+        }
+        let Some(span) = &record.span else {
+            return;
+        };
         let names = self.names;
         let mut a = self.attributes(7, 0);
         gen_ai(&mut a, names, |n| n.operation_name, "chat".into());
@@ -908,10 +995,10 @@ impl Builder {
                 }
                 Status::Unset
             }
-            Err(failure) => failed(&mut a, names, Some(*failure)),
+            Err(failure) => failed(&mut a, names, failure.map(|failure| *failure)),
         };
         self.push(
-            &record.span,
+            span,
             record.end,
             record.model.span_name(),
             SpanKind::Client,
@@ -921,6 +1008,12 @@ impl Builder {
     }
 
     fn tool(&mut self, record: ToolRecord) {
+        if let Some(counting) = &mut self.metrics {
+            counting.tool_call(&record);
+        }
+        let Some(span) = &record.span else {
+            return;
+        };
         let names = self.names;
         let mut a = self.attributes(4, 1);
         gen_ai(&mut a, names, |n| n.operation_name, "execute_tool".into());
@@ -935,7 +1028,7 @@ impl Builder {
             record.failed.map(|message| ("tool_error".into(), message)),
         );
         self.push(
-            &record.span,
+            span,
             record.end,
             record.tool.span_name(),
             SpanKind::Internal,
@@ -1009,7 +1102,7 @@ impl Drain for Builder {
 }
 
 /// The run's log line, through the subscriber that was current where the run ended.
-fn log_run(log: &RunLog, run: &RunRecord) {
+fn log_run(log: &RunLog, ids: &Ids, run: &RunRecord) {
     let trace = run.span.as_ref().and_then(OpenSpan::trace);
     let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
     let trace_id = trace
@@ -1021,13 +1114,13 @@ fn log_run(log: &RunLog, run: &RunRecord) {
     tracing::dispatcher::with_default(&log.dispatch, || {
         tracing::info!(
             target: "agentkit::run",
-            request_id = run.request_id.as_str(),
+            request_id = ids.request_id.as_str(),
             trace_id,
             span_id,
-            tenant = run.tenant.as_ref().map(Text::as_str),
+            tenant = ids.tenant.as_ref().map(Text::as_str),
             agent = run.agent.as_str(),
             agent_version = run.agent_version.as_str(),
-            session_id = run.session_id.as_ref().map(Text::as_str),
+            session_id = ids.session_id.as_ref().map(Text::as_str),
             model = run.model.as_str(),
             tokens_in = run.tokens_in,
             tokens_out = run.tokens_out,

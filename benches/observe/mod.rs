@@ -1,0 +1,116 @@
+//! The telemetry variants shared by `observe_overhead` (time) and `observe_allocations`
+//! (heap allocations): the one-tool turn with no observer, with one switched off, with JSON
+//! logs, and with everything.
+// Each bench uses part of it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use agentkit::model::ScriptedModel;
+use agentkit::observe::ObserveBuilder;
+use agentkit::observer::Observer;
+use agentkit::{Agent, Executor, Invocation};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+/// Counts spans and drops them.
+#[derive(Debug, Clone, Default)]
+pub struct Count(Arc<AtomicU64>);
+
+impl SpanExporter for Count {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        black_box(batch);
+        Ok(())
+    }
+}
+
+fn agent(observer: Option<Arc<dyn Observer>>) -> Agent {
+    let builder = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()));
+    match observer {
+        Some(observer) => builder.observer(observer),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+/// The four variants, with what keeps their telemetry alive.
+pub struct Variants {
+    pub agents: Vec<(&'static str, Agent)>,
+    pub telemetry: Vec<agentkit::observe::Telemetry>,
+    spans: Count,
+}
+
+impl Variants {
+    /// The variants, and JSON lines to a sink as the process-wide subscriber (as
+    /// `agentkit_observe::init` installs it in a service). Call once per process.
+    pub fn new() -> Self {
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(agentkit::observe::JsonLines)
+            .with_writer(BoxMakeWriter::new(std::io::sink))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the bench's only subscriber");
+        let quiet = || ObserveBuilder::from_env().unwrap().global(false);
+        let spans = Count::default();
+        let off = quiet().logs(false).metrics(false).init().unwrap();
+        let logs = quiet().metrics(false).init().unwrap();
+        let full = quiet().span_exporter_batched(spans.clone()).init().unwrap();
+        Variants {
+            agents: vec![
+                ("no_hook", agent(None)),
+                ("off", agent(Some(off.observer()))),
+                ("json_logs", agent(Some(logs.observer()))),
+                ("full", agent(Some(full.observer()))),
+            ],
+            telemetry: vec![off, logs, full],
+            spans,
+        }
+    }
+
+    /// The agent of `variant`.
+    pub fn agent(&self, variant: &str) -> &Agent {
+        &self
+            .agents
+            .iter()
+            .find(|(name, _)| *name == variant)
+            .expect("AGENTKIT_VARIANT names a variant")
+            .1
+    }
+
+    /// Flushes the telemetry threads; panics unless `turns` full turns exported four spans
+    /// each and no record was dropped.
+    pub fn check(&self, turns: u64) {
+        for telemetry in &self.telemetry {
+            telemetry.flush();
+            assert_eq!(telemetry.dropped(), 0, "telemetry records were dropped");
+        }
+        let spans = self.spans.0.load(Ordering::Relaxed);
+        assert_eq!(spans, 4 * turns, "every turn's four spans were exported");
+        eprintln!("observe: {turns} full turns, {spans} spans exported, none dropped");
+    }
+}
+
+/// An agent that counts its runs.
+pub struct Counted<'a> {
+    pub agent: &'a Agent,
+    pub runs: AtomicU64,
+}
+
+impl Counted<'_> {
+    pub async fn turn(&self) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        turn(self.agent).await;
+    }
+}
+
+/// One turn: "What is 17 + 25?", answered with the `add` tool.
+pub async fn turn(agent: &Agent) {
+    agent
+        .execute(Invocation::text(black_box("What is 17 + 25?")))
+        .await
+        .unwrap();
+}
