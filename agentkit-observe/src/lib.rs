@@ -86,6 +86,8 @@ pub struct ObserveBuilder {
     otlp_headers: HashMap<String, String>,
     protocol: Option<String>,
     sampler: Sampler,
+    /// What the sampler decides for a span starting a trace, when known without asking it.
+    root_decision: Option<bool>,
     exporter: Option<(Box<dyn spans::Export>, spans::Batching)>,
     batching: spans::Batching,
     queue_size: usize,
@@ -208,6 +210,11 @@ impl ObserveBuilder {
                 .map(|h| pairs(&h).into_iter().collect())
                 .unwrap_or_default(),
             protocol: var("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            root_decision: match var("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+                None | Some("always_on" | "parentbased_always_on") => Some(true),
+                Some("always_off" | "parentbased_always_off") => Some(false),
+                Some(_) => None,
+            },
             sampler: sampler(
                 var("OTEL_TRACES_SAMPLER").as_deref(),
                 var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
@@ -290,6 +297,7 @@ impl ObserveBuilder {
     /// The sampler.
     pub fn sampler(mut self, sampler: Sampler) -> Self {
         self.sampler = sampler;
+        self.root_decision = None;
         self
     }
 
@@ -335,7 +343,7 @@ impl ObserveBuilder {
             };
         let sampling = exporter
             .as_ref()
-            .map(|_| spans::Sampling::new(self.sampler.clone()));
+            .map(|_| spans::Sampling::new(self.sampler.clone()).deciding_roots(self.root_decision));
         let batch = exporter.map(|(exporter, batching)| {
             let resource = Resource::builder()
                 .with_service_name(self.service_name.clone())

@@ -76,14 +76,6 @@ impl Label {
         }
     }
 
-    /// The text, for the life of the process when the label is kept.
-    fn kept(&self) -> Option<&'static str> {
-        match self {
-            Label::Kept(named) => Some(named.value),
-            Label::Made(_) => None,
-        }
-    }
-
     fn value(&self) -> opentelemetry::Value {
         opentelemetry::Value::String(match self {
             Label::Kept(named) => StringValue::from(named.value),
@@ -381,11 +373,22 @@ impl Observer for AgentObserver {
                 started,
             )
         });
+        // Spans and model calls' metrics name the provider and the model; a run log names
+        // only the model that answered.
+        let named = span.is_some() || inflight.is_some();
         Box::new(Run {
             observer: self.clone(),
             span,
-            provider: labels.values.get(run.provider),
-            model: labels.models.get(run.model),
+            provider: if named {
+                labels.values.get(run.provider)
+            } else {
+                Label::default()
+            },
+            model: if named {
+                labels.models.get(run.model)
+            } else {
+                Label::default()
+            },
             inflight,
             agent,
             started,
@@ -503,6 +506,9 @@ impl RunScope for Run {
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
+        if self.span.is_none() && self.observer.inner.metrics.is_none() {
+            return Box::new(Unobserved);
+        }
         let labels = &self.observer.inner.labels;
         let model = if call.model == self.model.as_str() {
             self.model.clone()
@@ -528,6 +534,9 @@ impl RunScope for Run {
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
+        if self.span.is_none() && self.observer.inner.metrics.is_none() {
+            return Box::new(Unobserved);
+        }
         // Started for real when it ends: the call's own timing gives the start.
         let span = self.span.as_ref().map(|run| run.child(self.started));
         let inner = &self.observer.inner;
@@ -619,6 +628,12 @@ impl RunScope for Run {
         });
     }
 }
+
+/// A call nothing is recorded of (only run logs are on). Zero-sized: boxing it allocates
+/// nothing.
+struct Unobserved;
+
+impl CallScope for Unobserved {}
 
 impl CallScope for Call {
     fn trace(&self) -> Option<TraceContext> {
@@ -1149,30 +1164,28 @@ fn hex<'a>(out: &'a mut [u8], bytes: &[u8]) -> &'a str {
 /// for up to four calls of configured tools.
 enum ToolNames {
     Few {
-        names: [&'static str; 4],
-        len: usize,
+        names: [Option<&'static Named<&'static str>>; 4],
     },
     Joined(String),
 }
 
 impl ToolNames {
     fn of(calls: &[ToolCallRecord], labels: &LabelSet) -> Self {
-        let mut names = [""; 4];
+        let mut names = [None; 4];
         if calls.len() <= names.len() {
-            let kept = calls.iter().zip(&mut names).all(|(call, slot)| {
-                match labels.get(&call.name).kept() {
-                    Some(kept) => {
-                        *slot = kept;
-                        true
-                    }
-                    None => false,
-                }
-            });
+            let kept =
+                calls
+                    .iter()
+                    .zip(&mut names)
+                    .all(|(call, slot)| match labels.get(&call.name) {
+                        Label::Kept(named) => {
+                            *slot = Some(named);
+                            true
+                        }
+                        Label::Made(_) => false,
+                    });
             if kept {
-                return ToolNames::Few {
-                    names,
-                    len: calls.len(),
-                };
+                return ToolNames::Few { names };
             }
         }
         let mut joined = String::with_capacity(calls.iter().map(|c| c.name.len() + 1).sum());
@@ -1189,12 +1202,12 @@ impl ToolNames {
 impl std::fmt::Display for ToolNames {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ToolNames::Few { names, len } => {
-                for (i, name) in names[..*len].iter().enumerate() {
+            ToolNames::Few { names } => {
+                for (i, named) in names.iter().map_while(|n| *n).enumerate() {
                     if i > 0 {
                         f.write_str(",")?;
                     }
-                    f.write_str(name)?;
+                    f.write_str(named.value)?;
                 }
                 Ok(())
             }
@@ -1273,7 +1286,7 @@ mod tests {
         let names = |calls: &[ToolCallRecord]| ToolNames::of(calls, &labels);
         assert_eq!(names(&[]).to_string(), "");
         let two = names(&[record("add"), record("search")]);
-        assert!(matches!(two, ToolNames::Few { len: 2, .. }));
+        assert!(matches!(two, ToolNames::Few { .. }));
         assert_eq!(two.to_string(), "add,search");
         let five = names(&[0, 1, 2, 3, 4].map(|i| record(&format!("t{i}"))));
         assert!(matches!(five, ToolNames::Joined(_)));

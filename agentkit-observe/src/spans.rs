@@ -49,6 +49,9 @@ fn span_id() -> u64 {
 /// The request path's half: which spans are recorded, and their ids.
 pub(crate) struct Sampling {
     sampler: Sampler,
+    /// The sampler's decision for a span starting a trace, when known from its configuration
+    /// (a `ParentBased` sampler's root is not inspectable).
+    roots: Option<bool>,
 }
 
 impl std::fmt::Debug for Sampling {
@@ -59,7 +62,16 @@ impl std::fmt::Debug for Sampling {
 
 impl Sampling {
     pub(crate) fn new(sampler: Sampler) -> Self {
-        Self { sampler }
+        Self {
+            sampler,
+            roots: None,
+        }
+    }
+
+    /// Decides spans starting a trace as `roots` says, without asking the sampler.
+    pub(crate) fn deciding_roots(mut self, roots: Option<bool>) -> Self {
+        self.roots = roots;
+        self
     }
 
     /// Whether a span starting under `parent` (none: a new trace `trace_id`) is recorded.
@@ -74,6 +86,7 @@ impl Sampling {
             (Sampler::AlwaysOn, _) => true,
             (Sampler::AlwaysOff, _) => false,
             (Sampler::ParentBased(_), Some(parent)) => parent.is_sampled(),
+            (_, None) if self.roots.is_some() => self.roots == Some(true),
             (sampler, parent) => {
                 let parent = parent.map(|p| {
                     OtelContext::new().with_remote_span_context(span_context(
@@ -107,7 +120,8 @@ impl Sampling {
     ) -> OpenSpan {
         let trace_id = match parent {
             Some(parent) => parent.trace_id(),
-            None => fastrand::u128(1..),
+            // Two halves: a `u128` range draw divides in software.
+            None => (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(1..)),
         };
         OpenSpan {
             trace_id: [(trace_id >> 64) as u64, trace_id as u64],
@@ -470,6 +484,26 @@ mod tests {
         assert!(
             clock.at(before) < wall && clock.at(Instant::now()) <= wall + Duration::from_millis(50)
         );
+    }
+
+    #[test]
+    fn a_known_root_decision_skips_the_sampler_only_for_roots() {
+        let off_roots = Sampling::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .deciding_roots(Some(false));
+        let root = off_roots.start("s", &SpanKind::Internal, None, Instant::now());
+        assert!(!root.sampled());
+        let parent = TraceContext::new_root();
+        let under = off_roots.start("s", &SpanKind::Internal, Some(&parent), Instant::now());
+        assert!(under.sampled(), "a sampled parent decides");
+        let asked = Sampling::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+        assert!(
+            !asked
+                .start("s", &SpanKind::Internal, None, Instant::now())
+                .sampled()
+        );
+        let root =
+            Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, Instant::now());
+        assert_ne!(root.trace().unwrap().trace_id(), 0);
     }
 
     #[test]
