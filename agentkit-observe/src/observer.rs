@@ -209,7 +209,58 @@ impl std::fmt::Debug for AgentObserver {
     }
 }
 
+/// What every run of an agent names, found once per thread and agent.
+#[derive(Clone)]
+struct AgentNames {
+    agent: Label,
+    version: Label,
+    model: Label,
+    provider: Label,
+    /// The agent's metric handles, for the in-flight gauge.
+    metrics: Option<Arc<AgentMetrics>>,
+}
+
+thread_local! {
+    /// The names of the last agent run on this thread, and the observer they belong to (held
+    /// weakly: its address cannot be reused while this is kept).
+    static LAST_AGENT: std::cell::RefCell<Option<(std::sync::Weak<Inner>, AgentNames)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl AgentObserver {
+    /// The labels and metric handles of `run`'s agent: the last ones of this thread when
+    /// they match (a service runs the same agent again and again), else looked up.
+    fn agent_names(&self, run: &RunStart<'_>) -> AgentNames {
+        let this = Arc::as_ptr(&self.inner);
+        let same = |names: &AgentNames| {
+            names.agent.as_str() == run.agent
+                && names.version.as_str() == run.agent_version
+                && names.model.as_str() == run.model
+                && names.provider.as_str() == run.provider
+        };
+        let last = LAST_AGENT.with(|last| {
+            last.borrow()
+                .as_ref()
+                .filter(|(owner, names)| std::ptr::eq(owner.as_ptr(), this) && same(names))
+                .map(|(_, names)| names.clone())
+        });
+        if let Some(names) = last {
+            return names;
+        }
+        let labels = &self.inner.labels;
+        let names = AgentNames {
+            agent: labels.agents.get(run.agent),
+            version: labels.values.get(run.agent_version),
+            model: labels.models.get(run.model),
+            provider: labels.values.get(run.provider),
+            metrics: self.inner.metrics.as_ref().map(|all| all.agent(run.agent)),
+        };
+        LAST_AGENT.with(|last| {
+            *last.borrow_mut() = Some((Arc::downgrade(&self.inner), names.clone()));
+        });
+        names
+    }
+
     /// Hands a record to the telemetry thread.
     #[inline]
     fn record(&self, add: impl FnOnce(&mut Records)) {
@@ -357,13 +408,16 @@ impl Observer for AgentObserver {
     }
 
     fn start_run(&self, run: &RunStart<'_>) -> Box<dyn RunScope> {
-        let labels = &self.inner.labels;
-        let agent = labels.agents.get(run.agent);
-        let inflight = self.inner.metrics.as_ref().map(|all| {
-            let agent = all.agent(run.agent);
+        let AgentNames {
+            agent,
+            version,
+            model,
+            provider,
+            metrics: inflight,
+        } = self.agent_names(run);
+        if let Some(agent) = &inflight {
             agent.inflight.inc();
-            agent
-        });
+        }
         let started = Instant::now();
         let span = self.inner.sampling.as_ref().map(|sampling| {
             sampling.start(
@@ -373,28 +427,17 @@ impl Observer for AgentObserver {
                 started,
             )
         });
-        // Spans and model calls' metrics name the provider and the model; a run log names
-        // only the model that answered.
-        let named = span.is_some() || inflight.is_some();
         Box::new(Run {
             observer: self.clone(),
             span,
-            provider: if named {
-                labels.values.get(run.provider)
-            } else {
-                Label::default()
-            },
-            model: if named {
-                labels.models.get(run.model)
-            } else {
-                Label::default()
-            },
+            provider,
+            model,
             inflight,
             agent,
             started,
             logged_by_edge: run.context.extension::<RunReport>().is_some(),
             context: run.context.clone(),
-            agent_version: labels.values.get(run.agent_version),
+            agent_version: version,
         })
     }
 
@@ -521,7 +564,7 @@ impl RunScope for Run {
             labels.values.get(call.provider)
         };
         let started = Instant::now();
-        Box::new(Call {
+        Call {
             observer: self.observer.clone(),
             span: self.span.as_ref().map(|run| run.child(started)),
             kind: CallKind::Model {
@@ -530,7 +573,8 @@ impl RunScope for Run {
                 provider,
                 started,
             },
-        })
+        }
+        .boxed()
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
@@ -550,11 +594,12 @@ impl RunScope for Run {
             call_id: Text::new(if recorded { &call.id } else { "" }),
             arguments: (recorded && inner.capture).then(|| call.arguments.clone()),
         };
-        Box::new(Call {
+        Call {
             observer: self.observer.clone(),
             span,
             kind,
-        })
+        }
+        .boxed()
     }
 
     fn end(self: Box<Self>, end: &RunEnd<'_>) {
@@ -635,12 +680,67 @@ struct Unobserved;
 
 impl CallScope for Unobserved {}
 
-impl CallScope for Call {
+/// Boxes of ended calls kept for the next ones, per thread: a call's box is made and freed on
+/// every model and tool call otherwise.
+const SPARE_CALLS: usize = 16;
+
+thread_local! {
+    // The boxes are the point: they are what the next calls reuse.
+    #[allow(clippy::vec_box)]
+    static SPARE: std::cell::RefCell<Vec<Box<Pooled>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A call in a box that goes back to [`SPARE`] when the call ends.
+struct Pooled(Option<Call>);
+
+impl Call {
+    fn boxed(self) -> Box<dyn CallScope> {
+        let spare = SPARE.with(|spare| spare.borrow_mut().pop());
+        match spare {
+            Some(mut pooled) => {
+                pooled.0 = Some(self);
+                pooled
+            }
+            None => Box::new(Pooled(Some(self))),
+        }
+    }
+}
+
+impl Pooled {
+    /// The call, with the box put back for another.
+    fn take(mut self: Box<Self>) -> Option<Call> {
+        let call = self.0.take();
+        // A thread that is exiting has no spares to keep.
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_CALLS {
+                spare.push(self);
+            }
+        });
+        call
+    }
+}
+
+impl CallScope for Pooled {
     fn trace(&self) -> Option<TraceContext> {
-        self.span.as_ref().and_then(OpenSpan::trace)
+        self.0.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
     }
 
     fn end_model(self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
+        if let Some(call) = self.take() {
+            call.end_model(outcome);
+        }
+    }
+
+    fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
+        if let Some(call) = self.take() {
+            call.end_tool(record);
+        }
+    }
+}
+
+impl Call {
+    fn end_model(self, outcome: Result<&ModelResponse, &Error>) {
         let Call {
             observer,
             span,
@@ -651,7 +751,7 @@ impl CallScope for Call {
                     provider,
                     started,
                 },
-        } = *self
+        } = self
         else {
             return;
         };
@@ -692,7 +792,7 @@ impl CallScope for Call {
         });
     }
 
-    fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
+    fn end_tool(self, record: &ToolCallRecord) {
         let Call {
             observer,
             span,
@@ -702,7 +802,7 @@ impl CallScope for Call {
                     call_id,
                     arguments,
                 },
-        } = *self
+        } = self
         else {
             return;
         };
