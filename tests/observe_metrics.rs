@@ -298,3 +298,53 @@ async fn counters_move_by_the_right_amounts() {
     let saved = store.load("default", "raced").await.unwrap().unwrap();
     assert_eq!(saved.version, 2, "both turns saved");
 }
+
+/// Two observers in one process (and one thread) count their own runs of the same agent: the
+/// names and handles a thread keeps for the agent it ran last belong to one observer.
+#[test]
+fn two_observers_on_one_thread_count_only_their_own_runs() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let telemetry = || {
+        agentkit::observe::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .init()
+            .unwrap()
+    };
+    let (first, second) = (telemetry(), telemetry());
+    let run = |telemetry: &agentkit::observe::Telemetry, times: usize| {
+        let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+            .observer(telemetry.observer())
+            .build()
+            .unwrap();
+        for _ in 0..times {
+            use agentkit::Executor;
+            runtime
+                .block_on(agent.execute(agentkit::Invocation::text("What is 17 + 25?")))
+                .unwrap();
+        }
+    };
+    run(&first, 2);
+    run(&second, 3);
+    run(&first, 1);
+    for (telemetry, runs) in [(&first, 3.0), (&second, 3.0)] {
+        let samples = parse(&telemetry.metrics().unwrap().render());
+        let ok = [("agent", "assistant"), ("outcome", "ok")];
+        assert_eq!(value(&samples, "agentkit_requests_total", &ok), runs);
+        let calls = [("tool", "add"), ("outcome", "ok")];
+        assert_eq!(value(&samples, "agentkit_tool_calls_total", &calls), runs);
+        let inflight = [("agent", "assistant")];
+        assert_eq!(value(&samples, "agentkit_inflight_requests", &inflight), 0.0);
+    }
+    drop(first);
+    // A new observer, possibly where the first one was, starts from nothing.
+    let third = telemetry();
+    run(&third, 1);
+    let samples = parse(&third.metrics().unwrap().render());
+    let ok = [("agent", "assistant"), ("outcome", "ok")];
+    assert_eq!(value(&samples, "agentkit_requests_total", &ok), 1.0);
+}
