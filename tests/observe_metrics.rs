@@ -338,7 +338,10 @@ fn two_observers_on_one_thread_count_only_their_own_runs() {
         let calls = [("tool", "add"), ("outcome", "ok")];
         assert_eq!(value(&samples, "agentkit_tool_calls_total", &calls), runs);
         let inflight = [("agent", "assistant")];
-        assert_eq!(value(&samples, "agentkit_inflight_requests", &inflight), 0.0);
+        assert_eq!(
+            value(&samples, "agentkit_inflight_requests", &inflight),
+            0.0
+        );
     }
     drop(first);
     // A new observer, possibly where the first one was, starts from nothing.

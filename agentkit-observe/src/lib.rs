@@ -13,6 +13,12 @@
 //!   under the HTTP request's span, continuing inbound `traceparent`s and queue messages.
 //! - **Prometheus metrics** rendered by [`Telemetry::metrics`] for `/metrics`.
 //!
+//! The request path only records: ids, monotonic times, the names and counts a span, a log
+//! line or a metric will carry. A telemetry thread per [`Telemetry`] builds the spans, writes
+//! the run log lines (through the subscriber that was current where each run ended), observes
+//! the metrics and exports, so neither a slow log writer nor a collector is on a request's
+//! path. [`Telemetry::flush`], and rendering the metrics, wait for what was recorded before.
+//!
 //! ```no_run
 //! # fn main() -> agentkit_core::Result<()> {
 //! let telemetry = agentkit_observe::init()?; // flushes spans when dropped
@@ -33,6 +39,9 @@
 //! | `OTEL_SERVICE_NAME` | `service.name` | `agentkit` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | `key=value,...` | none |
 //! | `OTEL_TRACES_SAMPLER` (+ `_ARG`) | `always_on`, `always_off`, `traceidratio`, `parentbased_*` | `parentbased_always_on` |
+//! | `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | spans per export | 512 |
+//! | `OTEL_BSP_SCHEDULE_DELAY` | milliseconds a span waits at most for its batch | 5000 |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE` | records waiting for the telemetry thread (a request waits up to 100 ms for room, then the record is dropped and counted) | 8192 |
 //! | `OTEL_SEMCONV_STABILITY_OPT_IN` | `gen_ai/dup` also emits the older attribute names | latest names |
 //! | `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` | `true` records prompt and completion text | off |
 
