@@ -90,6 +90,31 @@ impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Wakes the thread and waits for its progress until `done` or `deadline`; true when
+    /// `done`.
+    fn wait_until<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State<T>>,
+        deadline: Instant,
+        mut done: impl FnMut(&mut State<T>) -> bool,
+    ) -> (MutexGuard<'a, State<T>>, bool) {
+        loop {
+            if done(&mut state) {
+                return (state, true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (state, false);
+            }
+            self.work.notify_one();
+            state = self
+                .progress
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 /// The request path's end of the queue.
@@ -136,23 +161,15 @@ impl<T: Items> Queue<T> {
 
     /// [`push`](Self::push) when the queue is full or closed: waits for room.
     #[cold]
-    fn push_full(&self, mut state: MutexGuard<'_, State<T>>, add: impl FnOnce(&mut T)) {
+    fn push_full<'a>(&'a self, mut state: MutexGuard<'a, State<T>>, add: impl FnOnce(&mut T)) {
         let shared = &*self.shared;
         if state.items.len() >= shared.capacity {
-            let deadline = Instant::now() + FULL_WAIT;
             state.waiting += 1;
-            while state.items.len() >= shared.capacity && !state.closed {
-                shared.work.notify_one();
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                state = shared
-                    .progress
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
+            state = shared
+                .wait_until(state, Instant::now() + FULL_WAIT, |state| {
+                    state.items.len() < shared.capacity || state.closed
+                })
+                .0;
             state.waiting -= 1;
         }
         if state.closed || state.items.len() >= shared.capacity {
@@ -207,23 +224,11 @@ impl<T: Items> Queue<T> {
             return true;
         }
         state.watching += 1;
-        shared.work.notify_one();
-        let done = loop {
-            if ask(&mut state, target) >= target || state.closed {
-                break ask(&mut state, target) >= target;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break false;
-            }
-            state = shared
-                .progress
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        };
+        let (mut state, _) = shared.wait_until(state, deadline, |state| {
+            ask(state, target) >= target || state.closed
+        });
         state.watching -= 1;
-        done
+        ask(&mut state, target) >= target
     }
 }
 
