@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
 use crate::api::dto::HealthDoc;
+use crate::error::ApiError;
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthDoc)))]
@@ -62,10 +63,20 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = state.metrics.as_ref().map_or_else(
-        || "# agentkit: no metrics recorder is installed (see agentkit-observe)\n".to_owned(),
-        |render| render(),
-    );
+    let body = match state.metrics.clone() {
+        None => "# agentkit: no metrics recorder is installed (see agentkit-observe)\n".to_owned(),
+        // Rendering may wait for the telemetry thread to count the latest runs, and encodes
+        // every series: not work for a thread that serves requests.
+        Some(render) => match tokio::task::spawn_blocking(move || render()).await {
+            Ok(body) => body,
+            Err(failed) => {
+                return ApiError::from(agentkit_core::Error::internal(format!(
+                    "rendering the metrics failed: {failed}"
+                )))
+                .into_response();
+            }
+        },
+    };
     // prometheus-client writes OpenMetrics text (ending in `# EOF`); say so, so that
     // Prometheus parses it with the right grammar.
     let content_type = if body.trim_end().ends_with("# EOF") {
