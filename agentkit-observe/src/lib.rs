@@ -361,6 +361,8 @@ impl ObserveBuilder {
             spans::Batch::new(exporter, batching, &resource)
         });
         let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
+        // The request path's clock calibrates on its first reading; take it here, not there.
+        let _ = spans::now();
         let background = if batch.is_some() || self.logs || metrics.is_some() {
             let builder = observer::Builder {
                 names: self.names,

@@ -21,7 +21,7 @@ use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
 use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel, ToolMetrics};
 use crate::semconv::Names;
-use crate::spans::{Batch, Clock, OpenSpan, Sampling};
+use crate::spans::{Batch, Clock, OpenSpan, Sampling, Stamp};
 use crate::text::Text;
 
 pub(crate) struct Inner {
@@ -305,8 +305,8 @@ pub(crate) struct RunRecord {
     /// The provider and the model asked for.
     provider: Label,
     requested: Label,
-    started: Instant,
-    end: Instant,
+    started: Stamp,
+    end: Stamp,
     agent: Label,
     agent_version: Label,
     /// The model that answered.
@@ -343,8 +343,8 @@ pub(crate) struct ModelRecord {
     span: Option<OpenSpan>,
     /// For the metrics, which are per agent.
     agent: Label,
-    started: Instant,
-    end: Instant,
+    started: Stamp,
+    end: Stamp,
     model: Label,
     provider: Label,
     /// What the span records of a failure (recorded spans only).
@@ -364,7 +364,7 @@ struct Answer {
 pub(crate) struct ToolRecord {
     /// Recorded spans only.
     span: Option<OpenSpan>,
-    end: Instant,
+    end: Stamp,
     tool: Label,
     call_id: Text,
     arguments: Option<String>,
@@ -375,7 +375,7 @@ pub(crate) struct ToolRecord {
 
 pub(crate) struct RequestRecord {
     span: OpenSpan,
-    end: Instant,
+    end: Stamp,
     name: Text,
     method: Text,
     route: Text,
@@ -394,7 +394,7 @@ struct Run {
     inflight: Option<Arc<AgentMetrics>>,
     agent: Label,
     /// The span's start too: one clock read serves both.
-    started: Instant,
+    started: Stamp,
     logged_by_edge: bool,
     /// The request's context (request id, tenant, session), held rather than copied.
     context: Context,
@@ -418,7 +418,7 @@ impl Observer for AgentObserver {
         if let Some(agent) = &inflight {
             agent.inflight.inc();
         }
-        let started = Instant::now();
+        let started = crate::spans::now();
         let span = self.inner.sampling.as_ref().map(|sampling| {
             sampling.start(
                 &agent.span_name(),
@@ -447,7 +447,7 @@ impl Observer for AgentObserver {
             &name,
             &SpanKind::Server,
             request.context.trace(),
-            Instant::now(),
+            crate::spans::now(),
         );
         Some(Box::new(Request {
             observer: self.clone(),
@@ -505,7 +505,7 @@ impl RequestScope for Request {
             request_id,
         } = *self;
         if span.sampled() {
-            let end = Instant::now();
+            let end = crate::spans::now();
             observer.record(|records| {
                 records.requests.push(RequestRecord {
                     span,
@@ -527,7 +527,7 @@ enum CallKind {
         model: Label,
         provider: Label,
         /// The span's start too.
-        started: Instant,
+        started: Stamp,
     },
     Tool {
         tool: Label,
@@ -563,7 +563,7 @@ impl RunScope for Run {
         } else {
             labels.values.get(call.provider)
         };
-        let started = Instant::now();
+        let started = crate::spans::now();
         Call {
             observer: self.observer.clone(),
             span: self.span.as_ref().map(|run| run.child(started)),
@@ -615,7 +615,7 @@ impl RunScope for Run {
             context,
             agent_version,
         } = *self;
-        let now = Instant::now();
+        let now = crate::spans::now();
         if let Some(agent) = inflight {
             agent.inflight.dec();
         }
@@ -760,7 +760,7 @@ impl Call {
         if span.is_none() && inner.metrics.is_none() {
             return;
         }
-        let now = Instant::now();
+        let now = crate::spans::now();
         let recorded = span.is_some();
         let answered = match outcome {
             Ok(response) => Ok(Answer {
@@ -810,7 +810,7 @@ impl Call {
         if span.is_none() && observer.inner.metrics.is_none() {
             return;
         }
-        let end = Instant::now();
+        let end = crate::spans::now();
         let span = span.map(|mut span| {
             span.started_at(end.checked_sub(record.duration).unwrap_or(end));
             span
@@ -978,7 +978,7 @@ impl Builder {
     fn push(
         &mut self,
         span: &OpenSpan,
-        end: Instant,
+        end: Stamp,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
