@@ -13,13 +13,16 @@ executable() {
     | sed -n "s/.*\"executable\":\"\([^\"]*$1[^\"]*\)\".*/\1/p" | tail -1
 }
 # count EXECUTABLE COUNT_VARIABLE VARIANT N: "all-threads calling-thread" instructions of a
-# run of N units of VARIANT.
+# run of N units of VARIANT. Where the bench has a `run_turns` function, callgrind writes
+# the calling thread's count so far when it is entered and starts afresh: start-up (a clock
+# calibration that runs for a set time, so for a varying number of instructions) stays out.
+# The final files (`out-NN`, one per thread) hold what is counted.
 count() {
   local dir all=0 main
   dir=$(mktemp -d)
   env "$2=$4" AGENTKIT_VARIANT="$3" valgrind --tool=callgrind --separate-threads=yes \
-    --callgrind-out-file="$dir/out" "$1" >/dev/null 2>&1
-  for file in "$dir"/out*; do
+    --dump-before='*run_turns*' --callgrind-out-file="$dir/out" "$1" >/dev/null 2>&1
+  for file in "$dir"/out-*; do
     n=$(sed -n 's/^summary: \([0-9]*\).*/\1/p' "$file")
     all=$((all + ${n:-0}))
   done
