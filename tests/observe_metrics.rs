@@ -351,3 +351,89 @@ fn two_observers_on_one_thread_count_only_their_own_runs() {
     let ok = [("agent", "assistant"), ("outcome", "ok")];
     assert_eq!(value(&samples, "agentkit_requests_total", &ok), 1.0);
 }
+
+/// An exporter that hangs until told to go on.
+#[derive(Debug, Clone)]
+struct Hanging(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Hanging {
+    fn release(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for Hanging {
+    async fn export(
+        &self,
+        _: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let (released, wake) = &*self.0;
+        let mut released = released.lock().unwrap();
+        while !*released {
+            released = wake.wait(released).unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// A collector that hangs an export stops nothing but telemetry: runs go on at their own
+/// pace while the telemetry thread waits, what does not fit is dropped and counted, and once
+/// the exporter answers again telemetry resumes.
+#[test]
+fn a_hanging_exporter_drops_telemetry_and_never_blocks_runs() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exporter = Hanging(Arc::default());
+    let telemetry = agentkit::observe::ObserveBuilder::from_env()
+        .unwrap()
+        .global(false)
+        .logs(false)
+        .queue_size(64)
+        .span_exporter(exporter.clone())
+        .init()
+        .unwrap();
+    let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .observer(telemetry.observer())
+        .build()
+        .unwrap();
+    // 200 runs make 800 spans and 600 metric records against room for 64: if a run waited
+    // for the telemetry thread, this would not end before the deadline.
+    runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            for _ in 0..200 {
+                use agentkit::Executor;
+                agent
+                    .execute(agentkit::Invocation::text("What is 17 + 25?"))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+        .expect("runs finish while the exporter hangs")
+    });
+    let dropped = telemetry.dropped();
+    assert!(dropped > 0, "records that did not fit were dropped");
+    let samples = parse(&telemetry.metrics().unwrap().render());
+    assert_eq!(
+        value(&samples, "agentkit_telemetry_dropped_total", &[]),
+        dropped as f64
+    );
+    exporter.release();
+    telemetry.flush();
+    runtime.block_on(async {
+        use agentkit::Executor;
+        agent
+            .execute(agentkit::Invocation::text("What is 17 + 25?"))
+            .await
+            .unwrap();
+    });
+    telemetry.flush();
+    assert_eq!(
+        telemetry.dropped(),
+        dropped,
+        "nothing dropped once it answers"
+    );
+}

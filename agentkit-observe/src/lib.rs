@@ -41,7 +41,7 @@
 //! | `OTEL_TRACES_SAMPLER` (+ `_ARG`) | `always_on`, `always_off`, `traceidratio`, `parentbased_*` | `parentbased_always_on` |
 //! | `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | spans per export | 512 |
 //! | `OTEL_BSP_SCHEDULE_DELAY` | milliseconds a span waits at most for its batch | 5000 |
-//! | `OTEL_BSP_MAX_QUEUE_SIZE` | records waiting for the telemetry thread (a request waits up to 100 ms for room, then the record is dropped and counted) | 8192 |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE` | records waiting for the telemetry thread (past it, records are dropped and counted, never waited for) | 8192 |
 //! | `OTEL_SEMCONV_STABILITY_OPT_IN` | `gen_ai/dup` also emits the older attribute names | latest names |
 //! | `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` | `true` records prompt and completion text | off |
 
@@ -295,9 +295,9 @@ impl ObserveBuilder {
     }
 
     /// How many finished spans and run records may wait for the telemetry thread
-    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 8,192). A request that finds the queue full waits
-    /// up to 100 ms for room, then its record is dropped and counted
-    /// ([`Telemetry::dropped`]).
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 8,192). A request that finds the queue full does
+    /// not wait: its record is dropped and counted ([`Telemetry::dropped`],
+    /// `agentkit_telemetry_dropped_total`).
     pub fn queue_size(mut self, records: usize) -> Self {
         self.queue_size = records.max(1);
         self
@@ -483,8 +483,10 @@ impl Telemetry {
         }
     }
 
-    /// Spans and run records dropped because the telemetry thread fell behind by more than
-    /// the queue holds for 100 ms, or had stopped. Zero in a healthy process.
+    /// Spans, run logs and metric observations dropped because the telemetry thread fell
+    /// behind by more than the queue holds (a log pipe nobody reads, a collector that hangs an
+    /// export, a starved CPU), or had stopped. Zero in a healthy process; also exported as
+    /// `agentkit_telemetry_dropped_total`.
     pub fn dropped(&self) -> u64 {
         self.background
             .as_ref()

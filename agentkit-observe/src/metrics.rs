@@ -86,6 +86,8 @@ pub(crate) struct Metrics {
     pub(crate) inflight: Family<AgentLabel, Gauge>,
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
     pub(crate) session_conflicts: Counter,
+    /// Records the telemetry thread never got (it was behind or stopped).
+    telemetry_dropped: Counter,
     agents: RwLock<HashMap<String, Arc<AgentMetrics>, FnvBuild>>,
     tools: RwLock<HashMap<String, Arc<ToolMetrics>, FnvBuild>>,
 }
@@ -267,6 +269,12 @@ impl Metrics {
             "Session saves that lost a compare-and-set race",
             session_conflicts.clone(),
         );
+        let telemetry_dropped = Counter::default();
+        registry.register(
+            "agentkit_telemetry_dropped",
+            "Spans, run logs and metric observations dropped because the telemetry thread was behind",
+            telemetry_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -278,6 +286,7 @@ impl Metrics {
             inflight,
             queue_depth,
             session_conflicts,
+            telemetry_dropped,
             agents: RwLock::default(),
             tools: RwLock::default(),
         }
@@ -312,13 +321,18 @@ impl MetricsHandle {
     /// call are counted first (the telemetry thread counts them; this waits for it, at most
     /// a second).
     pub fn render(&self) -> String {
-        if let Some(pending) = &self.pending
-            && !pending.sync(Duration::from_secs(1))
-        {
-            tracing::warn!(
-                target: "agentkit::telemetry",
-                "the telemetry thread is behind; /metrics may miss the latest runs"
-            );
+        if let Some(pending) = &self.pending {
+            if !pending.sync(Duration::from_secs(1)) {
+                tracing::warn!(
+                    target: "agentkit::telemetry",
+                    "the telemetry thread is behind; /metrics may miss the latest runs"
+                );
+            }
+            // Renders may race; the count only ever rises to the queue's.
+            self.metrics
+                .telemetry_dropped
+                .inner()
+                .fetch_max(pending.dropped(), std::sync::atomic::Ordering::Relaxed);
         }
         self.metrics.render()
     }

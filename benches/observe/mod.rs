@@ -54,7 +54,15 @@ impl Variants {
             .with_writer(BoxMakeWriter::new(std::io::sink))
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("the bench's only subscriber");
-        let quiet = || ObserveBuilder::from_env().unwrap().global(false);
+        // Room for 65,536 records: under callgrind the threads take turns in long slices and
+        // the default 8,192 can fill before the telemetry thread's turn comes; a full queue
+        // drops records, which `check` would refuse. Timed runs never come near it.
+        let quiet = || {
+            ObserveBuilder::from_env()
+                .unwrap()
+                .global(false)
+                .queue_size(1 << 16)
+        };
         let spans = Count::default();
         let off = quiet().logs(false).metrics(false).init().unwrap();
         let logs = quiet().metrics(false).init().unwrap();
