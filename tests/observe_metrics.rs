@@ -377,9 +377,9 @@ impl opentelemetry_sdk::trace::SpanExporter for Hanging {
     }
 }
 
-/// A collector that hangs an export stops nothing but telemetry: runs go on at their own
-/// pace while the telemetry thread waits, what does not fit is dropped and counted, and once
-/// the exporter answers again telemetry resumes.
+/// A collector that hangs an export costs spans only: runs go on at their own pace, metrics
+/// count every run, the spans the exporter cannot take are dropped and counted, and once it
+/// answers again spans flow.
 #[test]
 fn a_hanging_exporter_drops_telemetry_and_never_blocks_runs() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -391,16 +391,17 @@ fn a_hanging_exporter_drops_telemetry_and_never_blocks_runs() {
         .unwrap()
         .global(false)
         .logs(false)
-        .queue_size(64)
-        .span_exporter(exporter.clone())
+        .queue_size(4096)
+        .span_exporter_batched(exporter.clone())
+        .span_batches(1, std::time::Duration::ZERO)
         .init()
         .unwrap();
     let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
         .observer(telemetry.observer())
         .build()
         .unwrap();
-    // 200 runs make 800 spans and 600 metric records against room for 64: if a run waited
-    // for the telemetry thread, this would not end before the deadline.
+    // 200 runs make 800 spans, exported one by one by an exporter that never returns: if a
+    // run waited for telemetry, this would not end before the deadline.
     runtime.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(30), async {
             for _ in 0..200 {
@@ -414,12 +415,21 @@ fn a_hanging_exporter_drops_telemetry_and_never_blocks_runs() {
         .await
         .expect("runs finish while the exporter hangs")
     });
-    let dropped = telemetry.dropped();
-    assert!(dropped > 0, "records that did not fit were dropped");
     let samples = parse(&telemetry.metrics().unwrap().render());
+    let dropped = telemetry.dropped();
+    assert!(
+        dropped >= 700,
+        "spans the exporter could not take: {dropped} dropped"
+    );
     assert_eq!(
         value(&samples, "agentkit_telemetry_dropped_total", &[]),
         dropped as f64
+    );
+    let ok = [("agent", "assistant"), ("outcome", "ok")];
+    assert_eq!(
+        value(&samples, "agentkit_requests_total", &ok),
+        200.0,
+        "metrics count every run while spans wait"
     );
     exporter.release();
     telemetry.flush();

@@ -82,7 +82,8 @@ struct Shared<T> {
     /// Wakes requests waiting for room and flushes waiting for progress.
     progress: Condvar,
     capacity: usize,
-    dropped: AtomicU64,
+    /// Shared with the span export, which counts the spans it drops here too.
+    dropped: Arc<AtomicU64>,
 }
 
 impl<T> Shared<T> {
@@ -170,7 +171,8 @@ impl<T: Items> Queue<T> {
         }
     }
 
-    /// Records dropped because the queue stayed full or the thread had stopped.
+    /// Records dropped because the queue was full or the thread had stopped, and spans the
+    /// exporter could not take.
     pub(crate) fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -219,8 +221,12 @@ pub(crate) struct Background<T> {
 }
 
 impl<T: Items> Background<T> {
-    /// Starts the thread with room for `capacity` records.
-    pub(crate) fn start<D: Drain<Items = T>>(capacity: usize, drain: D) -> std::io::Result<Self> {
+    /// Starts the thread with room for `capacity` records; drops count in `dropped`.
+    pub(crate) fn start<D: Drain<Items = T>>(
+        capacity: usize,
+        drain: D,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 items: T::default(),
@@ -236,7 +242,7 @@ impl<T: Items> Background<T> {
             work: Condvar::new(),
             progress: Condvar::new(),
             capacity: capacity.max(1),
-            dropped: AtomicU64::new(0),
+            dropped,
         });
         let thread = std::thread::Builder::new()
             .name("agentkit-telemetry".into())
@@ -390,6 +396,7 @@ mod tests {
                 stopped: stopped.clone(),
                 slow,
             },
+            Arc::default(),
         )
         .unwrap();
         (background, sent, stopped)

@@ -97,7 +97,8 @@ pub struct ObserveBuilder {
     sampler: Sampler,
     /// What the sampler decides for a span starting a trace, when known without asking it.
     root_decision: Option<bool>,
-    exporter: Option<(Box<dyn spans::Export>, spans::Batching)>,
+    /// The exporter, and whether it takes spans as they come rather than in batches.
+    exporter: Option<(Box<dyn spans::Export>, bool)>,
     batching: spans::Batching,
     queue_size: usize,
     names: &'static [semconv::Names],
@@ -278,19 +279,30 @@ impl ObserveBuilder {
         self
     }
 
-    /// Exports spans to `exporter` one by one, as soon as the telemetry thread has built them
-    /// (within about a millisecond of their end), e.g. an in-memory exporter in tests; replaces
-    /// OTLP.
+    /// Exports spans to `exporter` as soon as the telemetry thread has built them (within
+    /// about a millisecond of their end; what one pass of that thread builds goes in one
+    /// export), e.g. an in-memory exporter in tests; replaces OTLP.
     pub fn span_exporter(mut self, exporter: impl SpanExporter + 'static) -> Self {
-        self.exporter = Some((Box::new(exporter), spans::Batching::EACH));
+        self.exporter = Some((Box::new(exporter), true));
         self
     }
 
-    /// Exports spans to `exporter` in batches, as OTLP does: when
-    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (512) wait, or the oldest has waited
-    /// `OTEL_BSP_SCHEDULE_DELAY` milliseconds (5,000).
+    /// Exports spans to `exporter` in batches, as OTLP does (see
+    /// [`span_batches`](Self::span_batches)).
     pub fn span_exporter_batched(mut self, exporter: impl SpanExporter + 'static) -> Self {
-        self.exporter = Some((Box::new(exporter), self.batching));
+        self.exporter = Some((Box::new(exporter), false));
+        self
+    }
+
+    /// Batches of at most `size` spans, each sent once full or once its oldest span has
+    /// waited `delay` (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, and
+    /// `OTEL_BSP_SCHEDULE_DELAY`, default 5 s). At most four batches wait for an exporter
+    /// that is behind; later ones are dropped and counted ([`Telemetry::dropped`]).
+    pub fn span_batches(mut self, size: usize, delay: Duration) -> Self {
+        self.batching = spans::Batching {
+            size: size.max(1),
+            delay,
+        };
         self
     }
 
@@ -341,7 +353,14 @@ impl ObserveBuilder {
         let mut runtime = None;
         let exporter: Option<(Box<dyn spans::Export>, spans::Batching)> =
             match (self.exporter, &self.otlp_endpoint) {
-                (Some(exporter), _) => Some(exporter),
+                (Some((exporter, prompt)), _) => Some((
+                    exporter,
+                    if prompt {
+                        spans::Batching::PROMPT
+                    } else {
+                        self.batching
+                    },
+                )),
                 (None, Some(endpoint)) => {
                     let export = otlp::ExportRuntime::start()?;
                     let exporter = otlp::exporter(&export, endpoint, self.otlp_headers.clone())?;
@@ -353,13 +372,18 @@ impl ObserveBuilder {
         let sampling = exporter
             .as_ref()
             .map(|_| spans::Sampling::new(self.sampler.clone()).deciding_roots(self.root_decision));
-        let batch = exporter.map(|(exporter, batching)| {
-            let resource = Resource::builder()
-                .with_service_name(self.service_name.clone())
-                .with_attributes(self.resource.clone())
-                .build();
-            spans::Batch::new(exporter, batching, &resource)
-        });
+        // Records the queue cannot take and spans the exporter cannot take, counted together.
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let batch = exporter
+            .map(|(exporter, batching)| {
+                let resource = Resource::builder()
+                    .with_service_name(self.service_name.clone())
+                    .with_attributes(self.resource.clone())
+                    .build();
+                spans::Batch::new(exporter, batching, &resource, dropped.clone())
+            })
+            .transpose()
+            .map_err(|e| Error::internal(format!("cannot start the span export thread: {e}")))?;
         let metrics = self.metrics.then(|| Arc::new(metrics::Metrics::new()));
         // The request path's clock calibrates on its first reading; take it here, not there.
         let _ = spans::now();
@@ -372,7 +396,7 @@ impl ObserveBuilder {
                 metrics: metrics.clone().map(observer::Counting::new),
             };
             Some(
-                background::Background::start(self.queue_size, builder).map_err(|e| {
+                background::Background::start(self.queue_size, builder, dropped).map_err(|e| {
                     Error::internal(format!("cannot start the telemetry thread: {e}"))
                 })?,
             )

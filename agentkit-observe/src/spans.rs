@@ -12,6 +12,8 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -311,16 +313,115 @@ pub(crate) struct Batching {
 }
 
 impl Batching {
-    /// Each span as soon as the telemetry thread has built it (for tests and local tools).
-    pub(crate) const EACH: Batching = Batching {
-        size: 1,
+    /// Spans as soon as the telemetry thread has built them: what one pass of that thread
+    /// builds goes in one export (for tests and local tools).
+    pub(crate) const PROMPT: Batching = Batching {
+        size: 512,
         delay: Duration::ZERO,
     };
 }
 
+/// Batches handed to the export thread that may wait there; past them, batches are dropped.
+const QUEUED_BATCHES: usize = 4;
+/// The longest a flush or a shutdown waits for the exporter.
+const EXPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the export thread is asked to do.
+enum Job {
+    Spans(Vec<SpanData>),
+    Flush(SyncSender<()>),
+    Shutdown(SyncSender<()>),
+}
+
+/// The exporter on a thread of its own, so that a collector that hangs an export holds up
+/// spans only: the telemetry thread goes on writing logs and counting metrics, and drops (and
+/// counts) span batches the exporter cannot take.
+struct Exporting {
+    inbox: SyncSender<Job>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Exporting {
+    fn start(mut exporter: Box<dyn Export>, dropped: Arc<AtomicU64>) -> std::io::Result<Self> {
+        let (inbox, jobs) = std::sync::mpsc::sync_channel::<Job>(QUEUED_BATCHES);
+        std::thread::Builder::new()
+            .name("agentkit-export".into())
+            .spawn(move || {
+                for job in jobs {
+                    match job {
+                        Job::Spans(spans) => {
+                            if let Err(error) = exporter.export(spans) {
+                                tracing::warn!(target: "agentkit::telemetry", %error, "exporting spans failed");
+                            }
+                        }
+                        Job::Flush(done) => {
+                            if let Err(error) = exporter.flush() {
+                                tracing::warn!(target: "agentkit::telemetry", %error, "flushing spans failed");
+                            }
+                            let _ = done.send(());
+                        }
+                        Job::Shutdown(done) => {
+                            if let Err(error) = exporter.shutdown() {
+                                tracing::warn!(target: "agentkit::telemetry", %error, "shutting the span exporter down failed");
+                            }
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { inbox, dropped })
+    }
+
+    /// Hands `spans` to the exporter, or drops and counts them when it is behind.
+    fn send(&self, spans: Vec<SpanData>) {
+        match self.inbox.try_send(Job::Spans(spans)) {
+            Ok(()) => {}
+            Err(
+                TrySendError::Full(Job::Spans(spans))
+                | TrySendError::Disconnected(Job::Spans(spans)),
+            ) => {
+                if self
+                    .dropped
+                    .fetch_add(spans.len() as u64, Ordering::Relaxed)
+                    == 0
+                {
+                    tracing::warn!(
+                        target: "agentkit::telemetry",
+                        "the span exporter is behind: dropping spans (counted in \
+                         agentkit_telemetry_dropped_total)"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Asks for `job` once everything handed over before it is exported and waits for it,
+    /// at most [`EXPORT_WAIT`]. False when the exporter did not answer in time.
+    fn wait(&self, job: fn(SyncSender<()>) -> Job) -> bool {
+        let deadline = Instant::now() + EXPORT_WAIT;
+        let (done, finished) = std::sync::mpsc::sync_channel(1);
+        let mut job = job(done);
+        loop {
+            match self.inbox.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                    job = again;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        finished
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
 /// Spans built on the telemetry thread, waiting for export.
 pub(crate) struct Batch {
-    exporter: Box<dyn Export>,
+    exporting: Exporting,
     batching: Batching,
     spans: Vec<SpanData>,
     /// When the oldest waiting span arrived.
@@ -328,18 +429,20 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// Starts the export thread; spans it cannot take count in `dropped`.
     pub(crate) fn new(
         mut exporter: Box<dyn Export>,
         batching: Batching,
         resource: &Resource,
-    ) -> Self {
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
         exporter.set_resource(resource);
-        Self {
-            exporter,
+        Ok(Self {
+            exporting: Exporting::start(exporter, dropped)?,
             batching,
             spans: Vec::new(),
             since: None,
-        }
+        })
     }
 
     pub(crate) fn push(&mut self, span: SpanData) {
@@ -364,23 +467,23 @@ impl Batch {
             &mut self.spans,
             Vec::with_capacity(self.batching.size.min(4096)),
         );
-        if let Err(error) = self.exporter.export(spans) {
-            tracing::warn!(target: "agentkit::telemetry", %error, "exporting spans failed");
-        }
+        self.exporting.send(spans);
     }
 
-    /// Exports what waits and flushes the exporter.
+    /// Exports what waits and flushes the exporter (waiting for it at most five seconds).
     pub(crate) fn flush(&mut self) {
         self.export();
-        if let Err(error) = self.exporter.flush() {
-            tracing::warn!(target: "agentkit::telemetry", %error, "flushing spans failed");
+        if !self.exporting.wait(Job::Flush) {
+            tracing::warn!(target: "agentkit::telemetry", "the span exporter did not flush in time");
         }
     }
 
+    /// Exports what waits and shuts the exporter down; an exporter that does not answer in
+    /// five seconds is left to its thread.
     pub(crate) fn shutdown(&mut self) {
-        self.flush();
-        if let Err(error) = self.exporter.shutdown() {
-            tracing::warn!(target: "agentkit::telemetry", %error, "shutting the span exporter down failed");
+        self.export();
+        if !self.exporting.wait(Job::Shutdown) {
+            tracing::warn!(target: "agentkit::telemetry", "the span exporter did not shut down in time");
         }
     }
 }
@@ -395,7 +498,13 @@ mod tests {
         let exporter = InMemorySpanExporter::default();
         let resource = Resource::builder().with_service_name("test").build();
         (
-            Batch::new(Box::new(exporter.clone()), Batching::EACH, &resource),
+            Batch::new(
+                Box::new(exporter.clone()),
+                Batching::PROMPT,
+                &resource,
+                Arc::default(),
+            )
+            .unwrap(),
             exporter,
         )
     }
@@ -430,6 +539,8 @@ mod tests {
                 ));
             }
         }
+        // Export happens on the export thread: wait for it.
+        batch.flush();
         root.trace()
     }
 
@@ -481,6 +592,59 @@ mod tests {
         assert_eq!(exported.get_finished_spans().unwrap().len(), 4);
     }
 
+    /// Blocks every export until released.
+    #[derive(Debug, Clone, Default)]
+    struct Stuck(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+    impl SpanExporter for Stuck {
+        async fn export(&self, _: Vec<SpanData>) -> OTelSdkResult {
+            let (released, wake) = &*self.0;
+            let mut released = released.lock().unwrap();
+            while !*released {
+                released = wake.wait(released).unwrap();
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_hanging_exporter_costs_dropped_batches_not_a_stuck_caller() {
+        let stuck = Stuck::default();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let resource = Resource::builder().with_service_name("test").build();
+        let mut batch = Batch::new(
+            Box::new(stuck.clone()),
+            Batching {
+                size: 1,
+                delay: Duration::ZERO,
+            },
+            &resource,
+            dropped.clone(),
+        )
+        .unwrap();
+        let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, now());
+        for _ in 0..20 {
+            batch.push(root.data(
+                &Clock::now(),
+                now(),
+                "s".into(),
+                SpanKind::Internal,
+                Vec::new(),
+                Status::Unset,
+                &scope(),
+            ));
+        }
+        // One batch in the exporter's hands, QUEUED_BATCHES waiting, the rest dropped.
+        let counted = dropped.load(Ordering::Relaxed);
+        assert!(
+            (20 - 1 - QUEUED_BATCHES as u64..=20 - QUEUED_BATCHES as u64).contains(&counted),
+            "{counted} dropped"
+        );
+        *stuck.0.0.lock().unwrap() = true;
+        stuck.0.1.notify_all();
+        assert!(batch.exporting.wait(Job::Flush), "answers once released");
+    }
+
     #[test]
     fn the_clock_maps_monotonic_times_on_both_sides_of_its_reading() {
         let before = now();
@@ -521,7 +685,9 @@ mod tests {
                 delay: Duration::from_secs(60),
             },
             &resource,
-        );
+            Arc::default(),
+        )
+        .unwrap();
         assert_eq!(batch.due(), None, "nothing waits");
         let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, now());
         let span = || {
@@ -537,11 +703,17 @@ mod tests {
         };
         batch.push(span());
         batch.push(span());
-        assert!(exporter.get_finished_spans().unwrap().is_empty());
+        // Waits for the export thread without sending what the batch holds.
+        let exported = |batch: &Batch| {
+            assert!(batch.exporting.wait(Job::Flush));
+            exporter.get_finished_spans().unwrap().len()
+        };
+        assert_eq!(exported(&batch), 0);
         assert!(batch.due().is_some_and(|due| due > Instant::now()));
         batch.push(span());
-        assert_eq!(exporter.get_finished_spans().unwrap().len(), 3, "full");
+        assert_eq!(exported(&batch), 3, "full");
         batch.push(span());
+        assert_eq!(exported(&batch), 3, "one waits");
         batch.flush();
         assert_eq!(exporter.get_finished_spans().unwrap().len(), 4, "flushed");
         assert_eq!(batch.due(), None);
