@@ -20,7 +20,7 @@ executable() {
 count() {
   local dir all=0 main
   dir=$(mktemp -d)
-  env "$2=$4" AGENTKIT_VARIANT="$3" valgrind --tool=callgrind --separate-threads=yes \
+  env "$2=$4" AGENTKIT_VARIANT="$3" AGENTKIT_ONE_BATCH=1 valgrind --tool=callgrind --separate-threads=yes \
     --dump-before='*run_turns*' --callgrind-out-file="$dir/out" "$1" >/dev/null 2>&1
   for file in "$dir"/out-*; do
     n=$(sed -n 's/^summary: \([0-9]*\).*/\1/p' "$file")

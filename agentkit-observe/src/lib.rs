@@ -15,9 +15,12 @@
 //!
 //! The request path only records: ids, monotonic times, the names and counts a span, a log
 //! line or a metric will carry. A telemetry thread per [`Telemetry`] builds the spans, writes
-//! the run log lines (through the subscriber that was current where each run ended), observes
-//! the metrics and exports, so neither a slow log writer nor a collector is on a request's
-//! path. [`Telemetry::flush`], and rendering the metrics, wait for what was recorded before.
+//! the run log lines (through the subscriber that was current where each run ended) and
+//! observes the metrics; spans are exported from a thread of their own. Neither a slow log
+//! writer nor a collector is on a request's path, and a collector that hangs costs spans
+//! only. What does not fit in the queues is dropped and counted
+//! (`agentkit_telemetry_dropped_total`), never waited for. [`Telemetry::flush`], and
+//! rendering the metrics, wait for what was recorded before.
 //!
 //! ```no_run
 //! # fn main() -> agentkit_core::Result<()> {
@@ -296,8 +299,9 @@ impl ObserveBuilder {
 
     /// Batches of at most `size` spans, each sent once full or once its oldest span has
     /// waited `delay` (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, and
-    /// `OTEL_BSP_SCHEDULE_DELAY`, default 5 s). At most four batches wait for an exporter
-    /// that is behind; later ones are dropped and counted ([`Telemetry::dropped`]).
+    /// `OTEL_BSP_SCHEDULE_DELAY`, default 5 s). Batches of up to 8,192 spans in all wait for
+    /// an exporter that is behind; later ones are dropped and counted
+    /// ([`Telemetry::dropped`]).
     pub fn span_batches(mut self, size: usize, delay: Duration) -> Self {
         self.batching = spans::Batching {
             size: size.max(1),

@@ -321,8 +321,9 @@ impl Batching {
     };
 }
 
-/// Batches handed to the export thread that may wait there; past them, batches are dropped.
-const QUEUED_BATCHES: usize = 4;
+/// Spans handed to the export thread that may wait there (in batches; at least two batches):
+/// past them, batches are dropped.
+const QUEUED_SPANS: usize = 8192;
 /// The longest a flush or a shutdown waits for the exporter.
 const EXPORT_WAIT: Duration = Duration::from_secs(5);
 
@@ -342,8 +343,13 @@ struct Exporting {
 }
 
 impl Exporting {
-    fn start(mut exporter: Box<dyn Export>, dropped: Arc<AtomicU64>) -> std::io::Result<Self> {
-        let (inbox, jobs) = std::sync::mpsc::sync_channel::<Job>(QUEUED_BATCHES);
+    fn start(
+        mut exporter: Box<dyn Export>,
+        batch_size: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        let batches = (QUEUED_SPANS / batch_size.max(1)).max(2);
+        let (inbox, jobs) = std::sync::mpsc::sync_channel::<Job>(batches);
         std::thread::Builder::new()
             .name("agentkit-export".into())
             .spawn(move || {
@@ -438,7 +444,7 @@ impl Batch {
     ) -> std::io::Result<Self> {
         exporter.set_resource(resource);
         Ok(Self {
-            exporting: Exporting::start(exporter, dropped)?,
+            exporting: Exporting::start(exporter, batching.size, dropped)?,
             batching,
             spans: Vec::new(),
             since: None,
@@ -623,7 +629,7 @@ mod tests {
         )
         .unwrap();
         let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, now());
-        for _ in 0..20 {
+        for _ in 0..QUEUED_SPANS + 20 {
             batch.push(root.data(
                 &Clock::now(),
                 now(),
@@ -634,12 +640,9 @@ mod tests {
                 &scope(),
             ));
         }
-        // One batch in the exporter's hands, QUEUED_BATCHES waiting, the rest dropped.
+        // One batch in the exporter's hands, QUEUED_SPANS waiting, the rest dropped.
         let counted = dropped.load(Ordering::Relaxed);
-        assert!(
-            (20 - 1 - QUEUED_BATCHES as u64..=20 - QUEUED_BATCHES as u64).contains(&counted),
-            "{counted} dropped"
-        );
+        assert!((19..=20).contains(&counted), "{counted} dropped");
         *stuck.0.0.lock().unwrap() = true;
         stuck.0.1.notify_all();
         assert!(batch.exporting.wait(Job::Flush), "answers once released");

@@ -49,6 +49,12 @@ impl Variants {
     /// The variants, and JSON lines to a sink as the process-wide subscriber (as
     /// `agentkit_observe::init` installs it in a service). Call once per process.
     pub fn new() -> Self {
+        Self::with_span_batches(None)
+    }
+
+    /// [`new`](Self::new), with `full`'s spans exported in batches of `batches` (size, delay)
+    /// instead of the default 512 or 5 s.
+    pub fn with_span_batches(batches: Option<(usize, std::time::Duration)>) -> Self {
         let subscriber = tracing_subscriber::fmt()
             .event_format(agentkit::observe::JsonLines)
             .with_writer(BoxMakeWriter::new(std::io::sink))
@@ -66,7 +72,13 @@ impl Variants {
         let spans = Count::default();
         let off = quiet().logs(false).metrics(false).init().unwrap();
         let logs = quiet().metrics(false).init().unwrap();
-        let full = quiet().span_exporter_batched(spans.clone()).init().unwrap();
+        let full = quiet().span_exporter_batched(spans.clone());
+        let full = match batches {
+            Some((size, delay)) => full.span_batches(size, delay),
+            None => full,
+        }
+        .init()
+        .unwrap();
         Variants {
             agents: vec![
                 ("no_hook", agent(None)),
