@@ -391,7 +391,7 @@ fn a_hanging_exporter_drops_telemetry_and_never_blocks_runs() {
         .unwrap()
         .global(false)
         .logs(false)
-        .queue_size(1 << 16)
+        .queue_size(8192)
         .span_exporter_batched(exporter.clone())
         .span_batches(1, std::time::Duration::ZERO)
         .init()

@@ -299,8 +299,8 @@ impl ObserveBuilder {
 
     /// Batches of at most `size` spans, each sent once full or once its oldest span has
     /// waited `delay` (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, and
-    /// `OTEL_BSP_SCHEDULE_DELAY`, default 5 s). Batches of up to 8,192 spans in all wait for
-    /// an exporter that is behind; later ones are dropped and counted
+    /// `OTEL_BSP_SCHEDULE_DELAY`, default 5 s). Up to [`queue_size`](Self::queue_size) spans
+    /// wait for an exporter that is behind; later batches are dropped and counted
     /// ([`Telemetry::dropped`]).
     pub fn span_batches(mut self, size: usize, delay: Duration) -> Self {
         self.batching = spans::Batching {
@@ -310,8 +310,8 @@ impl ObserveBuilder {
         self
     }
 
-    /// How many finished spans and run records may wait for the telemetry thread
-    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 8,192). A request that finds the queue full does
+    /// How many finished spans and run records may wait for the telemetry thread, and how many
+    /// spans for the exporter (`OTEL_BSP_MAX_QUEUE_SIZE`, default 8,192). A request that finds the queue full does
     /// not wait: its record is dropped and counted ([`Telemetry::dropped`],
     /// `agentkit_telemetry_dropped_total`).
     pub fn queue_size(mut self, records: usize) -> Self {
@@ -384,7 +384,13 @@ impl ObserveBuilder {
                     .with_service_name(self.service_name.clone())
                     .with_attributes(self.resource.clone())
                     .build();
-                spans::Batch::new(exporter, batching, &resource, dropped.clone())
+                spans::Batch::new(
+                    exporter,
+                    batching,
+                    &resource,
+                    self.queue_size,
+                    dropped.clone(),
+                )
             })
             .transpose()
             .map_err(|e| Error::internal(format!("cannot start the span export thread: {e}")))?;

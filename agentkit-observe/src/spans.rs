@@ -321,9 +321,6 @@ impl Batching {
     };
 }
 
-/// Spans handed to the export thread that may wait there (in batches; at least two batches):
-/// past them, batches are dropped.
-const QUEUED_SPANS: usize = 8192;
 /// The longest a flush or a shutdown waits for the exporter.
 const EXPORT_WAIT: Duration = Duration::from_secs(5);
 
@@ -343,12 +340,15 @@ struct Exporting {
 }
 
 impl Exporting {
+    /// Starts the thread; up to `queued` spans (in batches of `batch_size`, at least two
+    /// batches) may wait for it.
     fn start(
         mut exporter: Box<dyn Export>,
         batch_size: usize,
+        queued: usize,
         dropped: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
-        let batches = (QUEUED_SPANS / batch_size.max(1)).max(2);
+        let batches = (queued / batch_size.max(1)).max(2);
         let (inbox, jobs) = std::sync::mpsc::sync_channel::<Job>(batches);
         std::thread::Builder::new()
             .name("agentkit-export".into())
@@ -435,16 +435,18 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Starts the export thread; spans it cannot take count in `dropped`.
+    /// Starts the export thread, for which up to `queued` spans may wait; spans it cannot
+    /// take count in `dropped`.
     pub(crate) fn new(
         mut exporter: Box<dyn Export>,
         batching: Batching,
         resource: &Resource,
+        queued: usize,
         dropped: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         exporter.set_resource(resource);
         Ok(Self {
-            exporting: Exporting::start(exporter, batching.size, dropped)?,
+            exporting: Exporting::start(exporter, batching.size, queued, dropped)?,
             batching,
             spans: Vec::new(),
             since: None,
@@ -508,6 +510,7 @@ mod tests {
                 Box::new(exporter.clone()),
                 Batching::PROMPT,
                 &resource,
+                8192,
                 Arc::default(),
             )
             .unwrap(),
@@ -625,11 +628,12 @@ mod tests {
                 delay: Duration::ZERO,
             },
             &resource,
+            64,
             dropped.clone(),
         )
         .unwrap();
         let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, now());
-        for _ in 0..QUEUED_SPANS + 20 {
+        for _ in 0..64 + 20 {
             batch.push(root.data(
                 &Clock::now(),
                 now(),
@@ -640,7 +644,7 @@ mod tests {
                 &scope(),
             ));
         }
-        // One batch in the exporter's hands, QUEUED_SPANS waiting, the rest dropped.
+        // One batch in the exporter's hands, 64 waiting, the rest dropped.
         let counted = dropped.load(Ordering::Relaxed);
         assert!((19..=20).contains(&counted), "{counted} dropped");
         *stuck.0.0.lock().unwrap() = true;
@@ -688,6 +692,7 @@ mod tests {
                 delay: Duration::from_secs(60),
             },
             &resource,
+            8192,
             Arc::default(),
         )
         .unwrap();

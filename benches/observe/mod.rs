@@ -60,9 +60,9 @@ impl Variants {
             .with_writer(BoxMakeWriter::new(std::io::sink))
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("the bench's only subscriber");
-        // Room for 65,536 records: under callgrind the threads take turns in long slices and
-        // the default 8,192 can fill before the telemetry thread's turn comes; a full queue
-        // drops records, which `check` would refuse. Timed runs never come near it.
+        // Room for 65,536 records and as many spans waiting for export: under callgrind, and
+        // on this shared VM when a thread is descheduled for a few milliseconds, the default
+        // 8,192 can fill; a full queue drops records, which `check` refuses.
         let quiet = || {
             ObserveBuilder::from_env()
                 .unwrap()
