@@ -865,10 +865,7 @@ impl Counting {
         }
     }
 
-    fn agent(&mut self, agent: &str) -> &mut AgentCounting {
-        Self::agent_in(&self.metrics, &mut self.agents, agent)
-    }
-
+    /// The handles of `agent` (taking the fields apart, so that `metrics` stays usable).
     fn agent_in<'a>(
         metrics: &Metrics,
         agents: &'a mut HashMap<Box<str>, AgentCounting, FnvBuild>,
@@ -898,9 +895,9 @@ impl Counting {
 
     fn run(&mut self, run: &RunRecord) {
         let agent = run.agent.as_str();
-        let duration = (run.end - run.started).as_secs_f64();
+        let handles = &Self::agent_in(&self.metrics, &mut self.agents, agent).handles;
         match run.error {
-            None => self.agent(agent).handles.ok.inc(),
+            None => handles.ok.inc(),
             Some((code, _)) => self
                 .metrics
                 .requests
@@ -910,7 +907,9 @@ impl Counting {
                 })
                 .inc(),
         };
-        self.agent(agent).handles.duration.observe(duration);
+        handles
+            .duration
+            .observe((run.end - run.started).as_secs_f64());
         if run.cost_usd > 0.0 {
             self.model(agent, run.model.as_str())
                 .cost

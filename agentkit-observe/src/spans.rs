@@ -601,6 +601,21 @@ mod tests {
         assert_eq!(exported.get_finished_spans().unwrap().len(), 4);
     }
 
+    /// A recorded span, ended now.
+    fn ended() -> SpanData {
+        Sampling::new(Sampler::AlwaysOn)
+            .start("s", &SpanKind::Internal, None, now())
+            .data(
+                &Clock::now(),
+                now(),
+                "s".into(),
+                SpanKind::Internal,
+                Vec::new(),
+                Status::Unset,
+                &scope(),
+            )
+    }
+
     /// Blocks every export until released.
     #[derive(Debug, Clone, Default)]
     struct Stuck(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
@@ -632,17 +647,8 @@ mod tests {
             dropped.clone(),
         )
         .unwrap();
-        let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, now());
         for _ in 0..64 + 20 {
-            batch.push(root.data(
-                &Clock::now(),
-                now(),
-                "s".into(),
-                SpanKind::Internal,
-                Vec::new(),
-                Status::Unset,
-                &scope(),
-            ));
+            batch.push(ended());
         }
         // One batch in the exporter's hands, 64 waiting, the rest dropped.
         let counted = dropped.load(Ordering::Relaxed);
@@ -697,18 +703,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(batch.due(), None, "nothing waits");
-        let root = Sampling::new(Sampler::AlwaysOn).start("s", &SpanKind::Internal, None, now());
-        let span = || {
-            root.data(
-                &Clock::now(),
-                now(),
-                "s".into(),
-                SpanKind::Internal,
-                Vec::new(),
-                Status::Unset,
-                &scope(),
-            )
-        };
+        let span = ended;
         batch.push(span());
         batch.push(span());
         // Waits for the export thread without sending what the batch holds.
