@@ -17,6 +17,7 @@
 //!
 //! Run: `cargo bench --bench queue_throughput` (`-- --test` for a quick check). Needs Redis and
 //! NATS on loopback (`REDIS_URL`, `NATS_URL`); a missing one is skipped with a message.
+//! `AGENTKIT_BENCH_ONLY=raw` or `=e2e` runs one phase alone (for profiling it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -77,7 +78,11 @@ impl Figures {
 }
 
 /// Submits `n` jobs from 16 producers while a worker runs them; waits for all to be stored.
-async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
+async fn end_to_end(
+    queue: Arc<dyn JobQueue>,
+    n: usize,
+    redis: Option<&agentkit::store::redis::RedisClient>,
+) -> Figures {
     let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
         .build()
         .unwrap();
@@ -88,6 +93,11 @@ async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
         .unwrap();
     let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
     let started = Instant::now();
+    let cpu_before = process_cpu();
+    let server_before = match redis {
+        Some(client) => redis_cpu(client).await,
+        None => None,
+    };
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             let queue = queue.clone();
@@ -115,6 +125,20 @@ async fn end_to_end(queue: Arc<dyn JobQueue>, n: usize) -> Figures {
     // from the messages it already has). Polling the depth costs one round trip per 10 ms.
     while queue.depth().await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+        println!(
+            "  (this process: {:.0} µs of CPU per job while the queue drained)",
+            (after - before).as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    if let (Some(client), Some(before)) = (redis, server_before) {
+        if let Some(after) = redis_cpu(client).await {
+            println!(
+                "  (the Redis server: {:.0} µs of CPU per job while the queue drained)",
+                (after - before) * 1e6 / n as f64
+            );
+        }
     }
     let mut latencies = Vec::with_capacity(n);
     let mut last_done = 0;
@@ -156,6 +180,7 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
         .await
         .unwrap();
     let started = Instant::now();
+    let (cpu_before, server_before) = (process_cpu(), redis_cpu(client).await);
     let consumer = {
         let (client, stream) = (client.clone(), stream.clone());
         tokio::spawn(async move {
@@ -225,7 +250,20 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
         producer.await.unwrap();
     }
     let latencies = consumer.await.unwrap();
-    Figures::new(n, started.elapsed(), latencies)
+    let elapsed = started.elapsed();
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+        println!(
+            "  (raw: this process {:.0} µs of CPU per job)",
+            (after - before).as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    if let (Some(before), Some(after)) = (server_before, redis_cpu(client).await) {
+        println!(
+            "  (raw: the Redis server {:.0} µs of CPU per job)",
+            (after - before) * 1e6 / n as f64
+        );
+    }
+    Figures::new(n, elapsed, latencies)
 }
 
 async fn nats_raw(url: &str, n: usize) -> Figures {
@@ -297,6 +335,48 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
     Figures::new(n, started.elapsed(), latencies)
 }
 
+/// CPU time (user + system) of this process so far, where `/proc` tells it.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The Redis server's own CPU time so far (user + system, from `INFO cpu`), in seconds.
+async fn redis_cpu(client: &agentkit::store::redis::RedisClient) -> Option<f64> {
+    let info: String = client
+        .run(Duration::from_secs(2), |mut c| async move {
+            redis::cmd("INFO").arg("cpu").query_async(&mut c).await
+        })
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    Some(field("used_cpu_user:")? + field("used_cpu_sys:")?)
+}
+
+/// Whether `AGENTKIT_BENCH_ONLY` asks for this phase alone (`raw` or `e2e`; both by default),
+/// for profiling one phase at a time.
+fn only(phase: &str) -> bool {
+    std::env::var("AGENTKIT_BENCH_ONLY").is_ok_and(|v| v == phase)
+}
+
+fn report(backend: &str, raw_ops: &str, raw: Option<Figures>, e2e: Option<Figures>) {
+    if let Some(raw) = &raw {
+        raw.print(&format!("{backend} raw {raw_ops}"));
+    }
+    if let Some(e2e) = &e2e {
+        e2e.print(&format!("{backend} end to end"));
+    }
+    if let (Some(raw), Some(e2e)) = (raw, e2e) {
+        println!("  {backend} ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let n = match std::env::var("AGENTKIT_BENCH_JOBS") {
@@ -315,24 +395,20 @@ fn main() {
         );
         if let Some(url) = agentkit_testkit::redis_url() {
             let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
-            let raw = redis_raw(&client, n).await;
+            let raw = if only("e2e") { None } else { Some(redis_raw(&client, n).await) };
             let name = agentkit_testkit::unique("bench");
-            let queue = agentkit::transport::jobs::redis::RedisJobQueue::new(client, &name);
-            let e2e = end_to_end(Arc::new(queue), n).await;
-            raw.print("redis raw XADD/XREADGROUP/XACK");
-            e2e.print("redis end to end");
-            println!("  redis ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+            let queue = agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
+            let e2e = if only("raw") { None } else { Some(end_to_end(Arc::new(queue), n, Some(&client)).await) };
+            report("redis", "XADD/XREADGROUP/XACK", raw, e2e);
         }
         if let Some(url) = agentkit_testkit::nats_url() {
-            let raw = nats_raw(&url, n).await;
+            let raw = if only("e2e") { None } else { Some(nats_raw(&url, n).await) };
             let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
             let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
                 .await
                 .unwrap();
-            let e2e = end_to_end(Arc::new(queue), n).await;
-            raw.print("nats raw publish/fetch/ack");
-            e2e.print("nats end to end");
-            println!("  nats ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+            let e2e = if only("raw") { None } else { Some(end_to_end(Arc::new(queue), n, None).await) };
+            report("nats", "publish/fetch/ack", raw, e2e);
         }
     });
 }

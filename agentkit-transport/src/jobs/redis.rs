@@ -1,6 +1,12 @@
 //! Jobs on Redis Streams: one stream per queue with a consumer group, `XAUTOCLAIM` for stalled
 //! deliveries, job status in a hash, delayed retries in a sorted set, side effects in keys with
 //! a TTL. Every key of a queue shares one hash tag, so its scripts run on one Redis Cluster slot.
+//!
+//! A submission is one `XADD`, like the raw queue's: the entry carries the spec, and its id is
+//! the job's id. The job's hash is made by the claim that first reads the entry; until then a
+//! read of the job finds the entry. Acknowledged entries are trimmed a stream node at a time
+//! (`XTRIM MINID`) by the claims' housekeeping, not deleted one by one, and the queue's depth
+//! is the consumer group's `lag`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentkit_core::tool::EffectLedger;
-use agentkit_core::{Error, Result, generate_id};
+use agentkit_core::{Error, Result};
 use agentkit_store::redis::{RedisClient, redis_error};
 use async_trait::async_trait;
 use redis::Script;
@@ -29,40 +35,63 @@ const BLOCK_SLICE: Duration = Duration::from_millis(300);
 /// trip, so not on every claim).
 const HOUSEKEEPING_MS: u64 = 100;
 
+/// Enqueues with an idempotency key: KEYS are the key's entry and the stream; ARGV the spec,
+/// created and the retention. Returns the job id (the stream entry's id) and whether it is new.
 const ENQUEUE: &str = r"
-if ARGV[1] == '1' then
-  local existing = redis.call('GET', KEYS[1])
-  if existing then return {existing, 0} end
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4])
-end
-redis.call('HSET', KEYS[2], 'spec', ARGV[3], 'status', 'queued', 'attempts', 0, 'created', ARGV[5], 'updated', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('XADD', KEYS[3], '*', 'job', ARGV[2])
-return {ARGV[2], 1}
+local existing = redis.call('GET', KEYS[1])
+if existing then return {existing, 0} end
+local id = redis.call('XADD', KEYS[2], '*', 'spec', ARGV[1], 'created', ARGV[2])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[3])
+return {id, 1}
 ";
 
-const PROMOTE: &str = r"
+/// Housekeeping: moves due retries (KEYS[1], a sorted set) back onto the stream (KEYS[2]), and
+/// trims the stream below the oldest entry the group (ARGV[3]) still needs: the oldest pending
+/// one, or else the last delivered one. Acknowledged entries are not deleted one by one (`XDEL`
+/// costs a walk of the entry's stream node each time); whole nodes go here instead.
+const HOUSEKEEP: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('XADD', KEYS[2], '*', 'job', id)
+end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+  local name, id
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then id = g[i + 1] end
+  end
+  if name == ARGV[3] then last = id end
+end
+if last then
+  local pending = redis.call('XPENDING', KEYS[2], ARGV[3])
+  if pending[1] > 0 then last = pending[2] end
+  redis.call('XTRIM', KEYS[2], 'MINID', '~', last)
 end
 return #due
 ";
 
 /// Marks claimed stream entries running, for the claim scripts below. Job keys are built from
 /// the queue's prefix inside the script (they are not known before the read); they share the
-/// stream's hash tag, so they live on its Cluster slot. An entry whose job ended (or is gone) is
-/// acknowledged and deleted instead. Returns, per entry kept: entry id, job id, spec, attempts,
-/// created, last error.
+/// stream's hash tag, so they live on its Cluster slot.
+///
+/// An entry is either a submission (fields `spec` and `created`; the job's id is the entry's)
+/// or a retry (field `job`). A submission read for the first time (`first`) makes the job's
+/// hash; anything else is checked against it, and an entry whose job ended (or is gone) is
+/// acknowledged instead. Returns, per entry kept: entry id, job id, spec, attempts, created,
+/// last error.
 const MARK_FN: &str = r"
-local function mark(stream, group, prefix, now, out, entry, job)
+local function mark(stream, group, prefix, now, out, entry, job, spec, created, first)
+  if spec and first then
+    redis.call('HSET', prefix .. job, 'spec', spec, 'status', 'running', 'attempts', 1, 'created', created, 'entry', entry, 'updated', now)
+    out[#out + 1] = {entry, job, spec, 1, created, false}
+    return
+  end
   local key = prefix .. job
   local f = job ~= '' and redis.call('HMGET', key, 'status', 'attempts', 'spec', 'created', 'error')
   local status = f and f[1]
   if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then
     redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
     return
   end
   local attempts = (tonumber(f[2]) or 0) + 1
@@ -77,21 +106,28 @@ local out = {}
 local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 if not read then return out end
 for _, e in ipairs(read[1][2]) do
-  local job = ''
-  for i = 1, #e[2], 2 do
-    if e[2][i] == 'job' then job = e[2][i + 1] end
+  local job, spec, created = '', false, false
+  local fields = e[2]
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if name == 'spec' then spec = fields[i + 1]
+    elseif name == 'created' then created = fields[i + 1]
+    elseif name == 'job' then job = fields[i + 1] end
   end
-  mark(KEYS[1], ARGV[1], ARGV[5], ARGV[4], out, e[1], job)
+  if spec then job = e[1] end
+  mark(KEYS[1], ARGV[1], ARGV[5], ARGV[4], out, e[1], job, spec, created, true)
 end
 return out
 ";
 
 /// Marks entries already delivered to this consumer (by a blocking read or `XAUTOCLAIM`):
-/// ARGV[4..] are pairs of entry id and job id.
+/// ARGV[4..] are, per entry, its id, job id, spec and created ('' for a retry's entry), and
+/// '1' when this is its first delivery.
 const MARK: &str = r"
 local out = {}
-for i = 4, #ARGV, 2 do
-  mark(KEYS[1], ARGV[1], ARGV[3], ARGV[2], out, ARGV[i], ARGV[i + 1])
+for i = 4, #ARGV, 5 do
+  local spec = ARGV[i + 2] ~= '' and ARGV[i + 2]
+  mark(KEYS[1], ARGV[1], ARGV[3], ARGV[2], out, ARGV[i], ARGV[i + 1], spec, ARGV[i + 3], ARGV[i + 4] == '1')
 end
 return out
 ";
@@ -105,28 +141,23 @@ return 1
 
 /// Finishes a batch of jobs: KEYS are the stream, the dead list, then one hash per job; ARGV
 /// starts with now, group and retention, then five values per job (status, result, error,
-/// entry, job id). Each entry is acknowledged and deleted; each job still running gets its
-/// outcome. Returns, per job, 1 when this call ended it and 0 when it had already ended.
+/// entry, job id). The entries are acknowledged (with one `XACK`); each job still running gets
+/// its outcome. Returns, per job, 1 when this call ended it and 0 when it had already ended.
 const FINISH: &str = r"
 local out = {}
+local entries = {}
 for j = 3, #KEYS do
   local a = 4 + (j - 3) * 5
   local status = redis.call('HGET', KEYS[j], 'status')
-  redis.call('XACK', KEYS[1], ARGV[2], ARGV[a + 3])
-  redis.call('XDEL', KEYS[1], ARGV[a + 3])
+  entries[#entries + 1] = ARGV[a + 3]
   if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then
     out[#out + 1] = 0
   else
-    local fields = {'status', ARGV[a], 'updated', ARGV[1]}
     if ARGV[a + 1] ~= '' then
-      fields[#fields + 1] = 'result'
-      fields[#fields + 1] = ARGV[a + 1]
+      redis.call('HSET', KEYS[j], 'status', ARGV[a], 'updated', ARGV[1], 'result', ARGV[a + 1])
+    else
+      redis.call('HSET', KEYS[j], 'status', ARGV[a], 'updated', ARGV[1], 'error', ARGV[a + 2])
     end
-    if ARGV[a + 2] ~= '' then
-      fields[#fields + 1] = 'error'
-      fields[#fields + 1] = ARGV[a + 2]
-    end
-    redis.call('HSET', KEYS[j], unpack(fields))
     redis.call('EXPIRE', KEYS[j], ARGV[3])
     if ARGV[a] ~= 'succeeded' then
       redis.call('LPUSH', KEYS[2], ARGV[a + 4])
@@ -135,6 +166,7 @@ for j = 3, #KEYS do
     out[#out + 1] = 1
   end
 end
+redis.call('XACK', KEYS[1], ARGV[2], unpack(entries))
 return out
 ";
 
@@ -144,7 +176,6 @@ const FINISH_BATCH: usize = 64;
 const RELEASE: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
-redis.call('XDEL', KEYS[2], ARGV[1])
 if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return 0 end
 if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[6])
@@ -153,14 +184,52 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 ";
 
+/// Reads a job: its hash once a worker has claimed it, else its submission entry (KEYS[2]
+/// the stream, ARGV[1] the job id, which is the entry's id). Returns spec, status, attempts,
+/// created, updated, result, error.
+const GET: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'spec', 'status', 'attempts', 'created', 'updated', 'result', 'error')
+if f[2] or ARGV[1] == '' then return f end
+local entries = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+local e = entries[1]
+if not e then return f end
+local spec, created = false, false
+for i = 1, #e[2], 2 do
+  if e[2][i] == 'spec' then spec = e[2][i + 1] elseif e[2][i] == 'created' then created = e[2][i + 1] end
+end
+if not spec then return f end
+return {spec, 'queued', 0, created, created, false, false}
+";
+
+/// The number of entries not yet delivered to the group (ARGV[1]), from its `lag` where the
+/// server keeps one (Redis 7) and else from the stream's length less what is pending, plus the
+/// retries waiting in KEYS[2].
+const DEPTH: &str = r"
+local lag
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, l
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then l = g[i + 1] end
+  end
+  if name == ARGV[1] then lag = l end
+end
+if not lag then
+  lag = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+  if lag < 0 then lag = 0 end
+end
+return lag + redis.call('ZCARD', KEYS[2])
+";
+
 struct Scripts {
     enqueue: Script,
-    promote: Script,
+    housekeep: Script,
     claim: Script,
     mark: Script,
     heartbeat: Script,
     finish: Script,
     release: Script,
+    get: Script,
+    depth: Script,
 }
 
 /// A job queue on Redis Streams, sharing a [`RedisClient`] with the session store.
@@ -240,12 +309,14 @@ impl RedisJobQueue {
             timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
             scripts: Arc::new(Scripts {
                 enqueue: Script::new(ENQUEUE),
-                promote: Script::new(PROMOTE),
+                housekeep: Script::new(HOUSEKEEP),
                 claim: Script::new(&format!("{MARK_FN}{CLAIM}")),
                 mark: Script::new(&format!("{MARK_FN}{MARK}")),
                 heartbeat: Script::new(HEARTBEAT),
                 finish: Script::new(FINISH),
                 release: Script::new(RELEASE),
+                get: Script::new(GET),
+                depth: Script::new(DEPTH),
             }),
             grouped: Arc::default(),
             housekept: Arc::default(),
@@ -412,8 +483,14 @@ impl RedisJobQueue {
             .collect()
     }
 
-    /// Marks entries this consumer already holds running (ending those whose job ended).
-    async fn mark(&self, entries: Vec<StreamId>, consumer: &str) -> Result<Vec<Delivery>> {
+    /// Marks entries this consumer already holds running (ending those whose job ended);
+    /// `first` when they were just read for the first time.
+    async fn mark(
+        &self,
+        entries: Vec<StreamId>,
+        consumer: &str,
+        first: bool,
+    ) -> Result<Vec<Delivery>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -425,14 +502,33 @@ impl RedisJobQueue {
                 let mut call = self.scripts.mark.key(&stream);
                 call.arg(GROUP).arg(now_ms()).arg(&prefix);
                 for entry in &entries {
-                    let job = entry.get::<String>("job").unwrap_or_default();
-                    call.arg(&entry.id).arg(job);
+                    let spec = entry.get::<String>("spec").unwrap_or_default();
+                    let job = if spec.is_empty() {
+                        entry.get::<String>("job").unwrap_or_default()
+                    } else {
+                        entry.id.clone()
+                    };
+                    let created = entry.get::<String>("created").unwrap_or_default();
+                    call.arg(&entry.id)
+                        .arg(job)
+                        .arg(spec)
+                        .arg(created)
+                        .arg(if first { "1" } else { "0" });
                 }
                 call.invoke_async(&mut c).await
             })
             .await?;
         self.deliveries(rows, consumer)
     }
+}
+
+/// Whether `id` has the shape of a stream entry id (`ms-seq`), as a job id on Redis does.
+fn is_entry_id(id: &str) -> bool {
+    let Some((ms, seq)) = id.split_once('-') else {
+        return false;
+    };
+    let digits = |part: &str| !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit());
+    digits(ms) && digits(seq)
 }
 
 /// A row of a claim script: entry id, job id, spec, attempts, created, last error.
@@ -447,75 +543,48 @@ impl JobQueue for RedisJobQueue {
     async fn enqueue(&self, spec: JobSpec) -> Result<Enqueued> {
         validate(&spec)?;
         self.ensure_group().await?;
-        let job_id = generate_id();
-        let idem = match &spec.idempotency_key {
-            Some(key) => self.key(&format!("idem:{}:{}:{key}", spec.tenant.len(), spec.tenant)),
-            None => self.key("idem:-"),
-        };
-        let used = if spec.idempotency_key.is_some() {
-            "1"
-        } else {
-            "0"
-        };
         let body = json(&spec)?;
-        let job = self.job_key(&job_id);
         let stream = self.key("stream");
-        if spec.idempotency_key.is_none() {
-            // Nothing to check first: a MULTI transaction does it for a third of a script's
-            // server time (Lua costs about 5 µs a call before any command runs).
-            let now = now_ms().to_string();
-            let (job, stream, job_id, body, now) = (&job, &stream, &job_id, &body, &now);
-            self.client
+        let now = now_ms();
+        let Some(key) = &spec.idempotency_key else {
+            // A submission is one stream entry, as cheap as the raw queue's: its id is the
+            // job's, and the job's hash is made when a worker first claims it.
+            let job_id: String = self
+                .client
                 .run(self.timeout, |mut c| async move {
-                    redis::pipe()
-                        .atomic()
-                        .hset_multiple(
-                            job,
-                            &[
-                                ("spec", body.as_str()),
-                                ("status", "queued"),
-                                ("attempts", "0"),
-                                ("created", now),
-                                ("updated", now),
-                            ],
-                        )
-                        .ignore()
-                        .expire(job, RETENTION.as_secs() as i64)
-                        .ignore()
-                        .cmd("XADD")
-                        .arg(stream)
+                    redis::cmd("XADD")
+                        .arg(&stream)
                         .arg("*")
-                        .arg("job")
-                        .arg(job_id)
-                        .ignore()
-                        .query_async::<()>(&mut c)
+                        .arg("spec")
+                        .arg(&body)
+                        .arg("created")
+                        .arg(now)
+                        .query_async(&mut c)
                         .await
                 })
                 .await?;
             return Ok(Enqueued {
-                job_id: job_id.clone(),
+                job_id,
                 created: true,
             });
-        }
-        let (id, created): (String, u8) = self
+        };
+        let idem = self.key(&format!("idem:{}:{}:{key}", spec.tenant.len(), spec.tenant));
+        let (job_id, created): (String, u8) = self
             .client
             .run(self.timeout, |mut c| async move {
                 self.scripts
                     .enqueue
                     .key(&idem)
-                    .key(&job)
                     .key(&stream)
-                    .arg(used)
-                    .arg(&job_id)
                     .arg(&body)
+                    .arg(now)
                     .arg(RETENTION.as_secs())
-                    .arg(now_ms())
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         Ok(Enqueued {
-            job_id: id,
+            job_id,
             created: created == 1,
         })
     }
@@ -539,11 +608,12 @@ impl JobQueue for RedisJobQueue {
                 .client
                 .run(self.timeout, |mut c| async move {
                     self.scripts
-                        .promote
+                        .housekeep
                         .key(&delayed)
                         .key(stream)
                         .arg(now)
                         .arg(100)
+                        .arg(GROUP)
                         .invoke_async(&mut c)
                         .await
                 })
@@ -566,7 +636,7 @@ impl JobQueue for RedisJobQueue {
                 .await?;
             entries = reclaimed.claimed;
         }
-        let mut deliveries = self.mark(entries, consumer).await?;
+        let mut deliveries = self.mark(entries, consumer, false).await?;
         if deliveries.len() >= max {
             return Ok(deliveries);
         }
@@ -617,7 +687,7 @@ impl JobQueue for RedisJobQueue {
                 let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
                 if !entries.is_empty() {
                     drop(conn);
-                    return self.mark(entries, consumer).await;
+                    return self.mark(entries, consumer, true).await;
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -705,6 +775,9 @@ impl JobQueue for RedisJobQueue {
 
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
         let job = self.job_key(job_id);
+        let stream = self.key("stream");
+        // Only an entry id can name a submission still waiting in the stream.
+        let entry = if is_entry_id(job_id) { job_id } else { "" };
         type Fields = (
             Option<String>,
             Option<String>,
@@ -717,12 +790,12 @@ impl JobQueue for RedisJobQueue {
         let (spec, status, attempts, created, updated, result, error): Fields = self
             .client
             .run(self.timeout, |mut c| async move {
-                redis::cmd("HMGET")
-                    .arg(&job)
-                    .arg(&[
-                        "spec", "status", "attempts", "created", "updated", "result", "error",
-                    ])
-                    .query_async(&mut c)
+                self.scripts
+                    .get
+                    .key(&job)
+                    .key(&stream)
+                    .arg(entry)
+                    .invoke_async(&mut c)
                     .await
             })
             .await?;
@@ -747,26 +820,17 @@ impl JobQueue for RedisJobQueue {
         self.ensure_group().await?;
         let stream = self.key("stream");
         let delayed = self.key("delayed");
-        let (length, pending, waiting): (
-            u64,
-            (u64, Option<String>, Option<String>, redis::Value),
-            u64,
-        ) = self
-            .client
+        self.client
             .run(self.timeout, |mut c| async move {
-                redis::pipe()
-                    .cmd("XLEN")
-                    .arg(&stream)
-                    .cmd("XPENDING")
-                    .arg(&stream)
+                self.scripts
+                    .depth
+                    .key(&stream)
+                    .key(&delayed)
                     .arg(GROUP)
-                    .cmd("ZCARD")
-                    .arg(&delayed)
-                    .query_async(&mut c)
+                    .invoke_async(&mut c)
                     .await
             })
-            .await?;
-        Ok(length.saturating_sub(pending.0) + waiting)
+            .await
     }
 
     async fn ping(&self) -> Result<()> {
