@@ -87,7 +87,8 @@ pub fn spec(agent: &str, text: &str) -> JobSpec {
     }
 }
 
-async fn claim_one(
+/// Claims one delivery as consumer `c`, waiting up to `wait`; `None` when none came.
+pub async fn claim_one(
     queue: &dyn JobQueue,
     wait: Duration,
 ) -> Option<agentkit_transport::jobs::Delivery> {
@@ -157,6 +158,9 @@ pub async fn enqueue_claim_finish_once(queue: Arc<dyn JobQueue>) {
         "acknowledged"
     );
     assert!(queue.get("no-such-job").await.unwrap().is_none());
+    // An id no backend could have made (not a key, a subject token or an entry id) is not
+    // found either, rather than an error.
+    assert!(queue.get("no.such>job *").await.unwrap().is_none());
 }
 
 /// Forty jobs claimed in batches and finished all at once (backends may group finishes into

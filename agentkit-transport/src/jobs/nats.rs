@@ -1,6 +1,10 @@
 //! Jobs on NATS JetStream: a work-queue stream per queue, a durable pull consumer with explicit
 //! acks and `ack_wait` as the visibility timeout, in-progress acks while a job runs, and job
 //! documents, idempotency keys and side effects in a key-value bucket (compare-and-set updates).
+//!
+//! A submission is one message on the job's own subject (`agentkit.jobs.{queue}.{job_id}`)
+//! carrying the queued document, as cheap as a raw publish; the job's document enters the
+//! bucket when a worker first claims it. Until then a read of the job finds the message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +14,9 @@ use agentkit_core::{Error, Result, generate_id};
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::kv::{CreateErrorKind, Store};
-use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy};
+use async_nats::jetstream::stream::{
+    Config as StreamConfig, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy,
+};
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -56,6 +62,20 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `text` can be one token of a subject (job ids are).
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The job id of a submission's subject (`{queue subject}.{job_id}`).
+fn job_of_subject<'a>(subject: &'a str, queue: &str) -> Option<&'a str> {
+    let job = subject.strip_prefix(queue)?.strip_prefix('.')?;
+    is_token(job).then_some(job)
+}
+
 /// What a NATS delivery keeps: the message to ack, and the job as this delivery wrote it.
 pub(crate) struct NatsReceipt {
     message: jetstream::Message,
@@ -76,7 +96,9 @@ pub struct NatsJobQueue {
     client: async_nats::Client,
     name: String,
     js: jetstream::Context,
+    /// The queue's subject; each job is published on a subject of its own below it.
     subject: String,
+    stream: jetstream::stream::Stream,
     consumer: PullConsumer,
     kv: Store,
     timeout: Duration,
@@ -113,11 +135,7 @@ impl NatsJobQueue {
         name: &str,
         visibility: Duration,
     ) -> Result<Self> {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !is_token(name) {
             return Err(Error::invalid_input(
                 "a NATS queue name must be [A-Za-z0-9_-]+",
             ));
@@ -125,15 +143,24 @@ impl NatsJobQueue {
         let js = jetstream::new(client.clone());
         let stream_name = format!("AGENTKIT_JOBS_{name}");
         let subject = format!("agentkit.jobs.{name}");
+        // The queue's own subject takes messages of earlier versions (which carry a job id
+        // only); the per-job subjects below it, submissions.
+        let subjects = vec![subject.clone(), format!("{subject}.>")];
         let stream = js
             .get_or_create_stream(StreamConfig {
                 name: stream_name.clone(),
-                subjects: vec![subject.clone()],
+                subjects: subjects.clone(),
                 retention: RetentionPolicy::WorkQueue,
                 ..Default::default()
             })
             .await
             .map_err(|e| unavailable("stream", e))?;
+        let config = stream.cached_info().config.clone();
+        if config.subjects != subjects {
+            js.update_stream(StreamConfig { subjects, ..config })
+                .await
+                .map_err(|e| unavailable("stream update", e))?;
+        }
         let consumer: PullConsumer = stream
             .get_or_create_consumer(
                 "workers",
@@ -177,6 +204,7 @@ impl NatsJobQueue {
             name: name.to_owned(),
             js,
             subject,
+            stream,
             consumer,
             kv,
             timeout: Duration::from_secs(5),
@@ -235,9 +263,41 @@ impl NatsJobQueue {
 
     /// Marks the job of a fetched message running; `None` (and the message acked) when it
     /// already ended or is gone.
+    ///
+    /// A submission's first delivery makes the job's document (compare-and-set on "no such
+    /// key", so a concurrent delivery of the same message cannot make it twice); any other
+    /// delivery updates the document there is, or makes it from the message when a claim
+    /// died before writing it.
     async fn start(&self, message: jetstream::Message) -> Result<Option<Delivery>> {
-        let job_id = String::from_utf8_lossy(&message.payload).into_owned();
-        let started = self
+        let submitted: Option<Stored> = match message.payload.first() {
+            Some(b'{') => Some(serde_json::from_slice(&message.payload).map_err(|e| {
+                Error::internal(format!("a submitted job is not valid: {e}"))
+            })?),
+            _ => None,
+        };
+        let job_id = match &submitted {
+            Some(_) => job_of_subject(&message.subject, &self.subject)
+                .ok_or_else(|| {
+                    Error::internal(format!("a job message on {} names no job", message.subject))
+                })?
+                .to_owned(),
+            None => String::from_utf8_lossy(&message.payload).into_owned(),
+        };
+        let first = message.info().is_ok_and(|info| info.delivered == 1);
+        if let (Some(submitted), true) = (&submitted, first) {
+            let mut stored = submitted.clone();
+            stored.attempts = 1;
+            stored.status = JobStatus::Running;
+            stored.updated_at_ms = now_ms();
+            let bytes = serde_json::to_vec(&stored)
+                .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+            match self.kv.create(format!("job.{job_id}"), bytes.into()).await {
+                Ok(revision) => return Ok(Some(Self::delivery(job_id, stored, revision, message))),
+                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(error) => return Err(unavailable("write", error)),
+            }
+        }
+        let mut started = self
             .change(&job_id, None, |stored| {
                 if stored.status.is_terminal() {
                     return None;
@@ -248,19 +308,43 @@ impl NatsJobQueue {
                 Some(())
             })
             .await?;
+        if started.is_none() && self.load(&job_id).await?.is_none() {
+            // Never marked (its first claim died first): make the document from the message.
+            if let Some(mut stored) = submitted {
+                stored.attempts = 1;
+                stored.status = JobStatus::Running;
+                stored.updated_at_ms = now_ms();
+                let bytes = serde_json::to_vec(&stored)
+                    .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+                if let Ok(revision) = self.kv.create(format!("job.{job_id}"), bytes.into()).await {
+                    started = Some(((), stored, revision));
+                }
+            }
+        }
         match started {
-            Some(((), stored, revision)) => Ok(Some(Delivery {
-                attempt: stored.attempts,
-                job: stored.clone().doc(&job_id),
-                receipt: Receipt::Nats(Box::new(NatsReceipt {
-                    message,
-                    written: (stored, revision),
-                })),
-            })),
+            Some(((), stored, revision)) => {
+                Ok(Some(Self::delivery(job_id, stored, revision, message)))
+            }
             None => {
                 message.ack().await.map_err(|e| unavailable("ack", e))?;
                 Ok(None)
             }
+        }
+    }
+
+    fn delivery(
+        job_id: String,
+        stored: Stored,
+        revision: u64,
+        message: jetstream::Message,
+    ) -> Delivery {
+        Delivery {
+            attempt: stored.attempts,
+            job: stored.clone().doc(&job_id),
+            receipt: Receipt::Nats(Box::new(NatsReceipt {
+                message,
+                written: (stored, revision),
+            })),
         }
     }
 
@@ -327,13 +411,9 @@ impl JobQueue for NatsJobQueue {
         let bytes = serde_json::to_vec(&stored)
             .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
         let published = async {
-            self.kv
-                .create(format!("job.{job_id}"), bytes.into())
-                .await
-                .map_err(|e| unavailable("write", e))?;
             let ack = self
                 .js
-                .publish_with_headers(self.subject.clone(), headers, job_id.clone().into())
+                .publish_with_headers(format!("{}.{job_id}", self.subject), headers, bytes.into())
                 .await
                 .map_err(|e| unavailable("publish", e))?;
             ack.await.map_err(|e| unavailable("publish ack", e))?;
@@ -342,7 +422,6 @@ impl JobQueue for NatsJobQueue {
         .await;
         if let Err(error) = published {
             // Do not leave a key pointing at a job that will never run.
-            let _ = self.kv.delete(format!("job.{job_id}")).await;
             if let Some(idem) = &idem {
                 let _ = self.kv.delete(idem).await;
             }
@@ -452,6 +531,27 @@ impl JobQueue for NatsJobQueue {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        // Job ids are single subject tokens; anything else names no job (and is no key).
+        if !is_token(job_id) {
+            return Ok(None);
+        }
+        if let Some((stored, _)) = self.load(job_id).await? {
+            return Ok(Some(stored.doc(job_id)));
+        }
+        // Not claimed yet: the submission is still on its subject. (Read in this order, a job
+        // claimed and finished meanwhile is in the bucket by the time its message is gone.)
+        let subject = format!("{}.{job_id}", self.subject);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) if message.payload.first() == Some(&b'{') => {
+                let stored: Stored = serde_json::from_slice(&message.payload).map_err(|e| {
+                    Error::internal(format!("a submitted job is not valid: {e}"))
+                })?;
+                return Ok(Some(stored.doc(job_id)));
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(error) => return Err(unavailable("read", error)),
+        }
         Ok(self
             .load(job_id)
             .await?
