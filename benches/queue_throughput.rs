@@ -132,13 +132,13 @@ async fn end_to_end(
             (after - before).as_secs_f64() * 1e6 / n as f64
         );
     }
-    if let (Some(client), Some(before)) = (redis, server_before) {
-        if let Some(after) = redis_cpu(client).await {
-            println!(
-                "  (the Redis server: {:.0} µs of CPU per job while the queue drained)",
-                (after - before) * 1e6 / n as f64
-            );
-        }
+    if let (Some(client), Some(before)) = (redis, server_before)
+        && let Some(after) = redis_cpu(client).await
+    {
+        println!(
+            "  (the Redis server: {:.0} µs of CPU per job while the queue drained)",
+            (after - before) * 1e6 / n as f64
+        );
     }
     let mut latencies = Vec::with_capacity(n);
     let mut last_done = 0;
@@ -395,19 +395,35 @@ fn main() {
         );
         if let Some(url) = agentkit_testkit::redis_url() {
             let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
-            let raw = if only("e2e") { None } else { Some(redis_raw(&client, n).await) };
+            let raw = if only("e2e") {
+                None
+            } else {
+                Some(redis_raw(&client, n).await)
+            };
             let name = agentkit_testkit::unique("bench");
             let queue = agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
-            let e2e = if only("raw") { None } else { Some(end_to_end(Arc::new(queue), n, Some(&client)).await) };
+            let e2e = if only("raw") {
+                None
+            } else {
+                Some(end_to_end(Arc::new(queue), n, Some(&client)).await)
+            };
             report("redis", "XADD/XREADGROUP/XACK", raw, e2e);
         }
         if let Some(url) = agentkit_testkit::nats_url() {
-            let raw = if only("e2e") { None } else { Some(nats_raw(&url, n).await) };
+            let raw = if only("e2e") {
+                None
+            } else {
+                Some(nats_raw(&url, n).await)
+            };
             let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
             let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
                 .await
                 .unwrap();
-            let e2e = if only("raw") { None } else { Some(end_to_end(Arc::new(queue), n, None).await) };
+            let e2e = if only("raw") {
+                None
+            } else {
+                Some(end_to_end(Arc::new(queue), n, None).await)
+            };
             report("nats", "publish/fetch/ack", raw, e2e);
         }
     });

@@ -59,7 +59,10 @@ async fn a_claim_that_died_before_marking_loses_nothing() {
         .messages()
         .await
         .unwrap();
-    assert!(taken.next().await.is_some(), "the dead claim took the message");
+    assert!(
+        taken.next().await.is_some(),
+        "the dead claim took the message"
+    );
     drop(taken);
     // Past the visibility timeout it comes back; this claim marks it from the message.
     let delivery = agentkit_testkit::jobs::claim_one(&queue, Duration::from_secs(3))
@@ -114,7 +117,11 @@ async fn messages_of_an_earlier_version_still_run() {
     kv.create(format!("job.{old_id}"), document.to_string().into())
         .await
         .unwrap();
-    js.publish(subject, old_id.into()).await.unwrap().await.unwrap();
+    js.publish(subject, old_id.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let new = queue
         .enqueue(agentkit_testkit::jobs::spec("assistant", "new"))
         .await

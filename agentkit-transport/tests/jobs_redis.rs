@@ -37,7 +37,10 @@ async fn acknowledged_entries_are_trimmed() {
         async move {
             client
                 .run(Duration::from_secs(2), |mut c| async move {
-                    redis::cmd("XLEN").arg(&stream).query_async::<u64>(&mut c).await
+                    redis::cmd("XLEN")
+                        .arg(&stream)
+                        .query_async::<u64>(&mut c)
+                        .await
                 })
                 .await
                 .unwrap()
@@ -49,7 +52,11 @@ async fn acknowledged_entries_are_trimmed() {
         ids.push(queue.enqueue(spec).await.unwrap().job_id);
     }
     assert_eq!(queue.depth().await.unwrap(), 450);
-    let waiting = queue.get(&ids[449]).await.unwrap().expect("a queued job reads");
+    let waiting = queue
+        .get(&ids[449])
+        .await
+        .unwrap()
+        .expect("a queued job reads");
     assert_eq!(waiting.status, JobStatus::Queued);
     assert_eq!(waiting.attempts, 0);
     assert_eq!(waiting.spec.unwrap().input[0].text_content(), "job 449");
@@ -58,13 +65,19 @@ async fn acknowledged_entries_are_trimmed() {
     let mut finished = 0;
     while finished < 400 {
         let want = (400 - finished).min(64);
-        let deliveries = queue.claim("c", want, Duration::from_secs(1)).await.unwrap();
+        let deliveries = queue
+            .claim("c", want, Duration::from_secs(1))
+            .await
+            .unwrap();
         for delivery in &deliveries {
             let result = JobResult::from(Reply {
                 output: delivery.job.job_id.clone(),
                 ..Reply::default()
             });
-            queue.finish(delivery, Finish::Succeeded(result)).await.unwrap();
+            queue
+                .finish(delivery, Finish::Succeeded(result))
+                .await
+                .unwrap();
         }
         finished += deliveries.len();
     }
@@ -76,9 +89,13 @@ async fn acknowledged_entries_are_trimmed() {
     let held = queue.claim("c", 1, Duration::from_secs(1)).await.unwrap();
     assert_eq!(held.len(), 1);
     let left = length().await;
-    assert!(left < 450 && left >= 50, "{left} entries left");
+    assert!((50..450).contains(&left), "{left} entries left");
     assert_eq!(queue.depth().await.unwrap(), 49);
-    let done = queue.get(&ids[0]).await.unwrap().expect("a finished job reads");
+    let done = queue
+        .get(&ids[0])
+        .await
+        .unwrap()
+        .expect("a finished job reads");
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.result.unwrap().output, ids[0]);
     assert_eq!(

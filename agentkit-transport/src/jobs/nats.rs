@@ -270,9 +270,10 @@ impl NatsJobQueue {
     /// died before writing it.
     async fn start(&self, message: jetstream::Message) -> Result<Option<Delivery>> {
         let submitted: Option<Stored> = match message.payload.first() {
-            Some(b'{') => Some(serde_json::from_slice(&message.payload).map_err(|e| {
-                Error::internal(format!("a submitted job is not valid: {e}"))
-            })?),
+            Some(b'{') => Some(
+                serde_json::from_slice(&message.payload)
+                    .map_err(|e| Error::internal(format!("a submitted job is not valid: {e}")))?,
+            ),
             _ => None,
         };
         let job_id = match &submitted {
@@ -543,9 +544,8 @@ impl JobQueue for NatsJobQueue {
         let subject = format!("{}.{job_id}", self.subject);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(message) if message.payload.first() == Some(&b'{') => {
-                let stored: Stored = serde_json::from_slice(&message.payload).map_err(|e| {
-                    Error::internal(format!("a submitted job is not valid: {e}"))
-                })?;
+                let stored: Stored = serde_json::from_slice(&message.payload)
+                    .map_err(|e| Error::internal(format!("a submitted job is not valid: {e}")))?;
                 return Ok(Some(stored.doc(job_id)));
             }
             Ok(_) => {}

@@ -527,7 +527,9 @@ fn is_entry_id(id: &str) -> bool {
     let Some((ms, seq)) = id.split_once('-') else {
         return false;
     };
-    let digits = |part: &str| !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit());
+    let digits = |part: &str| {
+        !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit())
+    };
     digits(ms) && digits(seq)
 }
 
