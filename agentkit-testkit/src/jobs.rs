@@ -311,6 +311,20 @@ pub async fn reclaim_after_silence(queue: Arc<dyn JobQueue>) {
     let again = again.expect("reclaimed");
     assert_eq!(again.job.job_id, job.job_id);
     assert_eq!(again.attempt, 2);
+    let read = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.attempts), (JobStatus::Running, 2));
+    let result = agentkit_transport::jobs::JobResult::from(Reply {
+        output: "second time".into(),
+        ..Reply::default()
+    });
+    queue
+        .finish(&again, Finish::Succeeded(result))
+        .await
+        .unwrap();
+    let read = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.attempts), (JobStatus::Succeeded, 2));
+    assert_eq!(read.tenant(), Some("acme"), "the spec is kept");
+    assert_eq!(read.result.unwrap().output, "second time");
 }
 
 /// Heartbeats keep a long job claimed past the visibility timeout.

@@ -82,9 +82,8 @@ async fn acknowledged_entries_are_trimmed() {
         finished += deliveries.len();
     }
     assert_eq!(queue.depth().await.unwrap(), 50);
-    assert_eq!(length().await, 450, "nothing is deleted one by one");
-    // The next claim after the housekeeping interval trims whole nodes below the oldest
-    // entry still needed.
+    // A claim after the housekeeping interval trims whole nodes below the oldest entry still
+    // needed (claims above may have trimmed some already).
     tokio::time::sleep(Duration::from_millis(150)).await;
     let held = queue.claim("c", 1, Duration::from_secs(1)).await.unwrap();
     assert_eq!(held.len(), 1);
