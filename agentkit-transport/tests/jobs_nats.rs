@@ -18,8 +18,9 @@ fn queue_name(prefix: &str) -> String {
     agentkit_testkit::unique(prefix).replace(['.', ':'], "-")
 }
 
-/// A submission whose first claim died before writing the job's document is still run: the
-/// next delivery makes the document from the message.
+/// A submission whose first claim died before writing the job's document (a first delivery
+/// writes none until the job ends) is still run: the next delivery makes the document from
+/// the message, counting the dead claim as an attempt.
 #[tokio::test]
 async fn a_claim_that_died_before_marking_loses_nothing() {
     use std::time::Duration;
@@ -69,7 +70,10 @@ async fn a_claim_that_died_before_marking_loses_nothing() {
         .await
         .expect("redelivered");
     assert_eq!(delivery.job.job_id, job.job_id);
-    assert_eq!(delivery.attempt, 1);
+    assert_eq!(
+        delivery.attempt, 2,
+        "the claim that died counts as an attempt"
+    );
     let doc = queue.get(&job.job_id).await.unwrap().unwrap();
     assert_eq!(doc.status, JobStatus::Running);
     assert_eq!(doc.spec.unwrap().input[0].text_content(), "hello");

@@ -231,16 +231,32 @@ impl Finish {
         if doc.status.is_terminal() {
             return false;
         }
-        doc.status = self.status();
-        doc.updated_at_ms = now_ms();
-        match self {
-            Self::Succeeded(result) => {
-                doc.result = Some(result);
-                doc.error = None;
-            }
-            Self::Failed(error) | Self::Dead(error) => doc.error = Some(error),
-        }
+        self.apply_to(
+            &mut doc.status,
+            &mut doc.result,
+            &mut doc.error,
+            &mut doc.updated_at_ms,
+        );
         true
+    }
+
+    /// Ends a job kept in fields of its own (as a backend stores it).
+    pub(crate) fn apply_to(
+        self,
+        status: &mut JobStatus,
+        result: &mut Option<JobResult>,
+        error: &mut Option<JobError>,
+        updated_at_ms: &mut u64,
+    ) {
+        *status = self.status();
+        *updated_at_ms = now_ms();
+        match self {
+            Self::Succeeded(ok) => {
+                *result = Some(ok);
+                *error = None;
+            }
+            Self::Failed(failed) | Self::Dead(failed) => *error = Some(failed),
+        }
     }
 }
 

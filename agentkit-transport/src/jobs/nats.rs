@@ -3,8 +3,11 @@
 //! documents, idempotency keys and side effects in a key-value bucket (compare-and-set updates).
 //!
 //! A submission is one message on the job's own subject (`agentkit.jobs.{queue}.{job_id}`)
-//! carrying the queued document, as cheap as a raw publish; the job's document enters the
-//! bucket when a worker first claims it. Until then a read of the job finds the message.
+//! carrying the queued document, as cheap as a raw publish. Its first delivery writes nothing
+//! until the job ends: the job's document enters the bucket with its outcome (or when it is
+//! released for a retry, or redelivered). Until then a read of the job finds the message,
+//! running once the consumer has delivered it (attempts 1: a delivery count is not kept per
+//! message where a read can see it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,16 +79,26 @@ fn job_of_subject<'a>(subject: &'a str, queue: &str) -> Option<&'a str> {
     is_token(job).then_some(job)
 }
 
-/// What a NATS delivery keeps: the message to ack, and the job as this delivery wrote it.
+/// What a NATS delivery keeps: the message to ack, and the job as this delivery knows it
+/// with its revision in the bucket (`None`: a submission's first delivery, which writes
+/// nothing until it ends).
 pub(crate) struct NatsReceipt {
     message: jetstream::Message,
-    written: (Stored, u64),
+    known: Stored,
+    revision: Option<u64>,
+}
+
+impl NatsReceipt {
+    /// The job as last written by this delivery, for a compare-and-set update.
+    fn written(&self) -> Option<(Stored, u64)> {
+        self.revision.map(|revision| (self.known.clone(), revision))
+    }
 }
 
 impl std::fmt::Debug for NatsReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsReceipt")
-            .field("revision", &self.written.1)
+            .field("revision", &self.revision)
             .finish_non_exhaustive()
     }
 }
@@ -261,13 +274,24 @@ impl NatsJobQueue {
         )))
     }
 
-    /// Marks the job of a fetched message running; `None` (and the message acked) when it
-    /// already ended or is gone.
+    /// Makes the job's document in the bucket; `None` when one is there already.
+    async fn create(&self, job_id: &str, stored: &Stored) -> Result<Option<u64>> {
+        let bytes = serde_json::to_vec(stored)
+            .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+        match self.kv.create(format!("job.{job_id}"), bytes.into()).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => Ok(None),
+            Err(error) => Err(unavailable("write", error)),
+        }
+    }
+
+    /// The delivery of a fetched message; `None` (and the message acked) when its job already
+    /// ended or is gone.
     ///
-    /// A submission's first delivery makes the job's document (compare-and-set on "no such
-    /// key", so a concurrent delivery of the same message cannot make it twice); any other
-    /// delivery updates the document there is, or makes it from the message when a claim
-    /// died before writing it.
+    /// A submission's first delivery runs at once and writes nothing: until it ends, the job
+    /// reads as running because the consumer has delivered its message. Any other delivery
+    /// marks the document there is running, or makes it from the message (with the delivery
+    /// count as attempts) when no earlier delivery wrote one.
     async fn start(&self, message: jetstream::Message) -> Result<Option<Delivery>> {
         let submitted: Option<Stored> = match message.payload.first() {
             Some(b'{') => Some(
@@ -284,19 +308,16 @@ impl NatsJobQueue {
                 .to_owned(),
             None => String::from_utf8_lossy(&message.payload).into_owned(),
         };
-        let first = message.info().is_ok_and(|info| info.delivered == 1);
-        if let (Some(submitted), true) = (&submitted, first) {
-            let mut stored = submitted.clone();
+        let delivered = message
+            .info()
+            .map_or(0, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
+        if let Some(mut stored) = submitted.clone()
+            && delivered == 1
+        {
             stored.attempts = 1;
             stored.status = JobStatus::Running;
             stored.updated_at_ms = now_ms();
-            let bytes = serde_json::to_vec(&stored)
-                .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
-            match self.kv.create(format!("job.{job_id}"), bytes.into()).await {
-                Ok(revision) => return Ok(Some(Self::delivery(job_id, stored, revision, message))),
-                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {}
-                Err(error) => return Err(unavailable("write", error)),
-            }
+            return Ok(Some(Self::delivery(job_id, stored, None, message)));
         }
         let mut started = self
             .change(&job_id, None, |stored| {
@@ -309,23 +330,25 @@ impl NatsJobQueue {
                 Some(())
             })
             .await?;
-        if started.is_none() && self.load(&job_id).await?.is_none() {
-            // Never marked (its first claim died first): make the document from the message.
-            if let Some(mut stored) = submitted {
-                stored.attempts = 1;
-                stored.status = JobStatus::Running;
-                stored.updated_at_ms = now_ms();
-                let bytes = serde_json::to_vec(&stored)
-                    .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
-                if let Ok(revision) = self.kv.create(format!("job.{job_id}"), bytes.into()).await {
-                    started = Some(((), stored, revision));
-                }
+        if started.is_none()
+            && let Some(mut stored) = submitted
+            && self.load(&job_id).await?.is_none()
+        {
+            // No delivery wrote a document (they died first): make it from the message.
+            stored.attempts = delivered.max(1);
+            stored.status = JobStatus::Running;
+            stored.updated_at_ms = now_ms();
+            if let Some(revision) = self.create(&job_id, &stored).await? {
+                started = Some(((), stored, revision));
             }
         }
         match started {
-            Some(((), stored, revision)) => {
-                Ok(Some(Self::delivery(job_id, stored, revision, message)))
-            }
+            Some(((), stored, revision)) => Ok(Some(Self::delivery(
+                job_id,
+                stored,
+                Some(revision),
+                message,
+            ))),
             None => {
                 message.ack().await.map_err(|e| unavailable("ack", e))?;
                 Ok(None)
@@ -336,7 +359,7 @@ impl NatsJobQueue {
     fn delivery(
         job_id: String,
         stored: Stored,
-        revision: u64,
+        revision: Option<u64>,
         message: jetstream::Message,
     ) -> Delivery {
         Delivery {
@@ -344,9 +367,39 @@ impl NatsJobQueue {
             job: stored.clone().doc(&job_id),
             receipt: Receipt::Nats(Box::new(NatsReceipt {
                 message,
-                written: (stored, revision),
+                known: stored,
+                revision,
             })),
         }
+    }
+
+    /// Writes `prepared` (the job as this delivery ends or releases it) as the job's first
+    /// document; when another delivery wrote one meanwhile, applies the same fields to that
+    /// one unless `keep` says it must stay as it is.
+    async fn create_or_change(
+        &self,
+        job_id: &str,
+        prepared: Stored,
+        keep: impl Fn(&Stored) -> bool,
+    ) -> Result<Option<Stored>> {
+        if let Some(_revision) = self.create(job_id, &prepared).await? {
+            return Ok(Some(prepared));
+        }
+        let changed = self
+            .change(job_id, None, |stored| {
+                if keep(stored) {
+                    return None;
+                }
+                stored.status = prepared.status;
+                stored.result.clone_from(&prepared.result);
+                if prepared.error.is_some() {
+                    stored.error.clone_from(&prepared.error);
+                }
+                stored.updated_at_ms = prepared.updated_at_ms;
+                Some(())
+            })
+            .await?;
+        Ok(changed.map(|((), stored, _)| stored))
     }
 
     fn receipt(delivery: &Delivery) -> Result<&NatsReceipt> {
@@ -470,30 +523,44 @@ impl JobQueue for NatsJobQueue {
     async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
         let job_id = &delivery.job.job_id;
         let receipt = Self::receipt(delivery)?;
-        let mut finish = Some(finish);
-        let changed = self
-            .change(job_id, Some(receipt.written.clone()), |stored| {
-                if stored.status.is_terminal() {
-                    return None;
-                }
-                let ending = finish.take()?;
-                let mut doc = JobDoc::queued(job_id.clone(), stored.spec.clone());
-                doc.status = stored.status;
-                ending.apply(&mut doc);
-                stored.status = doc.status;
-                stored.result = doc.result;
-                stored.error = doc.error;
-                stored.updated_at_ms = doc.updated_at_ms;
-                Some(())
-            })
-            .await?;
+        let ended = match receipt.written() {
+            // The first delivery ends the job with its first write.
+            None => {
+                let mut prepared = receipt.known.clone();
+                finish.apply_to(
+                    &mut prepared.status,
+                    &mut prepared.result,
+                    &mut prepared.error,
+                    &mut prepared.updated_at_ms,
+                );
+                self.create_or_change(job_id, prepared, |stored| stored.status.is_terminal())
+                    .await?
+            }
+            Some(written) => {
+                let mut finish = Some(finish);
+                self.change(job_id, Some(written), |stored| {
+                    if stored.status.is_terminal() {
+                        return None;
+                    }
+                    finish.take()?.apply_to(
+                        &mut stored.status,
+                        &mut stored.result,
+                        &mut stored.error,
+                        &mut stored.updated_at_ms,
+                    );
+                    Some(())
+                })
+                .await?
+                .map(|((), stored, _)| stored)
+            }
+        };
         // A lost ack only means one more delivery, which sees the job ended and acks again.
         receipt
             .message
             .ack()
             .await
             .map_err(|e| unavailable("ack", e))?;
-        if let Some(((), stored, _)) = changed {
+        if let Some(stored) = ended {
             return Ok(stored.doc(job_id));
         }
         self.get(job_id)
@@ -510,20 +577,34 @@ impl JobQueue for NatsJobQueue {
         let job_id = &delivery.job.job_id;
         let attempt = delivery.attempt;
         let receipt = Self::receipt(delivery)?;
-        let mut error = error;
-        self.change(job_id, Some(receipt.written.clone()), |stored| {
-            // A newer delivery owns the job, or it ended: leave it be.
-            if stored.status.is_terminal() || stored.attempts != attempt {
-                return None;
+        // A newer delivery owns the job, or it ended: leave it be.
+        let keep = |stored: &Stored| stored.status.is_terminal() || stored.attempts != attempt;
+        match receipt.written() {
+            None => {
+                let mut prepared = receipt.known.clone();
+                prepared.status = JobStatus::Queued;
+                prepared.updated_at_ms = now_ms();
+                if error.is_some() {
+                    prepared.error = error;
+                }
+                self.create_or_change(job_id, prepared, keep).await?;
             }
-            stored.status = JobStatus::Queued;
-            stored.updated_at_ms = now_ms();
-            if let Some(error) = error.take() {
-                stored.error = Some(error);
+            Some(written) => {
+                let mut error = error;
+                self.change(job_id, Some(written), |stored| {
+                    if keep(stored) {
+                        return None;
+                    }
+                    stored.status = JobStatus::Queued;
+                    stored.updated_at_ms = now_ms();
+                    if let Some(error) = error.take() {
+                        stored.error = Some(error);
+                    }
+                    Some(())
+                })
+                .await?;
             }
-            Some(())
-        })
-        .await?;
+        }
         receipt
             .message
             .ack_with(AckKind::Nak(Some(delay)))
@@ -544,8 +625,19 @@ impl JobQueue for NatsJobQueue {
         let subject = format!("{}.{job_id}", self.subject);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(message) if message.payload.first() == Some(&b'{') => {
-                let stored: Stored = serde_json::from_slice(&message.payload)
+                let mut stored: Stored = serde_json::from_slice(&message.payload)
                     .map_err(|e| Error::internal(format!("a submitted job is not valid: {e}")))?;
+                // Delivered and not ended: a first delivery runs it (and writes the document
+                // when it ends).
+                let info = self
+                    .consumer
+                    .get_info()
+                    .await
+                    .map_err(|e| unavailable("consumer info", e))?;
+                if info.delivered.stream_sequence >= message.sequence {
+                    stored.status = JobStatus::Running;
+                    stored.attempts = 1;
+                }
                 return Ok(Some(stored.doc(job_id)));
             }
             Ok(_) => {}
@@ -559,9 +651,9 @@ impl JobQueue for NatsJobQueue {
     }
 
     async fn depth(&self) -> Result<u64> {
-        let mut consumer = self.consumer.clone();
-        let info = consumer
-            .info()
+        let info = self
+            .consumer
+            .get_info()
             .await
             .map_err(|e| unavailable("consumer info", e))?;
         Ok(info.num_pending)
