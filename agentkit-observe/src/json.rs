@@ -6,7 +6,7 @@
 //! `itoa` and `ryu` rather than `fmt`, field names (identifiers) without an escaping pass, and
 //! the date and time of day formatted once per second per thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,24 +50,53 @@ where
         line.push_str(meta.level().as_str());
         line.push_str("\",\"target\":");
         string(&mut line, meta.target());
-        event.record(&mut Fields { line: &mut line });
+        let plain = plain_names(meta);
+        event.record(&mut Fields {
+            line: &mut line,
+            plain,
+        });
         line.push_str("}\n");
         writer.write_str(&line)
     }
 }
 
+thread_local! {
+    /// The callsite whose field names were last checked on this thread, and whether they are
+    /// all identifiers: lines from one callsite (a run's log line) need the check once.
+    static PLAIN: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+}
+
+/// Whether every field name of `meta`'s callsite can be written without escaping.
+fn plain_names(meta: &'static tracing::Metadata<'static>) -> bool {
+    let callsite = std::ptr::from_ref(meta) as usize;
+    PLAIN.with(|plain| {
+        let (last, known) = plain.get();
+        if last == callsite {
+            return known;
+        }
+        let known = meta.fields().iter().all(|f| identifier(f.name()));
+        plain.set((callsite, known));
+        known
+    })
+}
+
+/// Whether a field name is an identifier (letters, digits, `_`, `.`): nothing to escape.
+fn identifier(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
 /// Appends each field as `,"name":value`.
 struct Fields<'a> {
     line: &'a mut String,
+    /// All the callsite's names are identifiers (see [`plain_names`]).
+    plain: bool,
 }
 
 impl Fields<'_> {
     fn key(&mut self, field: &Field) {
         let name = field.name();
-        if name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-        {
+        if self.plain || identifier(name) {
             // An identifier, as nearly every field name is: nothing to escape.
             self.line.push_str(",\"");
             self.line.push_str(name);
@@ -125,12 +154,25 @@ fn string(line: &mut String, text: &str) {
     line.push('"');
 }
 
+/// The bytes a JSON string escapes: controls, `"` and `\\`.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Writes into a JSON string's body, escaping as it goes.
 struct Escaped<'a>(&'a mut String);
 
 impl fmt::Write for Escaped<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        if !text.bytes().any(|b| ESCAPED[usize::from(b)]) {
             self.0.push_str(text);
             return Ok(());
         }
@@ -267,6 +309,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // A callsite whose names are all identifiers first: the check of names is kept
+            // per callsite, and the next one's must still be escaped.
+            tracing::info!(target: "agentkit::test", plain = 1u64);
             let absent: Option<&str> = None;
             tracing::warn!(
                 target: "agentkit::test",
@@ -286,8 +331,10 @@ mod tests {
             );
         });
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-        assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text}");
-        let line: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(text.ends_with("}\n") && text.lines().count() == 2, "{text}");
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["plain"], 1);
+        let line: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["target"], "agentkit::test");
         assert_eq!(
