@@ -45,6 +45,21 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[3])
 return {id, 1}
 ";
 
+/// For the scripts below: a field of a consumer group's `XINFO GROUPS` entry (false when the
+/// group or the field is missing, or the field is null).
+const GROUP_FIELD_FN: &str = r"
+local function group_field(stream, group, field)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local name, value
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == field then value = g[i + 1] end
+    end
+    if name == group then return value end
+  end
+  return false
+end
+";
+
 /// Housekeeping: moves due retries (KEYS[1], a sorted set) back onto the stream (KEYS[2]), and
 /// trims the stream below the oldest entry the group (ARGV[3]) still needs: the oldest pending
 /// one, or else the last delivered one. Acknowledged entries are not deleted one by one (`XDEL`
@@ -55,14 +70,7 @@ for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('XADD', KEYS[2], '*', 'job', id)
 end
-local last
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
-  local name, id
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then id = g[i + 1] end
-  end
-  if name == ARGV[3] then last = id end
-end
+local last = group_field(KEYS[2], ARGV[3], 'last-delivered-id')
 if last then
   local pending = redis.call('XPENDING', KEYS[2], ARGV[3])
   if pending[1] > 0 then last = pending[2] end
@@ -205,14 +213,7 @@ return {spec, 'queued', 0, created, created, false, false}
 /// server keeps one (Redis 7) and else from the stream's length less what is pending, plus the
 /// retries waiting in KEYS[2].
 const DEPTH: &str = r"
-local lag
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, l
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then l = g[i + 1] end
-  end
-  if name == ARGV[1] then lag = l end
-end
+local lag = group_field(KEYS[1], ARGV[1], 'lag')
 if not lag then
   lag = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
   if lag < 0 then lag = 0 end
@@ -309,14 +310,14 @@ impl RedisJobQueue {
             timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
             scripts: Arc::new(Scripts {
                 enqueue: Script::new(ENQUEUE),
-                housekeep: Script::new(HOUSEKEEP),
+                housekeep: Script::new(&format!("{GROUP_FIELD_FN}{HOUSEKEEP}")),
                 claim: Script::new(&format!("{MARK_FN}{CLAIM}")),
                 mark: Script::new(&format!("{MARK_FN}{MARK}")),
                 heartbeat: Script::new(HEARTBEAT),
                 finish: Script::new(FINISH),
                 release: Script::new(RELEASE),
                 get: Script::new(GET),
-                depth: Script::new(DEPTH),
+                depth: Script::new(&format!("{GROUP_FIELD_FN}{DEPTH}")),
             }),
             grouped: Arc::default(),
             housekept: Arc::default(),
