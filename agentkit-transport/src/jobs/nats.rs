@@ -311,14 +311,15 @@ impl NatsJobQueue {
         let delivered = message
             .info()
             .map_or(0, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
-        if let Some(mut stored) = submitted.clone()
-            && delivered == 1
-        {
-            stored.attempts = 1;
-            stored.status = JobStatus::Running;
-            stored.updated_at_ms = now_ms();
-            return Ok(Some(Self::delivery(job_id, stored, None, message)));
-        }
+        let submitted = match (submitted, delivered) {
+            (Some(mut stored), 1) => {
+                stored.attempts = 1;
+                stored.status = JobStatus::Running;
+                stored.updated_at_ms = now_ms();
+                return Ok(Some(Self::delivery(job_id, stored, None, message)));
+            }
+            (submitted, _) => submitted,
+        };
         let mut started = self
             .change(&job_id, None, |stored| {
                 if stored.status.is_terminal() {
@@ -382,7 +383,7 @@ impl NatsJobQueue {
         prepared: Stored,
         keep: impl Fn(&Stored) -> bool,
     ) -> Result<Option<Stored>> {
-        if let Some(_revision) = self.create(job_id, &prepared).await? {
+        if self.create(job_id, &prepared).await?.is_some() {
             return Ok(Some(prepared));
         }
         let changed = self
