@@ -95,7 +95,12 @@ async fn end_to_end(
     let started = Instant::now();
     let cpu_before = process_cpu();
     let server_before = match redis {
-        Some(client) => redis_cpu(client).await,
+        Some(client) => {
+            if commandstats() {
+                redis_command(client, &["CONFIG", "RESETSTAT"]).await;
+            }
+            redis_cpu(client).await
+        }
         None => None,
     };
     let producers: Vec<_> = (0..PRODUCERS)
@@ -139,6 +144,12 @@ async fn end_to_end(
             "  (the Redis server: {:.0} µs of CPU per job while the queue drained)",
             (after - before) * 1e6 / n as f64
         );
+        if commandstats() {
+            let stats = redis_command(client, &["INFO", "COMMANDSTATS"]).await;
+            for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+                println!("    {line}");
+            }
+        }
     }
     let mut latencies = Vec::with_capacity(n);
     let mut last_done = 0;
@@ -357,6 +368,26 @@ async fn redis_cpu(client: &agentkit::store::redis::RedisClient) -> Option<f64> 
             .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
     };
     Some(field("used_cpu_user:")? + field("used_cpu_sys:")?)
+}
+
+/// Whether `AGENTKIT_BENCH_COMMANDSTATS=1` asks for the Redis server's per-command figures
+/// (`INFO COMMANDSTATS`) while the queue drained end to end.
+fn commandstats() -> bool {
+    std::env::var("AGENTKIT_BENCH_COMMANDSTATS").is_ok_and(|v| v == "1")
+}
+
+/// Runs one Redis command for the bench's own reporting; its reply as text (empty on error).
+async fn redis_command(client: &agentkit::store::redis::RedisClient, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    client
+        .run(Duration::from_secs(2), |mut c| async move {
+            redis::cmd(&args[0])
+                .arg(&args[1..])
+                .query_async::<String>(&mut c)
+                .await
+        })
+        .await
+        .unwrap_or_default()
 }
 
 /// Whether `AGENTKIT_BENCH_ONLY` asks for this phase alone (`raw` or `e2e`; both by default),

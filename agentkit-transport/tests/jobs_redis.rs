@@ -104,3 +104,207 @@ async fn acknowledged_entries_are_trimmed() {
     assert!(queue.get("1-0").await.unwrap().is_none());
     assert!(queue.get("not-an-entry").await.unwrap().is_none());
 }
+
+/// A Redis command for the tests below, on `client`.
+async fn command<T: redis::FromRedisValue + Send>(
+    client: &agentkit_store::redis::RedisClient,
+    cmd: redis::Cmd,
+) -> T {
+    client
+        .run(std::time::Duration::from_secs(2), |mut c| async move {
+            cmd.query_async(&mut c).await
+        })
+        .await
+        .unwrap()
+}
+
+/// Jobs claimed or finished by the earlier version (whose first claim made the job's hash,
+/// and whose finish wrote the outcome into it) still run and read.
+#[tokio::test]
+async fn hashes_of_the_earlier_version_still_run_and_read() {
+    use std::time::Duration;
+
+    use agentkit_core::Reply;
+    use agentkit_store::redis::RedisClient;
+    use agentkit_testkit::jobs::{VISIBILITY, spec};
+    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+
+    let Some(url) = agentkit_testkit::redis_url() else {
+        return;
+    };
+    let name = agentkit_testkit::unique("earlier");
+    let client = RedisClient::connect(&url, 4).unwrap();
+    let queue = RedisJobQueue::new(client.clone(), &name).with_visibility_timeout(VISIBILITY);
+    let prefix = format!("agentkit:{{jobs:{name}}}");
+    let running = queue
+        .enqueue(spec("assistant", "claimed before"))
+        .await
+        .unwrap();
+    // The earlier version's claim: read the entry, make the job's hash.
+    let read: redis::Value = command(
+        &client,
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("workers")
+            .arg("old-worker")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(format!("{prefix}:stream"))
+            .arg(">")
+            .clone(),
+    )
+    .await;
+    assert_ne!(read, redis::Value::Nil);
+    let spec_json = serde_json::to_string(&spec("assistant", "claimed before")).unwrap();
+    let job_key = format!("{prefix}:job:{}", running.job_id);
+    let _: () = command(
+        &client,
+        redis::cmd("HSET")
+            .arg(&job_key)
+            .arg("spec")
+            .arg(&spec_json)
+            .arg("status")
+            .arg("running")
+            .arg("attempts")
+            .arg(1)
+            .arg("created")
+            .arg(5)
+            .arg("entry")
+            .arg(&running.job_id)
+            .arg("updated")
+            .arg(6)
+            .clone(),
+    )
+    .await;
+    let read = queue.get(&running.job_id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.attempts), (JobStatus::Running, 1));
+    // Its worker died; this version reclaims and finishes it.
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
+    let mut again = None;
+    for _ in 0..5 {
+        again = queue
+            .claim("new-worker", 1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .pop();
+        if again.is_some() {
+            break;
+        }
+    }
+    let again = again.expect("reclaimed");
+    assert_eq!(
+        (again.job.job_id.as_str(), again.attempt),
+        (running.job_id.as_str(), 2)
+    );
+    let result = JobResult::from(Reply {
+        output: "finished now".into(),
+        ..Reply::default()
+    });
+    queue
+        .finish(&again, Finish::Succeeded(result))
+        .await
+        .unwrap();
+    let read = queue.get(&running.job_id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.attempts), (JobStatus::Succeeded, 2));
+    assert_eq!(read.result.unwrap().output, "finished now");
+    assert_eq!(read.created_at_ms, 5);
+    let hash_left: u8 = command(&client, redis::cmd("EXISTS").arg(&job_key).clone()).await;
+    assert_eq!(hash_left, 0, "the outcome replaces the hash");
+
+    // A job the earlier version finished reads from its hash.
+    let old_result = serde_json::to_string(&JobResult::from(Reply {
+        output: "finished then".into(),
+        ..Reply::default()
+    }))
+    .unwrap();
+    let _: () = command(
+        &client,
+        redis::cmd("HSET")
+            .arg(format!("{prefix}:job:old-job"))
+            .arg("spec")
+            .arg(&spec_json)
+            .arg("status")
+            .arg("succeeded")
+            .arg("attempts")
+            .arg(1)
+            .arg("created")
+            .arg(5)
+            .arg("updated")
+            .arg(6)
+            .arg("result")
+            .arg(&old_result)
+            .clone(),
+    )
+    .await;
+    let old = queue.get("old-job").await.unwrap().unwrap();
+    assert_eq!(
+        (old.status, old.attempts, old.updated_at_ms),
+        (JobStatus::Succeeded, 1, 6)
+    );
+    assert_eq!(old.result.unwrap().output, "finished then");
+}
+
+/// A worker whose job was reclaimed by another (it went silent past the visibility timeout)
+/// cannot hand the job back: the job stays with the worker that holds it, and ends once.
+#[tokio::test]
+async fn a_worker_whose_job_was_reclaimed_cannot_hand_it_back() {
+    use std::time::Duration;
+
+    use agentkit_core::Reply;
+    use agentkit_testkit::jobs::{VISIBILITY, spec};
+    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+
+    let Some(url) = agentkit_testkit::redis_url() else {
+        return;
+    };
+    let queue = RedisJobQueue::connect(&url, &agentkit_testkit::unique("stale"))
+        .unwrap()
+        .with_visibility_timeout(VISIBILITY);
+    let job = queue.enqueue(spec("assistant", "slow")).await.unwrap();
+    let stale = queue
+        .claim("slow-worker", 1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .pop()
+        .expect("claimed");
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
+    let mut holder = None;
+    for _ in 0..5 {
+        holder = queue
+            .claim("other-worker", 1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .pop();
+        if holder.is_some() {
+            break;
+        }
+    }
+    let holder = holder.expect("reclaimed");
+    assert_eq!(holder.attempt, 2);
+    queue
+        .release(&stale, Duration::ZERO, Some("late".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0, "not queued again");
+    let read = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.attempts), (JobStatus::Running, 2));
+    let result = JobResult::from(Reply {
+        output: "done".into(),
+        ..Reply::default()
+    });
+    queue
+        .finish(&holder, Finish::Succeeded(result))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        queue
+            .claim("third-worker", 1, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let read = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.attempts), (JobStatus::Succeeded, 2));
+}

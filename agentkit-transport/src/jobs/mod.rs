@@ -260,6 +260,66 @@ impl Finish {
     }
 }
 
+/// A job as a backend keeps it in one document (a NATS bucket entry, a Redis job's outcome).
+#[cfg(any(feature = "redis", feature = "nats"))]
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    pub(crate) spec: JobSpec,
+    pub(crate) status: JobStatus,
+    pub(crate) attempts: u32,
+    #[serde(default)]
+    pub(crate) result: Option<JobResult>,
+    #[serde(default)]
+    pub(crate) error: Option<JobError>,
+    pub(crate) created_at_ms: u64,
+    pub(crate) updated_at_ms: u64,
+}
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+impl Stored {
+    pub(crate) fn doc(self, job_id: &str) -> JobDoc {
+        let mut doc = JobDoc::queued(job_id.to_owned(), self.spec);
+        doc.status = self.status;
+        doc.attempts = self.attempts;
+        doc.result = self.result;
+        doc.error = self.error;
+        doc.created_at_ms = self.created_at_ms;
+        doc.updated_at_ms = self.updated_at_ms;
+        doc
+    }
+}
+
+/// [`Stored`] written from a [`JobDoc`] without copying it (the same fields, borrowed).
+#[cfg(feature = "redis")]
+#[derive(Serialize)]
+pub(crate) struct StoredRef<'a> {
+    spec: &'a JobSpec,
+    status: JobStatus,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a JobResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a JobError>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+#[cfg(feature = "redis")]
+impl<'a> StoredRef<'a> {
+    /// `doc` as stored; `None` when it carries no spec.
+    pub(crate) fn of(doc: &'a JobDoc) -> Option<Self> {
+        Some(Self {
+            spec: doc.spec.as_ref()?,
+            status: doc.status,
+            attempts: doc.attempts,
+            result: doc.result.as_ref(),
+            error: doc.error.as_ref(),
+            created_at_ms: doc.created_at_ms,
+            updated_at_ms: doc.updated_at_ms,
+        })
+    }
+}
+
 /// One claimed job, held by one worker until finished, released or reclaimed.
 #[derive(Debug)]
 pub struct Delivery {
@@ -290,6 +350,8 @@ pub(crate) enum Receipt {
     Redis {
         entry: String,
         consumer: String,
+        /// A submission's first delivery: nothing of the job was written when it was claimed.
+        fresh: bool,
     },
     #[cfg(feature = "nats")]
     Nats(Box<nats::NatsReceipt>),

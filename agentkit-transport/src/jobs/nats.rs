@@ -23,39 +23,11 @@ use async_nats::jetstream::stream::{
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::{
-    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
-    RETENTION, Receipt, now_ms, validate,
+    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION, Receipt,
+    Stored, now_ms, validate,
 };
-
-/// A job as kept in the bucket.
-#[derive(Clone, Serialize, Deserialize)]
-struct Stored {
-    spec: JobSpec,
-    status: JobStatus,
-    attempts: u32,
-    #[serde(default)]
-    result: Option<JobResult>,
-    #[serde(default)]
-    error: Option<JobError>,
-    created_at_ms: u64,
-    updated_at_ms: u64,
-}
-
-impl Stored {
-    fn doc(self, job_id: &str) -> JobDoc {
-        let mut doc = JobDoc::queued(job_id.to_owned(), self.spec);
-        doc.status = self.status;
-        doc.attempts = self.attempts;
-        doc.result = self.result;
-        doc.error = self.error;
-        doc.created_at_ms = self.created_at_ms;
-        doc.updated_at_ms = self.updated_at_ms;
-        doc
-    }
-}
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> Error {
     Error::unavailable(format!("NATS {what}: {error}"))

@@ -2,11 +2,19 @@
 //! deliveries, job status in a hash, delayed retries in a sorted set, side effects in keys with
 //! a TTL. Every key of a queue shares one hash tag, so its scripts run on one Redis Cluster slot.
 //!
-//! A submission is one `XADD`, like the raw queue's: the entry carries the spec, and its id is
-//! the job's id. The job's hash is made by the claim that first reads the entry; until then a
-//! read of the job finds the entry. Acknowledged entries are trimmed a stream node at a time
-//! (`XTRIM MINID`) by the claims' housekeeping, not deleted one by one, and the queue's depth
-//! is the consumer group's `lag`.
+//! A job's life costs what the raw queue's does, plus one write:
+//!
+//! - a submission is one `XADD`: the entry carries the spec, and its id is the job's id;
+//! - a claim is one `XREADGROUP`: while the entry is pending, the group's pending list says the
+//!   job is running and how many times it was delivered;
+//! - a finish writes the job's outcome document once (`SET NX`, so the first finish wins) and
+//!   acknowledges the entry, a batch of jobs per script call.
+//!
+//! Only jobs that are retried or reclaimed get a hash of their own (status, attempts, spec),
+//! which carries them across stream entries. Reading a job looks at its outcome, then its hash,
+//! then its entry. Acknowledged entries are trimmed a stream node at a time (`XTRIM MINID`) by
+//! the claims' housekeeping, not deleted one by one, and the queue's depth is the consumer
+//! group's `lag`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,15 +23,15 @@ use std::time::Duration;
 
 use agentkit_core::tool::EffectLedger;
 use agentkit_core::{Error, Result};
-use agentkit_store::redis::{RedisClient, redis_error};
+use agentkit_store::redis::{DedicatedConnection, RedisClient, redis_error};
 use async_trait::async_trait;
-use redis::Script;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId};
+use redis::{Script, Value};
 use tokio::sync::oneshot;
 
 use super::{
     Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
-    RETENTION, Receipt, now_ms, validate,
+    RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
 };
 
 const GROUP: &str = "workers";
@@ -79,63 +87,58 @@ end
 return #due
 ";
 
-/// Marks claimed stream entries running, for the claim scripts below. Job keys are built from
-/// the queue's prefix inside the script (they are not known before the read); they share the
+/// For the scripts below: whether a job's status is final.
+const TERMINAL_FN: &str = r"
+local function terminal(status)
+  return status == 'succeeded' or status == 'failed' or status == 'dead'
+end
+";
+
+/// Marks a delivered entry running, for the scripts below, when the entry is a retry (field
+/// `job`) or was delivered before (reclaimed from a silent worker). Keys are built from the
+/// queue's prefix inside the script (they are not known before the read); they share the
 /// stream's hash tag, so they live on its Cluster slot.
 ///
-/// An entry is either a submission (fields `spec` and `created`; the job's id is the entry's)
-/// or a retry (field `job`). A submission read for the first time (`first`) makes the job's
-/// hash; anything else is checked against it, and an entry whose job ended (or is gone) is
-/// acknowledged instead. Returns, per entry kept: entry id, job id, spec, attempts, created,
-/// last error.
+/// The job's hash carries it across entries: a retry adds an attempt to it; a submission
+/// reclaimed before anything was written starts it, counting its deliveries so far. An entry
+/// whose job ended (or is gone) is acknowledged instead. Appends to `out`, per entry kept:
+/// entry id, job id, spec, attempts, created, last error.
 const MARK_FN: &str = r"
-local function mark(stream, group, prefix, now, out, entry, job, spec, created, first)
-  if spec and first then
-    redis.call('HSET', prefix .. job, 'spec', spec, 'status', 'running', 'attempts', 1, 'created', created, 'entry', entry, 'updated', now)
-    out[#out + 1] = {entry, job, spec, 1, created, false}
-    return
-  end
-  local key = prefix .. job
-  local f = job ~= '' and redis.call('HMGET', key, 'status', 'attempts', 'spec', 'created', 'error')
-  local status = f and f[1]
-  if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then
+local function mark(stream, group, prefix, now, retention, out, entry, job, spec, created)
+  local key = prefix .. 'job:' .. job
+  if job == '' or redis.call('EXISTS', prefix .. 'done:' .. job) == 1 then
     redis.call('XACK', stream, group, entry)
     return
   end
-  local attempts = (tonumber(f[2]) or 0) + 1
-  redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'entry', entry, 'updated', now)
-  out[#out + 1] = {entry, job, f[3], attempts, f[4], f[5]}
-end
-";
-
-/// Reads up to ARGV[3] new entries without blocking and marks them running, in one round trip.
-const CLAIM: &str = r"
-local out = {}
-local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
-if not read then return out end
-for _, e in ipairs(read[1][2]) do
-  local job, spec, created = '', false, false
-  local fields = e[2]
-  for i = 1, #fields, 2 do
-    local name = fields[i]
-    if name == 'spec' then spec = fields[i + 1]
-    elseif name == 'created' then created = fields[i + 1]
-    elseif name == 'job' then job = fields[i + 1] end
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'spec', 'created', 'error')
+  local status = f[1]
+  if terminal(status) or (not status and not spec) then
+    redis.call('XACK', stream, group, entry)
+    return
   end
-  if spec then job = e[1] end
-  mark(KEYS[1], ARGV[1], ARGV[5], ARGV[4], out, e[1], job, spec, created, true)
+  local attempts
+  if status then
+    attempts = (tonumber(f[2]) or 0) + 1
+    spec, created = f[3], f[4]
+  else
+    local p = redis.call('XPENDING', stream, group, entry, entry, 1)
+    attempts = p[1] and tonumber(p[1][4]) or 1
+    redis.call('HSET', key, 'spec', spec, 'created', created)
+  end
+  redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'entry', entry, 'updated', now)
+  redis.call('EXPIRE', key, retention)
+  out[#out + 1] = {entry, job, spec, attempts, created, f[5]}
 end
-return out
 ";
 
-/// Marks entries already delivered to this consumer (by a blocking read or `XAUTOCLAIM`):
-/// ARGV[4..] are, per entry, its id, job id, spec and created ('' for a retry's entry), and
-/// '1' when this is its first delivery.
+/// Marks entries delivered to this consumer (see `MARK_FN`): ARGV are the group, now, the
+/// queue's key prefix and the retention, then per entry its id, job id, spec and created ('' for
+/// a retry's entry).
 const MARK: &str = r"
 local out = {}
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 4 do
   local spec = ARGV[i + 2] ~= '' and ARGV[i + 2]
-  mark(KEYS[1], ARGV[1], ARGV[3], ARGV[2], out, ARGV[i], ARGV[i + 1], spec, ARGV[i + 3], ARGV[i + 4] == '1')
+  mark(KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4], out, ARGV[i], ARGV[i + 1], spec, ARGV[i + 3])
 end
 return out
 ";
@@ -147,66 +150,84 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 ";
 
-/// Finishes a batch of jobs: KEYS are the stream, the dead list, then one hash per job; ARGV
-/// starts with now, group and retention, then five values per job (status, result, error,
-/// entry, job id). The entries are acknowledged (with one `XACK`); each job still running gets
-/// its outcome. Returns, per job, 1 when this call ended it and 0 when it had already ended.
+/// Finishes a batch of jobs: KEYS are the stream, the dead list, then per job its outcome key
+/// and its hash; ARGV the group and the retention, then per job its status, outcome document,
+/// entry, job id and whether it may have a hash ('1': a retry or a reclaimed delivery, whose
+/// hash may say it already ended). The first finish of a job writes its outcome (`SET NX`);
+/// later ones change nothing. The entries are acknowledged with one `XACK`. Returns, per job,
+/// 1 when this call ended it and 0 when it had already ended.
 const FINISH: &str = r"
-local out = {}
-local entries = {}
-for j = 3, #KEYS do
-  local a = 4 + (j - 3) * 5
-  local status = redis.call('HGET', KEYS[j], 'status')
-  entries[#entries + 1] = ARGV[a + 3]
-  if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then
-    out[#out + 1] = 0
-  else
-    if ARGV[a + 1] ~= '' then
-      redis.call('HSET', KEYS[j], 'status', ARGV[a], 'updated', ARGV[1], 'result', ARGV[a + 1])
-    else
-      redis.call('HSET', KEYS[j], 'status', ARGV[a], 'updated', ARGV[1], 'error', ARGV[a + 2])
-    end
-    redis.call('EXPIRE', KEYS[j], ARGV[3])
+local out, entries = {}, {}
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local k, a = 3 + 2 * i, 3 + 5 * i
+  entries[#entries + 1] = ARGV[a + 2]
+  local hashed = ARGV[a + 4] == '1'
+  local open = not (hashed and terminal(redis.call('HGET', KEYS[k + 1], 'status')))
+  if open and redis.call('SET', KEYS[k], ARGV[a + 1], 'NX', 'EX', ARGV[2]) then
+    if hashed then redis.call('DEL', KEYS[k + 1]) end
     if ARGV[a] ~= 'succeeded' then
-      redis.call('LPUSH', KEYS[2], ARGV[a + 4])
+      redis.call('LPUSH', KEYS[2], ARGV[a + 3])
       redis.call('LTRIM', KEYS[2], 0, 9999)
     end
     out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
   end
 end
-redis.call('XACK', KEYS[1], ARGV[2], unpack(entries))
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
 return out
 ";
 
 /// The most finishes one script call carries.
 const FINISH_BATCH: usize = 64;
 
+/// Hands a delivery back for a retry at ARGV[3]: KEYS are the job's hash, the stream, the
+/// delayed set and the job's outcome key; ARGV the entry, group, ready time, job id, last
+/// error, now, spec, created, retention and consumer. Only the consumer still holding the
+/// entry releases it (a worker whose job was reclaimed meanwhile does not). A submission's
+/// first delivery wrote nothing, so its hash starts here. Returns 1 when released, 0 when the
+/// job had ended or this delivery no longer held it.
 const RELEASE: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
+if redis.call('EXISTS', KEYS[4]) == 1 or terminal(status) then
+  redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+  return 0
+end
+local p = redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[1], ARGV[1], 1)[1]
+if not p or p[2] ~= ARGV[10] then return 0 end
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
-if not status or status == 'succeeded' or status == 'failed' or status == 'dead' then return 0 end
-if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
+if status then
+  if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then return 0 end
+else
+  redis.call('HSET', KEYS[1], 'spec', ARGV[7], 'created', ARGV[8], 'attempts', p[4], 'entry', ARGV[1])
+end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 ";
 
-/// Reads a job: its hash once a worker has claimed it, else its submission entry (KEYS[2]
-/// the stream, ARGV[1] the job id, which is the entry's id). Returns spec, status, attempts,
-/// created, updated, result, error.
+/// Reads a job: KEYS are its outcome key, its hash and the stream; ARGV the job id when it is
+/// an entry id (else ''), the group and now. Returns the outcome document alone when the job
+/// ended; else false, then spec, status, attempts, created, updated, result, error: from the
+/// hash, or from the submission's entry (running while pending, with its deliveries as
+/// attempts; queued before).
 const GET: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'spec', 'status', 'attempts', 'created', 'updated', 'result', 'error')
-if f[2] or ARGV[1] == '' then return f end
-local entries = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
-local e = entries[1]
-if not e then return f end
+local done = redis.call('GET', KEYS[1])
+if done then return {done} end
+local f = redis.call('HMGET', KEYS[2], 'spec', 'status', 'attempts', 'created', 'updated', 'result', 'error')
+if f[2] or ARGV[1] == '' then return {false, f[1], f[2], f[3], f[4], f[5], f[6], f[7]} end
+local e = redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1])[1]
+if not e then return {false} end
 local spec, created = false, false
 for i = 1, #e[2], 2 do
   if e[2][i] == 'spec' then spec = e[2][i + 1] elseif e[2][i] == 'created' then created = e[2][i + 1] end
 end
-if not spec then return f end
-return {spec, 'queued', 0, created, created, false, false}
+if not spec then return {false} end
+local p = redis.call('XPENDING', KEYS[3], ARGV[2], ARGV[1], ARGV[1], 1)[1]
+if p then return {false, spec, 'running', p[4], created, ARGV[3] - p[3]} end
+return {false, spec, 'queued', 0, created, created}
 ";
 
 /// The number of entries not yet delivered to the group (ARGV[1]), from its `lag` where the
@@ -224,7 +245,6 @@ return lag + redis.call('ZCARD', KEYS[2])
 struct Scripts {
     enqueue: Script,
     housekeep: Script,
-    claim: Script,
     mark: Script,
     heartbeat: Script,
     finish: Script,
@@ -253,8 +273,10 @@ struct Finishing {
     job_id: String,
     entry: String,
     status: &'static str,
-    result: String,
-    error: String,
+    /// The job's outcome document (a [`Stored`]).
+    stored: String,
+    /// Whether the job may have a hash (see `FINISH`).
+    hashed: bool,
 }
 
 /// Finishes waiting for the script call in flight (group commit: a finish that finds no call
@@ -311,11 +333,10 @@ impl RedisJobQueue {
             scripts: Arc::new(Scripts {
                 enqueue: Script::new(ENQUEUE),
                 housekeep: Script::new(&format!("{GROUP_FIELD_FN}{HOUSEKEEP}")),
-                claim: Script::new(&format!("{MARK_FN}{CLAIM}")),
-                mark: Script::new(&format!("{MARK_FN}{MARK}")),
+                mark: Script::new(&format!("{TERMINAL_FN}{MARK_FN}{MARK}")),
                 heartbeat: Script::new(HEARTBEAT),
-                finish: Script::new(FINISH),
-                release: Script::new(RELEASE),
+                finish: Script::new(&format!("{TERMINAL_FN}{FINISH}")),
+                release: Script::new(&format!("{TERMINAL_FN}{RELEASE}")),
                 get: Script::new(GET),
                 depth: Script::new(&format!("{GROUP_FIELD_FN}{DEPTH}")),
             }),
@@ -345,6 +366,10 @@ impl RedisJobQueue {
         format!("{}:job:{id}", self.prefix)
     }
 
+    fn done_key(&self, id: &str) -> String {
+        format!("{}:done:{id}", self.prefix)
+    }
+
     async fn ensure_group(&self) -> Result<()> {
         if self.grouped.load(Ordering::Relaxed) {
             return Ok(());
@@ -372,9 +397,13 @@ impl RedisJobQueue {
         Ok(())
     }
 
-    fn entry(delivery: &Delivery) -> Result<(&str, &str)> {
+    fn entry(delivery: &Delivery) -> Result<(&str, &str, bool)> {
         match &delivery.receipt {
-            Receipt::Redis { entry, consumer } => Ok((entry, consumer)),
+            Receipt::Redis {
+                entry,
+                consumer,
+                fresh,
+            } => Ok((entry, consumer, *fresh)),
             #[allow(unreachable_patterns)]
             _ => Err(Error::invalid_input(
                 "this delivery belongs to another queue",
@@ -386,22 +415,22 @@ impl RedisJobQueue {
     async fn finish_batch(&self, batch: &[&Finishing]) -> Result<Vec<bool>> {
         let stream = self.key("stream");
         let dead = self.key("dead");
-        let keys: Vec<String> = batch.iter().map(|f| self.job_key(&f.job_id)).collect();
         let ended: Vec<u8> = self
             .client
             .run(self.timeout, |mut c| async move {
                 let mut call = self.scripts.finish.key(&stream);
                 call.key(&dead);
-                for key in &keys {
-                    call.key(key);
+                for f in batch {
+                    call.key(self.done_key(&f.job_id))
+                        .key(self.job_key(&f.job_id));
                 }
-                call.arg(now_ms()).arg(GROUP).arg(RETENTION.as_secs());
+                call.arg(GROUP).arg(RETENTION.as_secs());
                 for f in batch {
                     call.arg(f.status)
-                        .arg(&f.result)
-                        .arg(&f.error)
+                        .arg(&f.stored)
                         .arg(&f.entry)
-                        .arg(&f.job_id);
+                        .arg(&f.job_id)
+                        .arg(if f.hashed { "1" } else { "0" });
                 }
                 call.invoke_async(&mut c).await
             })
@@ -458,69 +487,210 @@ impl RedisJobQueue {
         Ok(outcome?[0])
     }
 
-    /// Turns the rows of a claim script into deliveries.
+    /// Turns the rows of the mark script into deliveries.
     fn deliveries(&self, rows: Vec<Marked>, consumer: &str) -> Result<Vec<Delivery>> {
         let now = now_ms();
         rows.into_iter()
             .map(|(entry, job_id, spec, attempts, created, error)| {
-                let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| {
-                    Error::internal(format!("stored job {job_id} is not valid: {e}"))
-                })?;
-                let mut doc = JobDoc::queued(job_id, spec);
-                doc.status = JobStatus::Running;
-                doc.attempts = attempts;
-                doc.created_at_ms = created;
-                doc.updated_at_ms = now;
-                doc.error = error.and_then(|e| serde_json::from_str(&e).ok());
-                Ok(Delivery {
-                    attempt: attempts,
-                    job: doc,
-                    receipt: Receipt::Redis {
-                        entry,
-                        consumer: consumer.to_owned(),
-                    },
-                })
+                let mut delivery =
+                    delivery(entry, job_id, &spec, attempts, created, consumer, false)?;
+                delivery.job.updated_at_ms = now;
+                delivery.job.error = error.and_then(|e| serde_json::from_str(&e).ok());
+                Ok(delivery)
             })
             .collect()
     }
 
-    /// Marks entries this consumer already holds running (ending those whose job ended);
-    /// `first` when they were just read for the first time.
-    async fn mark(
-        &self,
-        entries: Vec<StreamId>,
-        consumer: &str,
-        first: bool,
-    ) -> Result<Vec<Delivery>> {
+    /// Marks entries this consumer was just given (see `MARK_FN`), ending those whose job
+    /// ended.
+    async fn mark(&self, entries: Vec<Entry>, consumer: &str) -> Result<Vec<Delivery>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let stream = self.key("stream");
-        let prefix = self.job_key("");
+        let prefix = format!("{}:", self.prefix);
         let rows: Vec<Marked> = self
             .client
             .run(self.timeout, |mut c| async move {
                 let mut call = self.scripts.mark.key(&stream);
-                call.arg(GROUP).arg(now_ms()).arg(&prefix);
+                call.arg(GROUP)
+                    .arg(now_ms())
+                    .arg(&prefix)
+                    .arg(RETENTION.as_secs());
                 for entry in &entries {
-                    let spec = entry.get::<String>("spec").unwrap_or_default();
-                    let job = if spec.is_empty() {
-                        entry.get::<String>("job").unwrap_or_default()
-                    } else {
-                        entry.id.clone()
+                    let job = match &entry.spec {
+                        Some(_) => entry.id.as_str(),
+                        None => entry.job.as_deref().unwrap_or_default(),
                     };
-                    let created = entry.get::<String>("created").unwrap_or_default();
                     call.arg(&entry.id)
                         .arg(job)
-                        .arg(spec)
-                        .arg(created)
-                        .arg(if first { "1" } else { "0" });
+                        .arg(entry.spec.as_deref().unwrap_or_default())
+                        .arg(entry.created.as_deref().unwrap_or_default());
                 }
                 call.invoke_async(&mut c).await
             })
             .await?;
         self.deliveries(rows, consumer)
     }
+
+    /// Turns entries just read for the first time into deliveries: a submission needs no
+    /// round trip (the pending list says it runs), a retry's entry is marked.
+    async fn take(&self, entries: Vec<Entry>, consumer: &str) -> Result<Vec<Delivery>> {
+        let mut deliveries = Vec::with_capacity(entries.len());
+        let mut retries = Vec::new();
+        for entry in entries {
+            match entry.spec {
+                Some(spec) => {
+                    let created = entry
+                        .created
+                        .as_deref()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                    let id = entry.id.clone();
+                    deliveries.push(delivery(entry.id, id, &spec, 1, created, consumer, true)?);
+                }
+                None => retries.push(entry),
+            }
+        }
+        deliveries.extend(self.mark(retries, consumer).await?);
+        Ok(deliveries)
+    }
+
+    /// Reads up to `max` new entries for `consumer`, waiting up to `block` when given (on a
+    /// connection of its own: the shared one must not wait).
+    async fn read(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Option<(&mut DedicatedConnection, u64)>,
+    ) -> Result<Vec<Entry>> {
+        let stream = self.key("stream");
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        let reply: Value = match block {
+            Some((conn, ms)) => {
+                read.arg("BLOCK")
+                    .arg(ms)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">");
+                read.query_async(conn).await.map_err(redis_error)?
+            }
+            None => {
+                read.arg("STREAMS").arg(&stream).arg(">");
+                self.client
+                    .run(self.timeout, |mut c| async move {
+                        read.query_async(&mut c).await
+                    })
+                    .await?
+            }
+        };
+        Ok(read_entries(reply))
+    }
+}
+
+/// A delivery of `job_id` read from `entry`, running (`fresh`: see [`Receipt::Redis`]).
+fn delivery(
+    entry: String,
+    job_id: String,
+    spec: &str,
+    attempts: u32,
+    created: u64,
+    consumer: &str,
+    fresh: bool,
+) -> Result<Delivery> {
+    let spec: JobSpec = serde_json::from_str(spec)
+        .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
+    let mut doc = JobDoc::queued(job_id, spec);
+    doc.status = JobStatus::Running;
+    doc.attempts = attempts;
+    doc.created_at_ms = created;
+    Ok(Delivery {
+        attempt: attempts,
+        job: doc,
+        receipt: Receipt::Redis {
+            entry,
+            consumer: consumer.to_owned(),
+            fresh,
+        },
+    })
+}
+
+/// A stream entry as the queue reads it: a submission (`spec`, `created`) or a retry (`job`).
+#[derive(Default)]
+struct Entry {
+    id: String,
+    spec: Option<String>,
+    job: Option<String>,
+    created: Option<String>,
+}
+
+impl From<StreamId> for Entry {
+    fn from(id: StreamId) -> Self {
+        let field = |name: &str| id.get::<String>(name);
+        Self {
+            spec: field("spec"),
+            job: field("job"),
+            created: field("created"),
+            id: id.id,
+        }
+    }
+}
+
+/// The entries of an `XREADGROUP` reply of one stream (RESP2 arrays or a RESP3 map), read
+/// straight from the reply: a map per entry costs more than the whole claim.
+fn read_entries(reply: Value) -> Vec<Entry> {
+    let streams = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let text = |value: Value| match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            let mut parts = parts.into_iter();
+            let (Some(id), Some(Value::Array(fields))) =
+                (parts.next().and_then(text), parts.next())
+            else {
+                continue;
+            };
+            let mut entry = Entry {
+                id,
+                ..Entry::default()
+            };
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                let slot = match &name {
+                    Value::BulkString(name) if name == b"spec" => &mut entry.spec,
+                    Value::BulkString(name) if name == b"job" => &mut entry.job,
+                    Value::BulkString(name) if name == b"created" => &mut entry.created,
+                    _ => continue,
+                };
+                *slot = text(value);
+            }
+            out.push(entry);
+        }
+    }
+    out
 }
 
 /// Whether `id` has the shape of a stream entry id (`ms-seq`), as a job id on Redis does.
@@ -600,7 +770,7 @@ impl JobQueue for RedisJobQueue {
         let delayed = self.key("delayed");
         let now = now_ms();
         let last = self.housekept.load(Ordering::Relaxed);
-        let mut entries: Vec<StreamId> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         if now.saturating_sub(last) >= HOUSEKEEPING_MS
             && self
                 .housekept
@@ -637,31 +807,15 @@ impl JobQueue for RedisJobQueue {
                         .await
                 })
                 .await?;
-            entries = reclaimed.claimed;
+            entries = reclaimed.claimed.into_iter().map(Entry::from).collect();
         }
-        let mut deliveries = self.mark(entries, consumer, false).await?;
+        let mut deliveries = self.mark(entries, consumer).await?;
         if deliveries.len() >= max {
             return Ok(deliveries);
         }
-        // Under load, new entries are read and marked running in one round trip.
-        let prefix = self.job_key("");
-        let want = max - deliveries.len();
-        let rows: Vec<Marked> = self
-            .client
-            .run(self.timeout, |mut c| async move {
-                self.scripts
-                    .claim
-                    .key(stream)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(want)
-                    .arg(now_ms())
-                    .arg(&prefix)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        deliveries.extend(self.deliveries(rows, consumer)?);
+        // Under load, new entries are there to read at once.
+        let read = self.read(consumer, max - deliveries.len(), None).await?;
+        deliveries.extend(self.take(read, consumer).await?);
         if !deliveries.is_empty() {
             return Ok(deliveries);
         }
@@ -672,26 +826,10 @@ impl JobQueue for RedisJobQueue {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let block = left.min(BLOCK_SLICE).as_millis().max(1) as u64;
-            let read = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(max)
-                .arg("BLOCK")
-                .arg(block)
-                .arg("STREAMS")
-                .arg(stream)
-                .arg(">")
-                .query_async::<Option<StreamReadReply>>(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            if let Some(reply) = read {
-                let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-                if !entries.is_empty() {
-                    drop(conn);
-                    return self.mark(entries, consumer, true).await;
-                }
+            let read = self.read(consumer, max, Some((&mut conn, block))).await?;
+            if !read.is_empty() {
+                drop(conn);
+                return self.take(read, consumer).await;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Vec::new());
@@ -700,7 +838,7 @@ impl JobQueue for RedisJobQueue {
     }
 
     async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
-        let (entry, consumer) = Self::entry(delivery)?;
+        let (entry, consumer, _) = Self::entry(delivery)?;
         let stream = self.key("stream");
         let _: u8 = self
             .client
@@ -719,22 +857,22 @@ impl JobQueue for RedisJobQueue {
     }
 
     async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc> {
-        let (entry, _) = Self::entry(delivery)?;
+        let (entry, _, fresh) = Self::entry(delivery)?;
         let job_id = &delivery.job.job_id;
-        let (result, error) = match &finish {
-            Finish::Succeeded(result) => (json(result)?, String::new()),
-            Finish::Failed(error) | Finish::Dead(error) => (String::new(), json(error)?),
-        };
+        let status = finish.status().as_str();
+        let mut doc = delivery.job.clone();
+        doc.attempts = delivery.attempt;
+        finish.apply(&mut doc);
+        let stored = StoredRef::of(&doc)
+            .ok_or_else(|| Error::internal(format!("job {job_id} has no spec")))?;
         let finishing = Finishing {
             job_id: job_id.clone(),
             entry: entry.to_owned(),
-            status: finish.status().as_str(),
-            result,
-            error,
+            status,
+            stored: json(&stored)?,
+            hashed: !fresh,
         };
         if self.finish_grouped(finishing).await? {
-            let mut doc = delivery.job.clone();
-            finish.apply(&mut doc);
             return Ok(doc);
         }
         self.get(job_id)
@@ -748,10 +886,12 @@ impl JobQueue for RedisJobQueue {
         delay: Duration,
         error: Option<JobError>,
     ) -> Result<()> {
-        let (entry, _) = Self::entry(delivery)?;
+        let (entry, consumer, _) = Self::entry(delivery)?;
         let job_id = &delivery.job.job_id;
         let error = error.as_ref().map(json).transpose()?.unwrap_or_default();
+        let spec = json(delivery.spec()?)?;
         let job = self.job_key(job_id);
+        let done = self.done_key(job_id);
         let stream = self.key("stream");
         let delayed = self.key("delayed");
         let ready_at = now_ms() + delay.as_millis() as u64;
@@ -763,12 +903,17 @@ impl JobQueue for RedisJobQueue {
                     .key(&job)
                     .key(&stream)
                     .key(&delayed)
+                    .key(&done)
                     .arg(entry)
                     .arg(GROUP)
                     .arg(ready_at)
                     .arg(job_id)
                     .arg(&error)
                     .arg(now_ms())
+                    .arg(&spec)
+                    .arg(delivery.job.created_at_ms)
+                    .arg(RETENTION.as_secs())
+                    .arg(consumer)
                     .invoke_async(&mut c)
                     .await
             })
@@ -777,45 +922,49 @@ impl JobQueue for RedisJobQueue {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let done = self.done_key(job_id);
         let job = self.job_key(job_id);
         let stream = self.key("stream");
-        // Only an entry id can name a submission still waiting in the stream.
+        // Only an entry id can name a submission whose entry is all there is of it.
         let entry = if is_entry_id(job_id) { job_id } else { "" };
-        type Fields = (
-            Option<String>,
-            Option<String>,
-            Option<u32>,
-            Option<u64>,
-            Option<u64>,
-            Option<String>,
-            Option<String>,
-        );
-        let (spec, status, attempts, created, updated, result, error): Fields = self
+        let fields: Vec<Option<String>> = self
             .client
             .run(self.timeout, |mut c| async move {
                 self.scripts
                     .get
+                    .key(&done)
                     .key(&job)
                     .key(&stream)
                     .arg(entry)
+                    .arg(GROUP)
+                    .arg(now_ms())
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        let (Some(spec), Some(status)) = (spec, status) else {
+        let mut fields = fields.into_iter();
+        if let Some(Some(stored)) = fields.next() {
+            let stored: Stored = serde_json::from_str(&stored)
+                .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
+            return Ok(Some(stored.doc(job_id)));
+        }
+        let mut next = || fields.next().flatten();
+        let (Some(spec), Some(status)) = (next(), next()) else {
             return Ok(None);
         };
+        let number = |field: Option<String>| field.and_then(|f| f.parse::<u64>().ok());
+        let (attempts, created, updated) = (number(next()), number(next()), number(next()));
         let spec: JobSpec = serde_json::from_str(&spec)
             .map_err(|e| Error::internal(format!("stored job {job_id} is not valid: {e}")))?;
         let status: JobStatus = serde_json::from_value(serde_json::Value::String(status))
             .map_err(|e| Error::internal(format!("stored job {job_id} has a bad status: {e}")))?;
         let mut doc = JobDoc::queued(job_id.to_owned(), spec);
         doc.status = status;
-        doc.attempts = attempts.unwrap_or(0);
+        doc.attempts = attempts.unwrap_or(0) as u32;
         doc.created_at_ms = created.unwrap_or(0);
         doc.updated_at_ms = updated.unwrap_or(0);
-        doc.result = result.and_then(|r| serde_json::from_str::<JobResult>(&r).ok());
-        doc.error = error.and_then(|e| serde_json::from_str::<JobError>(&e).ok());
+        doc.result = next().and_then(|r| serde_json::from_str::<JobResult>(&r).ok());
+        doc.error = next().and_then(|e| serde_json::from_str::<JobError>(&e).ok());
         Ok(Some(doc))
     }
 
