@@ -94,6 +94,7 @@ async fn end_to_end(
     let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
     let started = Instant::now();
     let cpu_before = process_cpu();
+    let nats_before = nats_server_cpu().filter(|_| redis.is_none());
     let server_before = match redis {
         Some(client) => {
             if commandstats() {
@@ -134,6 +135,12 @@ async fn end_to_end(
     if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
         println!(
             "  (this process: {:.0} µs of CPU per job while the queue drained)",
+            (after - before).as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    if let (Some(before), Some(after)) = (nats_before, nats_server_cpu()) {
+        println!(
+            "  (the NATS server: {:.0} µs of CPU per job while the queue drained)",
             (after - before).as_secs_f64() * 1e6 / n as f64
         );
     }
@@ -303,6 +310,7 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
         .await
         .unwrap();
     let started = Instant::now();
+    let (cpu_before, server_before) = (process_cpu(), nats_server_cpu());
     let reader = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(n);
         while latencies.len() < n {
@@ -343,12 +351,40 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
         producer.await.unwrap();
     }
     let latencies = reader.await.unwrap();
-    Figures::new(n, started.elapsed(), latencies)
+    let elapsed = started.elapsed();
+    for (who, before, after) in [
+        ("this process", cpu_before, process_cpu()),
+        ("the NATS server", server_before, nats_server_cpu()),
+    ] {
+        if let (Some(before), Some(after)) = (before, after) {
+            println!(
+                "  (raw: {who} {:.0} µs of CPU per job)",
+                (after - before).as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
+    Figures::new(n, elapsed, latencies)
 }
 
 /// CPU time (user + system) of this process so far, where `/proc` tells it.
 fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_of("self")
+}
+
+/// CPU time of the NATS server so far, when it runs on this machine (found by its name in
+/// `/proc`).
+fn nats_server_cpu() -> Option<Duration> {
+    let pid = std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid = entry.ok()?.file_name().into_string().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "nats-server").then_some(pid)
+    })?;
+    cpu_of(&pid)
+}
+
+/// CPU time (user + system) of the process `pid` so far.
+fn cpu_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at state, field 3.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
