@@ -262,6 +262,10 @@ pub struct RedisJobQueue {
     visibility: Duration,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    /// The stream, delayed set and dead list keys, made once.
+    stream: Arc<str>,
+    delayed: Arc<str>,
+    dead: Arc<str>,
     grouped: Arc<AtomicBool>,
     /// When delayed jobs were last promoted and stalled ones reclaimed (ms since the epoch).
     housekept: Arc<AtomicU64>,
@@ -324,10 +328,14 @@ impl RedisJobQueue {
     /// The queue `name` on `client` (keys under `agentkit:{jobs:NAME}`), with a 30 s
     /// visibility timeout.
     pub fn new(client: RedisClient, name: &str) -> Self {
+        let prefix = format!("agentkit:{{jobs:{name}}}");
         Self {
             client,
             name: name.to_owned(),
-            prefix: format!("agentkit:{{jobs:{name}}}"),
+            stream: format!("{prefix}:stream").into(),
+            delayed: format!("{prefix}:delayed").into(),
+            dead: format!("{prefix}:dead").into(),
+            prefix,
             visibility: Duration::from_secs(30),
             timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
             scripts: Arc::new(Scripts {
@@ -374,13 +382,13 @@ impl RedisJobQueue {
         if self.grouped.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let stream = self.key("stream");
+        let stream = &*self.stream;
         let created = self
             .client
             .run(self.timeout, |mut c| async move {
                 redis::cmd("XGROUP")
                     .arg("CREATE")
-                    .arg(&stream)
+                    .arg(stream)
                     .arg(GROUP)
                     .arg("0")
                     .arg("MKSTREAM")
@@ -413,13 +421,13 @@ impl RedisJobQueue {
 
     /// Runs the finish script for `batch`; per job, whether this call ended it.
     async fn finish_batch(&self, batch: &[&Finishing]) -> Result<Vec<bool>> {
-        let stream = self.key("stream");
-        let dead = self.key("dead");
+        let stream = &*self.stream;
+        let dead = &*self.dead;
         let ended: Vec<u8> = self
             .client
             .run(self.timeout, |mut c| async move {
-                let mut call = self.scripts.finish.key(&stream);
-                call.key(&dead);
+                let mut call = self.scripts.finish.key(stream);
+                call.key(dead);
                 for f in batch {
                     call.key(self.done_key(&f.job_id))
                         .key(self.job_key(&f.job_id));
@@ -507,12 +515,12 @@ impl RedisJobQueue {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let stream = self.key("stream");
+        let stream = &*self.stream;
         let prefix = format!("{}:", self.prefix);
         let rows: Vec<Marked> = self
             .client
             .run(self.timeout, |mut c| async move {
-                let mut call = self.scripts.mark.key(&stream);
+                let mut call = self.scripts.mark.key(stream);
                 call.arg(GROUP)
                     .arg(now_ms())
                     .arg(&prefix)
@@ -564,7 +572,7 @@ impl RedisJobQueue {
         max: usize,
         block: Option<(&mut DedicatedConnection, u64)>,
     ) -> Result<Vec<Entry>> {
-        let stream = self.key("stream");
+        let stream = &*self.stream;
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
             .arg(GROUP)
@@ -576,12 +584,12 @@ impl RedisJobQueue {
                 read.arg("BLOCK")
                     .arg(ms)
                     .arg("STREAMS")
-                    .arg(&stream)
+                    .arg(stream)
                     .arg(">");
                 read.query_async(conn).await.map_err(redis_error)?
             }
             None => {
-                read.arg("STREAMS").arg(&stream).arg(">");
+                read.arg("STREAMS").arg(stream).arg(">");
                 self.client
                     .run(self.timeout, |mut c| async move {
                         read.query_async(&mut c).await
@@ -717,7 +725,7 @@ impl JobQueue for RedisJobQueue {
         validate(&spec)?;
         self.ensure_group().await?;
         let body = json(&spec)?;
-        let stream = self.key("stream");
+        let stream = &*self.stream;
         let now = now_ms();
         let Some(key) = &spec.idempotency_key else {
             // A submission is one stream entry, as cheap as the raw queue's: its id is the
@@ -726,7 +734,7 @@ impl JobQueue for RedisJobQueue {
                 .client
                 .run(self.timeout, |mut c| async move {
                     redis::cmd("XADD")
-                        .arg(&stream)
+                        .arg(stream)
                         .arg("*")
                         .arg("spec")
                         .arg(&body)
@@ -748,7 +756,7 @@ impl JobQueue for RedisJobQueue {
                 self.scripts
                     .enqueue
                     .key(&idem)
-                    .key(&stream)
+                    .key(stream)
                     .arg(&body)
                     .arg(now)
                     .arg(RETENTION.as_secs())
@@ -765,9 +773,8 @@ impl JobQueue for RedisJobQueue {
     async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.ensure_group().await?;
         let max = max.max(1);
-        let stream = self.key("stream");
-        let stream = stream.as_str();
-        let delayed = self.key("delayed");
+        let stream = &*self.stream;
+        let delayed = &*self.delayed;
         let now = now_ms();
         let last = self.housekept.load(Ordering::Relaxed);
         let mut entries: Vec<Entry> = Vec::new();
@@ -782,7 +789,7 @@ impl JobQueue for RedisJobQueue {
                 .run(self.timeout, |mut c| async move {
                     self.scripts
                         .housekeep
-                        .key(&delayed)
+                        .key(delayed)
                         .key(stream)
                         .arg(now)
                         .arg(100)
@@ -839,13 +846,13 @@ impl JobQueue for RedisJobQueue {
 
     async fn heartbeat(&self, delivery: &Delivery) -> Result<()> {
         let (entry, consumer, _) = Self::entry(delivery)?;
-        let stream = self.key("stream");
+        let stream = &*self.stream;
         let _: u8 = self
             .client
             .run(self.timeout, |mut c| async move {
                 self.scripts
                     .heartbeat
-                    .key(&stream)
+                    .key(stream)
                     .arg(GROUP)
                     .arg(consumer)
                     .arg(entry)
@@ -892,8 +899,8 @@ impl JobQueue for RedisJobQueue {
         let spec = json(delivery.spec()?)?;
         let job = self.job_key(job_id);
         let done = self.done_key(job_id);
-        let stream = self.key("stream");
-        let delayed = self.key("delayed");
+        let stream = &*self.stream;
+        let delayed = &*self.delayed;
         let ready_at = now_ms() + delay.as_millis() as u64;
         let _: u8 = self
             .client
@@ -901,8 +908,8 @@ impl JobQueue for RedisJobQueue {
                 self.scripts
                     .release
                     .key(&job)
-                    .key(&stream)
-                    .key(&delayed)
+                    .key(stream)
+                    .key(delayed)
                     .key(&done)
                     .arg(entry)
                     .arg(GROUP)
@@ -924,7 +931,7 @@ impl JobQueue for RedisJobQueue {
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {
         let done = self.done_key(job_id);
         let job = self.job_key(job_id);
-        let stream = self.key("stream");
+        let stream = &*self.stream;
         // Only an entry id can name a submission whose entry is all there is of it.
         let entry = if is_entry_id(job_id) { job_id } else { "" };
         let fields: Vec<Option<String>> = self
@@ -934,7 +941,7 @@ impl JobQueue for RedisJobQueue {
                     .get
                     .key(&done)
                     .key(&job)
-                    .key(&stream)
+                    .key(stream)
                     .arg(entry)
                     .arg(GROUP)
                     .arg(now_ms())
@@ -970,14 +977,14 @@ impl JobQueue for RedisJobQueue {
 
     async fn depth(&self) -> Result<u64> {
         self.ensure_group().await?;
-        let stream = self.key("stream");
-        let delayed = self.key("delayed");
+        let stream = &*self.stream;
+        let delayed = &*self.delayed;
         self.client
             .run(self.timeout, |mut c| async move {
                 self.scripts
                     .depth
-                    .key(&stream)
-                    .key(&delayed)
+                    .key(stream)
+                    .key(delayed)
                     .arg(GROUP)
                     .invoke_async(&mut c)
                     .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkit_core::observer::{Observer, RunReport, RunSummary};
-use agentkit_core::tool::{JobAttempt, JobId, Ledger};
+use agentkit_core::tool::{EffectLedger, JobAttempt, JobId, Ledger};
 use agentkit_core::{
     Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply, Result,
     TraceContext, generate_id,
@@ -31,6 +31,8 @@ const WEBHOOK_MAX_ATTEMPTS: u32 = 20;
 
 struct Inner {
     queue: Arc<dyn JobQueue>,
+    /// The queue's side-effect ledger, made once.
+    ledger: Arc<dyn EffectLedger>,
     agents: HashMap<String, BoxExecutor>,
     sessions: HashMap<String, SessionAgent<BoxExecutor>>,
     id: String,
@@ -226,6 +228,7 @@ impl WorkerBuilder {
         }
         Ok(Worker {
             inner: Arc::new(Inner {
+                ledger: self.queue.ledger(),
                 queue: self.queue,
                 agents,
                 sessions,
@@ -347,7 +350,7 @@ impl Worker {
             .with_timeout(self.inner.job_timeout)
             .with_extension(JobId(job_id.into()))
             .with_extension(JobAttempt(attempt))
-            .with_extension(Ledger(self.inner.queue.ledger()))
+            .with_extension(Ledger(self.inner.ledger.clone()))
             .with_extension(RunReport::new());
         let trace = spec
             .traceparent
