@@ -308,3 +308,40 @@ async fn a_worker_whose_job_was_reclaimed_cannot_hand_it_back() {
     let read = queue.get(&job.job_id).await.unwrap().unwrap();
     assert_eq!((read.status, read.attempts), (JobStatus::Succeeded, 2));
 }
+
+/// A server that lost its script cache (a restart, a failover, `SCRIPT FLUSH`) still finishes
+/// jobs: the finish loads its script again.
+#[tokio::test]
+async fn a_finish_loads_its_script_again_after_the_cache_is_flushed() {
+    use std::time::Duration;
+
+    use agentkit_core::Reply;
+    use agentkit_store::redis::RedisClient;
+    use agentkit_testkit::jobs::spec;
+    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+
+    let Some(url) = agentkit_testkit::redis_url() else {
+        return;
+    };
+    let client = RedisClient::connect(&url, 4).unwrap();
+    let queue = RedisJobQueue::new(client.clone(), &agentkit_testkit::unique("flush"));
+    let job = queue.enqueue(spec("assistant", "hi")).await.unwrap();
+    let delivery = queue
+        .claim("c", 1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .pop()
+        .expect("claimed");
+    let _: () = command(&client, redis::cmd("SCRIPT").arg("FLUSH").clone()).await;
+    let result = JobResult::from(Reply {
+        output: "done".into(),
+        ..Reply::default()
+    });
+    let doc = queue
+        .finish(&delivery, Finish::Succeeded(result))
+        .await
+        .unwrap();
+    assert_eq!(doc.status, JobStatus::Succeeded);
+    let read = queue.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(read.result.unwrap().output, "done");
+}

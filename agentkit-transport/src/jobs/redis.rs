@@ -426,11 +426,16 @@ impl RedisJobQueue {
         let ended: Vec<u8> = self
             .client
             .run(self.timeout, |mut c| async move {
-                let mut call = self.scripts.finish.key(stream);
-                call.key(dead);
+                // `EVALSHA` written straight into one command: a `ScriptInvocation` would
+                // copy every job's document once more.
+                let mut call = redis::cmd("EVALSHA");
+                call.arg(self.scripts.finish.get_hash())
+                    .arg(2 + 2 * batch.len())
+                    .arg(stream)
+                    .arg(dead);
                 for f in batch {
-                    call.key(self.done_key(&f.job_id))
-                        .key(self.job_key(&f.job_id));
+                    call.arg(self.done_key(&f.job_id))
+                        .arg(self.job_key(&f.job_id));
                 }
                 call.arg(GROUP).arg(RETENTION.as_secs());
                 for f in batch {
@@ -440,7 +445,20 @@ impl RedisJobQueue {
                         .arg(&f.job_id)
                         .arg(if f.hashed { "1" } else { "0" });
                 }
-                call.invoke_async(&mut c).await
+                match call.query_async(&mut c).await {
+                    Err(error)
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        self.scripts
+                            .finish
+                            .prepare_invoke()
+                            .load_async(&mut c)
+                            .await?;
+                        call.query_async(&mut c).await
+                    }
+                    answer => answer,
+                }
             })
             .await?;
         if ended.len() != batch.len() {
