@@ -286,6 +286,19 @@ pub async fn release_with_a_delay(queue: Arc<dyn JobQueue>) {
     assert_eq!(again.attempt, 2);
 }
 
+/// Waits out the [`VISIBILITY`] timeout of a claim nobody heartbeats, then claims as
+/// `consumer` until the job comes back (a few tries: backends reclaim on their own schedule).
+pub async fn reclaim(queue: &dyn JobQueue, consumer: &str) -> agentkit_transport::jobs::Delivery {
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let claimed = queue.claim(consumer, 1, Duration::from_secs(1)).await;
+        if let Some(delivery) = claimed.unwrap().pop() {
+            return delivery;
+        }
+    }
+    panic!("no claim came back to {consumer}");
+}
+
 /// A claim nobody finishes or heartbeats is delivered again.
 pub async fn reclaim_after_silence(queue: Arc<dyn JobQueue>) {
     let job = queue
@@ -296,19 +309,7 @@ pub async fn reclaim_after_silence(queue: Arc<dyn JobQueue>) {
         .await
         .unwrap();
     drop(first); // the worker went silent
-    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
-    let mut again = None;
-    for _ in 0..5 {
-        again = queue
-            .claim("another-worker", 1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .pop();
-        if again.is_some() {
-            break;
-        }
-    }
-    let again = again.expect("reclaimed");
+    let again = reclaim(queue.as_ref(), "another-worker").await;
     assert_eq!(again.job.job_id, job.job_id);
     assert_eq!(again.attempt, 2);
     let read = queue.get(&job.job_id).await.unwrap().unwrap();

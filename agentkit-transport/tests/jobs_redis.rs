@@ -122,8 +122,6 @@ async fn command<T: redis::FromRedisValue + Send>(
 /// and whose finish wrote the outcome into it) still run and read.
 #[tokio::test]
 async fn hashes_of_the_earlier_version_still_run_and_read() {
-    use std::time::Duration;
-
     use agentkit_core::Reply;
     use agentkit_store::redis::RedisClient;
     use agentkit_testkit::jobs::{VISIBILITY, spec};
@@ -180,19 +178,7 @@ async fn hashes_of_the_earlier_version_still_run_and_read() {
     let read = queue.get(&running.job_id).await.unwrap().unwrap();
     assert_eq!((read.status, read.attempts), (JobStatus::Running, 1));
     // Its worker died; this version reclaims and finishes it.
-    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
-    let mut again = None;
-    for _ in 0..5 {
-        again = queue
-            .claim("new-worker", 1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .pop();
-        if again.is_some() {
-            break;
-        }
-    }
-    let again = again.expect("reclaimed");
+    let again = agentkit_testkit::jobs::reclaim(&queue, "new-worker").await;
     assert_eq!(
         (again.job.job_id.as_str(), again.attempt),
         (running.job_id.as_str(), 2)
@@ -268,19 +254,7 @@ async fn a_worker_whose_job_was_reclaimed_cannot_hand_it_back() {
         .unwrap()
         .pop()
         .expect("claimed");
-    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
-    let mut holder = None;
-    for _ in 0..5 {
-        holder = queue
-            .claim("other-worker", 1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .pop();
-        if holder.is_some() {
-            break;
-        }
-    }
-    let holder = holder.expect("reclaimed");
+    let holder = agentkit_testkit::jobs::reclaim(&queue, "other-worker").await;
     assert_eq!(holder.attempt, 2);
     queue
         .release(&stale, Duration::ZERO, Some("late".parse().unwrap()))
