@@ -381,6 +381,14 @@ mod tests {
 
     type Held<T> = Arc<Mutex<T>>;
 
+    /// A started thread, what it sent, whether it stopped, and how many takes it made.
+    type Started = (
+        Background<Vec<u32>>,
+        Held<Vec<u32>>,
+        Held<bool>,
+        Arc<AtomicU64>,
+    );
+
     /// Collects what it takes; `sent` holds what was sent.
     struct Collect {
         pending: Vec<u32>,
@@ -409,15 +417,7 @@ mod tests {
         }
     }
 
-    fn start(
-        capacity: usize,
-        slow: Duration,
-    ) -> (
-        Background<Vec<u32>>,
-        Held<Vec<u32>>,
-        Held<bool>,
-        Arc<AtomicU64>,
-    ) {
+    fn start(capacity: usize, slow: Duration) -> Started {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let stopped = Arc::new(Mutex::new(false));
         let takes = Arc::new(AtomicU64::new(0));
