@@ -1065,3 +1065,65 @@ impl EffectLedger for RedisLedger {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let fields = fields
+            .iter()
+            .flat_map(|(name, value)| [bulk(name), bulk(value)])
+            .collect();
+        Value::Array(vec![bulk(id), Value::Array(fields)])
+    }
+
+    fn entries() -> Value {
+        Value::Array(vec![
+            entry("1-0", &[("spec", "{}"), ("created", "5")]),
+            entry("2-0", &[("job", "1-0"), ("other", "x")]),
+        ])
+    }
+
+    fn check(read: Vec<Entry>) {
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].id, "1-0");
+        assert_eq!(read[0].spec.as_deref(), Some("{}"));
+        assert_eq!(read[0].created.as_deref(), Some("5"));
+        assert_eq!(read[0].job, None);
+        assert_eq!(read[1].id, "2-0");
+        assert_eq!(read[1].job.as_deref(), Some("1-0"));
+        assert_eq!(
+            (read[1].spec.as_deref(), read[1].created.as_deref()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn entries_read_from_a_resp2_reply() {
+        let reply = Value::Array(vec![Value::Array(vec![bulk("stream"), entries()])]);
+        check(read_entries(reply));
+    }
+
+    #[test]
+    fn entries_read_from_a_resp3_reply() {
+        let reply = Value::Map(vec![(bulk("stream"), entries())]);
+        check(read_entries(reply));
+    }
+
+    #[test]
+    fn nothing_read_from_an_empty_or_malformed_reply() {
+        assert!(read_entries(Value::Nil).is_empty());
+        assert!(read_entries(Value::Array(vec![bulk("stream")])).is_empty());
+        // An entry without its fields (deleted under a pending read) is skipped.
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("stream"),
+            Value::Array(vec![Value::Array(vec![bulk("3-0"), Value::Nil])]),
+        ])]);
+        assert!(read_entries(reply).is_empty());
+    }
+}
