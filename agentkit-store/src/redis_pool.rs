@@ -217,7 +217,10 @@ impl RedisClient {
         {
             return Ok(conn.clone());
         }
-        let conn = match self.dedicated().await? {
+        // Connecting is the rare path, and its future (the pool's wait and the handshake) is
+        // kilobytes: boxed, it stays out of every command's future, which async callers move
+        // (copy) into a box of their own on each call.
+        let conn = match Box::pin(self.dedicated()).await? {
             DedicatedConnection::Single(conn) => {
                 RedisConnection::Single(deadpool_redis::Connection::take(conn))
             }
