@@ -299,10 +299,12 @@ impl Worker {
                 };
                 let worker = self.clone();
                 let hand_back = hand_back.clone();
-                running.spawn(async move {
+                // Boxed once here: the runtime moves a spawned future several times on its
+                // way into the task, and a job's is hundreds of bytes.
+                running.spawn(Box::pin(async move {
                     worker.process(delivery, hand_back).await;
                     drop(slot);
-                });
+                }));
             }
         }
         tracing::info!(worker = %inner.id, running = running.len(), "worker stopping: draining running jobs");
