@@ -453,7 +453,7 @@ impl Worker {
             &delivery,
             spec,
             trace.as_ref(),
-            report.and_then(|r| r.get()),
+            report.as_ref(),
             started,
             outcome.as_ref().err(),
         );
@@ -616,16 +616,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One log line per finished job run, with what the run left in its [`RunReport`].
+/// One log line per finished job run, with what the run left in its [`RunReport`] (read only
+/// when the line is wanted).
 fn log_job(
     delivery: &Delivery,
     spec: &JobSpec,
     trace: Option<&TraceContext>,
-    summary: Option<RunSummary>,
+    report: Option<&RunReport>,
     started: std::time::Instant,
     error: Option<&Error>,
 ) {
-    let s = summary.unwrap_or_default();
+    if !tracing::enabled!(target: "agentkit::job", tracing::Level::INFO) {
+        return;
+    }
+    let s: RunSummary = report.and_then(RunReport::get).unwrap_or_default();
     tracing::info!(
         target: "agentkit::job",
         job_id = %delivery.job.job_id,
