@@ -17,6 +17,7 @@ pub mod redis;
 pub(crate) mod webhook;
 mod worker;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentkit_core::tool::ToolCallRecord;
@@ -168,9 +169,10 @@ pub struct JobDoc {
     pub created_at_ms: u64,
     /// When it last changed.
     pub updated_at_ms: u64,
-    /// What to run (not shown to callers).
+    /// What to run (not shown to callers). Shared: a submitted spec never changes, so the
+    /// copies of a job's document a delivery and its outcome make share it.
     #[serde(skip)]
-    pub spec: Option<JobSpec>,
+    pub spec: Option<Arc<JobSpec>>,
 }
 
 impl JobDoc {
@@ -187,7 +189,7 @@ impl JobDoc {
             session_id: spec.session_id.clone(),
             created_at_ms: now,
             updated_at_ms: now,
-            spec: Some(spec),
+            spec: Some(Arc::new(spec)),
         }
     }
 
@@ -309,7 +311,7 @@ impl<'a> StoredRef<'a> {
     /// `doc` as stored; `None` when it carries no spec.
     pub(crate) fn of(doc: &'a JobDoc) -> Option<Self> {
         Some(Self {
-            spec: doc.spec.as_ref()?,
+            spec: doc.spec.as_deref()?,
             status: doc.status,
             attempts: doc.attempts,
             result: doc.result.as_ref(),
@@ -335,7 +337,7 @@ impl Delivery {
     pub fn spec(&self) -> Result<&JobSpec> {
         self.job
             .spec
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| Error::internal(format!("job {} has no spec", self.job.job_id)))
     }
 }
