@@ -177,7 +177,8 @@ pub struct JobDoc {
 
 impl JobDoc {
     /// A new, queued job.
-    pub fn queued(job_id: String, spec: JobSpec) -> Self {
+    pub fn queued(job_id: String, spec: impl Into<Arc<JobSpec>>) -> Self {
+        let spec = spec.into();
         let now = now_ms();
         Self {
             job_id,
@@ -189,7 +190,7 @@ impl JobDoc {
             session_id: spec.session_id.clone(),
             created_at_ms: now,
             updated_at_ms: now,
-            spec: Some(Arc::new(spec)),
+            spec: Some(spec),
         }
     }
 
@@ -266,7 +267,7 @@ impl Finish {
 #[cfg(any(feature = "redis", feature = "nats"))]
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct Stored {
-    pub(crate) spec: JobSpec,
+    pub(crate) spec: Arc<JobSpec>,
     pub(crate) status: JobStatus,
     pub(crate) attempts: u32,
     #[serde(default)]

@@ -427,7 +427,7 @@ impl JobQueue for NatsJobQueue {
             headers.insert("traceparent", parent.as_str());
         }
         let stored = Stored {
-            spec,
+            spec: Arc::new(spec),
             status: JobStatus::Queued,
             attempts: 0,
             result: None,
