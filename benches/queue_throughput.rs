@@ -393,12 +393,7 @@ fn cpu_of(pid: &str) -> Option<Duration> {
 
 /// The Redis server's own CPU time so far (user + system, from `INFO cpu`), in seconds.
 async fn redis_cpu(client: &agentkit::store::redis::RedisClient) -> Option<f64> {
-    let info: String = client
-        .run(Duration::from_secs(2), |mut c| async move {
-            redis::cmd("INFO").arg("cpu").query_async(&mut c).await
-        })
-        .await
-        .ok()?;
+    let info = redis_command(client, &["INFO", "cpu"]).await;
     let field = |name: &str| {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())

@@ -515,12 +515,10 @@ impl RedisJobQueue {
 
     /// Turns the rows of the mark script into deliveries.
     fn deliveries(&self, rows: Vec<Marked>, consumer: &str) -> Result<Vec<Delivery>> {
-        let now = now_ms();
         rows.into_iter()
             .map(|(entry, job_id, spec, attempts, created, error)| {
                 let mut delivery =
                     delivery(entry, job_id, &spec, attempts, created, consumer, false)?;
-                delivery.job.updated_at_ms = now;
                 delivery.job.error = error.and_then(|e| serde_json::from_str(&e).ok());
                 Ok(delivery)
             })
@@ -886,7 +884,6 @@ impl JobQueue for RedisJobQueue {
         let job_id = &delivery.job.job_id;
         let status = finish.status().as_str();
         let mut doc = delivery.job.clone();
-        doc.attempts = delivery.attempt;
         finish.apply(&mut doc);
         let stored = StoredRef::of(&doc)
             .ok_or_else(|| Error::internal(format!("job {job_id} has no spec")))?;
