@@ -87,6 +87,14 @@ pub fn spec(agent: &str, text: &str) -> JobSpec {
     }
 }
 
+/// A job result whose answer is `output`.
+pub fn job_result(output: &str) -> agentkit_transport::jobs::JobResult {
+    agentkit_transport::jobs::JobResult::from(Reply {
+        output: output.into(),
+        ..Reply::default()
+    })
+}
+
 /// Claims one delivery as consumer `c`, waiting up to `wait`; `None` when none came.
 pub async fn claim_one(
     queue: &dyn JobQueue,
@@ -128,20 +136,14 @@ pub async fn enqueue_claim_finish_once(queue: Arc<dyn JobQueue>) {
         queue.get(&job.job_id).await.unwrap().unwrap().status,
         JobStatus::Running
     );
-    let result = agentkit_transport::jobs::JobResult::from(Reply {
-        output: "first".into(),
-        ..Reply::default()
-    });
+    let result = job_result("first");
     let doc = queue
         .finish(&delivery, Finish::Succeeded(result))
         .await
         .unwrap();
     assert_eq!(doc.status, JobStatus::Succeeded);
     assert_eq!(doc.result.as_ref().unwrap().output, "first");
-    let again = agentkit_transport::jobs::JobResult::from(Reply {
-        output: "second".into(),
-        ..Reply::default()
-    });
+    let again = job_result("second");
     let doc = queue
         .finish(&delivery, Finish::Succeeded(again))
         .await
@@ -191,10 +193,7 @@ pub async fn concurrent_finishes_each_land_once(queue: Arc<dyn JobQueue>) {
     let dropped = deliveries.pop().unwrap();
     let finishes = deliveries.iter().map(|delivery| {
         let input = delivery.spec().unwrap().input[0].text_content();
-        let result = agentkit_transport::jobs::JobResult::from(Reply {
-            output: format!("done: {input}"),
-            ..Reply::default()
-        });
+        let result = job_result(&format!("done: {input}"));
         queue.finish(delivery, Finish::Succeeded(result))
     });
     // One finish abandoned at once, while the others are in flight.
@@ -221,10 +220,7 @@ pub async fn concurrent_finishes_each_land_once(queue: Arc<dyn JobQueue>) {
         "abandoned finish left {:?}",
         stored.status
     );
-    let result = agentkit_transport::jobs::JobResult::from(Reply {
-        output: "late".into(),
-        ..Reply::default()
-    });
+    let result = job_result("late");
     let doc = queue
         .finish(&dropped, Finish::Succeeded(result))
         .await
@@ -314,10 +310,7 @@ pub async fn reclaim_after_silence(queue: Arc<dyn JobQueue>) {
     assert_eq!(again.attempt, 2);
     let read = queue.get(&job.job_id).await.unwrap().unwrap();
     assert_eq!((read.status, read.attempts), (JobStatus::Running, 2));
-    let result = agentkit_transport::jobs::JobResult::from(Reply {
-        output: "second time".into(),
-        ..Reply::default()
-    });
+    let result = job_result("second time");
     queue
         .finish(&again, Finish::Succeeded(result))
         .await

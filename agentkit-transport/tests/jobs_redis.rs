@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use agentkit_testkit::jobs::job_result;
 use agentkit_transport::jobs::JobQueue;
 use agentkit_transport::jobs::redis::RedisJobQueue;
 
@@ -21,9 +22,8 @@ agentkit_testkit::job_queue_conformance!(|name: String| async move {
 async fn acknowledged_entries_are_trimmed() {
     use std::time::Duration;
 
-    use agentkit_core::Reply;
     use agentkit_store::redis::RedisClient;
-    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+    use agentkit_transport::jobs::{Finish, JobStatus};
 
     let Some(url) = agentkit_testkit::redis_url() else {
         return;
@@ -70,10 +70,7 @@ async fn acknowledged_entries_are_trimmed() {
             .await
             .unwrap();
         for delivery in &deliveries {
-            let result = JobResult::from(Reply {
-                output: delivery.job.job_id.clone(),
-                ..Reply::default()
-            });
+            let result = job_result(&delivery.job.job_id);
             queue
                 .finish(delivery, Finish::Succeeded(result))
                 .await
@@ -122,10 +119,9 @@ async fn command<T: redis::FromRedisValue + Send>(
 /// and whose finish wrote the outcome into it) still run and read.
 #[tokio::test]
 async fn hashes_of_the_earlier_version_still_run_and_read() {
-    use agentkit_core::Reply;
     use agentkit_store::redis::RedisClient;
     use agentkit_testkit::jobs::{VISIBILITY, spec};
-    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+    use agentkit_transport::jobs::{Finish, JobStatus};
 
     let Some(url) = agentkit_testkit::redis_url() else {
         return;
@@ -183,10 +179,7 @@ async fn hashes_of_the_earlier_version_still_run_and_read() {
         (again.job.job_id.as_str(), again.attempt),
         (running.job_id.as_str(), 2)
     );
-    let result = JobResult::from(Reply {
-        output: "finished now".into(),
-        ..Reply::default()
-    });
+    let result = job_result("finished now");
     queue
         .finish(&again, Finish::Succeeded(result))
         .await
@@ -199,11 +192,7 @@ async fn hashes_of_the_earlier_version_still_run_and_read() {
     assert_eq!(hash_left, 0, "the outcome replaces the hash");
 
     // A job the earlier version finished reads from its hash.
-    let old_result = serde_json::to_string(&JobResult::from(Reply {
-        output: "finished then".into(),
-        ..Reply::default()
-    }))
-    .unwrap();
+    let old_result = serde_json::to_string(&job_result("finished then")).unwrap();
     let _: () = command(
         &client,
         redis::cmd("HSET")
@@ -237,9 +226,8 @@ async fn hashes_of_the_earlier_version_still_run_and_read() {
 async fn a_worker_whose_job_was_reclaimed_cannot_hand_it_back() {
     use std::time::Duration;
 
-    use agentkit_core::Reply;
     use agentkit_testkit::jobs::{VISIBILITY, spec};
-    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+    use agentkit_transport::jobs::{Finish, JobStatus};
 
     let Some(url) = agentkit_testkit::redis_url() else {
         return;
@@ -263,10 +251,7 @@ async fn a_worker_whose_job_was_reclaimed_cannot_hand_it_back() {
     assert_eq!(queue.depth().await.unwrap(), 0, "not queued again");
     let read = queue.get(&job.job_id).await.unwrap().unwrap();
     assert_eq!((read.status, read.attempts), (JobStatus::Running, 2));
-    let result = JobResult::from(Reply {
-        output: "done".into(),
-        ..Reply::default()
-    });
+    let result = job_result("done");
     queue
         .finish(&holder, Finish::Succeeded(result))
         .await
@@ -289,10 +274,9 @@ async fn a_worker_whose_job_was_reclaimed_cannot_hand_it_back() {
 async fn a_finish_loads_its_script_again_after_the_cache_is_flushed() {
     use std::time::Duration;
 
-    use agentkit_core::Reply;
     use agentkit_store::redis::RedisClient;
     use agentkit_testkit::jobs::spec;
-    use agentkit_transport::jobs::{Finish, JobResult, JobStatus};
+    use agentkit_transport::jobs::{Finish, JobStatus};
 
     let Some(url) = agentkit_testkit::redis_url() else {
         return;
@@ -307,10 +291,7 @@ async fn a_finish_loads_its_script_again_after_the_cache_is_flushed() {
         .pop()
         .expect("claimed");
     let _: () = command(&client, redis::cmd("SCRIPT").arg("FLUSH").clone()).await;
-    let result = JobResult::from(Reply {
-        output: "done".into(),
-        ..Reply::default()
-    });
+    let result = job_result("done");
     let doc = queue
         .finish(&delivery, Finish::Succeeded(result))
         .await
