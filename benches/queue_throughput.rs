@@ -7,6 +7,13 @@
 //! - NATS: JetStream publish (awaiting the ack) by the producers, pull `fetch` + ack by one
 //!   consumer.
 //!
+//! and, as a second comparator, the same raw operations plus the one write an end-to-end job
+//! cannot do without: its outcome document (a real one, from the demo agent, about 850
+//! bytes) stored under the job's id. On Redis a `SET NX EX` per entry, pipelined with the
+//! batch's `XACK`; on NATS a key-value `create` in a bucket like the job queue's, before each
+//! ack, up to 64 at a time as a worker would. This is the floor of any design that stores a
+//! result per job, with no agent run and no encoding in it.
+//!
 //! Method: 16 producer tasks submit N jobs (`AGENTKIT_BENCH_JOBS`, default 3,000) as fast as
 //! they can while one in-process worker (concurrency 64, as one would set it for jobs that take
 //! microseconds; the raw consumer reads 64 at a time too) runs them; throughput is N over the time from the first submission to the
@@ -24,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentkit::Message;
 use agentkit::model::ScriptedModel;
-use agentkit::transport::jobs::{JobQueue, JobSpec, JobStatus, Worker};
+use agentkit::transport::jobs::{JobDoc, JobQueue, JobSpec, JobStatus, Worker};
 use futures::StreamExt;
 
 const PRODUCERS: usize = 16;
@@ -110,13 +117,7 @@ async fn end_to_end(
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for i in (p..n).step_by(PRODUCERS) {
-                    let spec = JobSpec {
-                        agent: "assistant".into(),
-                        input: vec![Message::user(format!("What is {i} + 1?"))],
-                        tenant: "bench".into(),
-                        ..JobSpec::default()
-                    };
-                    ids.push(queue.enqueue(spec).await.unwrap().job_id);
+                    ids.push(queue.enqueue(bench_spec(i)).await.unwrap().job_id);
                 }
                 ids
             })
@@ -180,7 +181,12 @@ async fn end_to_end(
     Figures::new(n, elapsed, latencies)
 }
 
-async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Figures {
+/// The raw Redis operations; with `outcome`, each job's outcome stored as well.
+async fn redis_raw(
+    client: &agentkit::store::redis::RedisClient,
+    n: usize,
+    outcome: Option<Arc<[u8]>>,
+) -> Figures {
     let stream = format!("agentkit-bench-raw:{}", agentkit_testkit::unique("s"));
     let timeout = Duration::from_secs(5);
     let s = stream.clone();
@@ -201,6 +207,7 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
     let (cpu_before, server_before) = (process_cpu(), redis_cpu(client).await);
     let consumer = {
         let (client, stream) = (client.clone(), stream.clone());
+        let outcome = outcome.clone();
         tokio::spawn(async move {
             let mut conn = client.dedicated().await.unwrap();
             let mut latencies = Vec::with_capacity(n);
@@ -222,15 +229,21 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
                 let Some(reply) = reply else { continue };
                 let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
                 let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-                let s = stream.as_str();
+                let (s, outcome) = (stream.as_str(), outcome.as_deref());
                 client
                     .run(timeout, |mut c| async move {
-                        redis::cmd("XACK")
-                            .arg(s)
-                            .arg("g")
-                            .arg(&ids)
-                            .query_async::<()>(&mut c)
-                            .await
+                        let mut pipe = redis::pipe();
+                        for id in ids.iter().filter(|_| outcome.is_some()) {
+                            pipe.cmd("SET")
+                                .arg(format!("{s}:done:{id}"))
+                                .arg(outcome)
+                                .arg("NX")
+                                .arg("EX")
+                                .arg(3600)
+                                .ignore();
+                        }
+                        pipe.cmd("XACK").arg(s).arg("g").arg(&ids).ignore();
+                        pipe.query_async::<()>(&mut c).await
                     })
                     .await
                     .unwrap();
@@ -269,22 +282,24 @@ async fn redis_raw(client: &agentkit::store::redis::RedisClient, n: usize) -> Fi
     }
     let latencies = consumer.await.unwrap();
     let elapsed = started.elapsed();
+    let phase = phase_name(outcome.is_some());
     if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
         println!(
-            "  (raw: this process {:.0} µs of CPU per job)",
+            "  ({phase}: this process {:.0} µs of CPU per job)",
             (after - before).as_secs_f64() * 1e6 / n as f64
         );
     }
     if let (Some(before), Some(after)) = (server_before, redis_cpu(client).await) {
         println!(
-            "  (raw: the Redis server {:.0} µs of CPU per job)",
+            "  ({phase}: the Redis server {:.0} µs of CPU per job)",
             (after - before) * 1e6 / n as f64
         );
     }
     Figures::new(n, elapsed, latencies)
 }
 
-async fn nats_raw(url: &str, n: usize) -> Figures {
+/// The raw NATS operations; with `outcome`, each job's outcome stored as well.
+async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures {
     let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let name = agentkit_testkit::unique("rawbench").replace(['.', ':'], "-");
@@ -309,10 +324,16 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
         )
         .await
         .unwrap();
+    let stores = outcome.is_some();
+    let outcomes = match outcome {
+        Some(outcome) => Some((outcome_bucket(&js, &name).await, outcome)),
+        None => None,
+    };
     let started = Instant::now();
     let (cpu_before, server_before) = (process_cpu(), nats_server_cpu());
     let reader = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(n);
+        let mut storing = tokio::task::JoinSet::new();
         while latencies.len() < n {
             let mut batch = consumer
                 .fetch()
@@ -327,9 +348,25 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
                     .unwrap()
                     .parse()
                     .unwrap();
-                message.ack().await.unwrap();
-                latencies.push(now_us().saturating_sub(sent) as f64 / 1000.0);
+                let at = now_us().saturating_sub(sent) as f64 / 1000.0;
+                latencies.push(at);
+                let Some((kv, outcome)) = &outcomes else {
+                    message.ack().await.unwrap();
+                    continue;
+                };
+                let (kv, outcome) = (kv.clone(), outcome.clone());
+                let key = format!("job.{}", latencies.len());
+                storing.spawn(async move {
+                    kv.create(key, outcome).await.unwrap();
+                    message.ack().await.unwrap();
+                });
+                while storing.len() >= CONCURRENCY {
+                    storing.join_next().await.unwrap().unwrap();
+                }
             }
+        }
+        while let Some(stored) = storing.join_next().await {
+            stored.unwrap();
         }
         latencies
     });
@@ -352,18 +389,79 @@ async fn nats_raw(url: &str, n: usize) -> Figures {
     }
     let latencies = reader.await.unwrap();
     let elapsed = started.elapsed();
+    let phase = phase_name(stores);
     for (who, before, after) in [
         ("this process", cpu_before, process_cpu()),
         ("the NATS server", server_before, nats_server_cpu()),
     ] {
         if let (Some(before), Some(after)) = (before, after) {
             println!(
-                "  (raw: {who} {:.0} µs of CPU per job)",
+                "  ({phase}: {who} {:.0} µs of CPU per job)",
                 (after - before).as_secs_f64() * 1e6 / n as f64
             );
         }
     }
     Figures::new(n, elapsed, latencies)
+}
+
+/// How the CPU lines name a raw phase.
+fn phase_name(stores_outcomes: bool) -> &'static str {
+    if stores_outcomes {
+        "raw + outcome"
+    } else {
+        "raw"
+    }
+}
+
+/// A key-value bucket made as the NATS job queue makes its own (one value per key, a
+/// retention, compare-and-set creates), for the raw figure with outcomes stored.
+async fn outcome_bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::kv::Store {
+    let bucket = format!("RAW_{name}");
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(3600),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.get_key_value(&bucket).await.unwrap()
+}
+
+/// A real outcome document: the demo agent's answer to a bench job, as a job document.
+async fn outcome_document() -> Vec<u8> {
+    use agentkit::Executor;
+    let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .build()
+        .unwrap();
+    let spec = bench_spec(1234);
+    let reply = agent
+        .execute(agentkit::Invocation::new(spec.input.clone()))
+        .await
+        .unwrap();
+    let mut doc = JobDoc::queued("1795816921035-0".into(), spec);
+    doc.status = JobStatus::Succeeded;
+    doc.attempts = 1;
+    doc.result = Some(reply.into());
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// The job the producers submit, the `i`th.
+fn bench_spec(i: usize) -> JobSpec {
+    JobSpec {
+        agent: "assistant".into(),
+        input: vec![Message::user(format!("What is {i} + 1?"))],
+        tenant: "bench".into(),
+        ..JobSpec::default()
+    }
 }
 
 /// CPU time (user + system) of this process so far, where `/proc` tells it.
@@ -427,15 +525,36 @@ fn only(phase: &str) -> bool {
     std::env::var("AGENTKIT_BENCH_ONLY").is_ok_and(|v| v == phase)
 }
 
-fn report(backend: &str, raw_ops: &str, raw: Option<Figures>, e2e: Option<Figures>) {
-    if let Some(raw) = &raw {
-        raw.print(&format!("{backend} raw {raw_ops}"));
-    }
-    if let Some(e2e) = &e2e {
-        e2e.print(&format!("{backend} end to end"));
-    }
-    if let (Some(raw), Some(e2e)) = (raw, e2e) {
-        println!("  {backend} ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+/// One backend's figures: raw, raw with outcomes stored, end to end.
+struct Backend {
+    name: &'static str,
+    raw_ops: &'static str,
+    raw: Option<Figures>,
+    stored: Option<Figures>,
+    e2e: Option<Figures>,
+}
+
+impl Backend {
+    fn report(&self) {
+        let (name, ops) = (self.name, self.raw_ops);
+        if let Some(raw) = &self.raw {
+            raw.print(&format!("{name} raw {ops}"));
+        }
+        if let Some(stored) = &self.stored {
+            stored.print(&format!("{name} raw + outcome stored"));
+        }
+        if let Some(e2e) = &self.e2e {
+            e2e.print(&format!("{name} end to end"));
+            if let Some(raw) = &self.raw {
+                println!("  {name} ratio: {:.2}x of raw", e2e.rate() / raw.rate());
+            }
+            if let Some(stored) = &self.stored {
+                println!(
+                    "  {name} ratio: {:.2}x of raw with outcomes stored",
+                    e2e.rate() / stored.rate()
+                );
+            }
+        }
     }
 }
 
@@ -455,38 +574,49 @@ fn main() {
         println!(
             "queue_throughput ({n} jobs, {PRODUCERS} producers, worker concurrency {CONCURRENCY})"
         );
+        let outcome: Arc<[u8]> = outcome_document().await.into();
         if let Some(url) = agentkit_testkit::redis_url() {
             let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
-            let raw = if only("e2e") {
-                None
-            } else {
-                Some(redis_raw(&client, n).await)
+            let mut backend = Backend {
+                name: "redis",
+                raw_ops: "XADD/XREADGROUP/XACK",
+                raw: None,
+                stored: None,
+                e2e: None,
             };
-            let name = agentkit_testkit::unique("bench");
-            let queue = agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
-            let e2e = if only("raw") {
-                None
-            } else {
-                Some(end_to_end(Arc::new(queue), n, Some(&client)).await)
-            };
-            report("redis", "XADD/XREADGROUP/XACK", raw, e2e);
+            if !only("e2e") {
+                backend.raw = Some(redis_raw(&client, n, None).await);
+                backend.stored = Some(redis_raw(&client, n, Some(outcome.clone())).await);
+            }
+            if !only("raw") {
+                let name = agentkit_testkit::unique("bench");
+                let queue =
+                    agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
+                backend.e2e = Some(end_to_end(Arc::new(queue), n, Some(&client)).await);
+            }
+            backend.report();
         }
         if let Some(url) = agentkit_testkit::nats_url() {
-            let raw = if only("e2e") {
-                None
-            } else {
-                Some(nats_raw(&url, n).await)
+            let mut backend = Backend {
+                name: "nats",
+                raw_ops: "publish/fetch/ack",
+                raw: None,
+                stored: None,
+                e2e: None,
             };
-            let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
-            let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
-                .await
-                .unwrap();
-            let e2e = if only("raw") {
-                None
-            } else {
-                Some(end_to_end(Arc::new(queue), n, None).await)
-            };
-            report("nats", "publish/fetch/ack", raw, e2e);
+            if !only("e2e") {
+                backend.raw = Some(nats_raw(&url, n, None).await);
+                let outcome = bytes::Bytes::copy_from_slice(&outcome);
+                backend.stored = Some(nats_raw(&url, n, Some(outcome)).await);
+            }
+            if !only("raw") {
+                let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
+                let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
+                    .await
+                    .unwrap();
+                backend.e2e = Some(end_to_end(Arc::new(queue), n, None).await);
+            }
+            backend.report();
         }
     });
 }
