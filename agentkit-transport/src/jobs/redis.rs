@@ -283,6 +283,10 @@ struct Finishing {
     hashed: bool,
 }
 
+/// Room per argument, when sizing a command's buffer, for what the sizes do not count: short
+/// names and numbers written as text.
+const COMMAND_ARG_OVERHEAD: usize = 16;
+
 /// Finishes waiting for the script call in flight (group commit: a finish that finds no call
 /// in flight leads one, carrying everything that queued up meanwhile; when it ends, the lead
 /// passes to the next finish waiting).
@@ -427,15 +431,33 @@ impl RedisJobQueue {
             .client
             .run(self.timeout, |mut c| async move {
                 // `EVALSHA` written straight into one command: a `ScriptInvocation` would
-                // copy every job's document once more.
-                let mut call = redis::cmd("EVALSHA");
-                call.arg(self.scripts.finish.get_hash())
+                // copy every job's document once more. Sized up front: grown as it is
+                // written, a batch's command (kilobytes per job) is copied again at every
+                // doubling, and large blocks are the allocator's slow path.
+                let per_job = |f: &&Finishing| {
+                    f.stored.len() + f.entry.len() + 3 * f.job_id.len() + 2 * self.prefix.len()
+                };
+                let size = batch.iter().map(per_job).sum::<usize>()
+                    + batch.len() * COMMAND_ARG_OVERHEAD * 7
+                    + stream.len()
+                    + dead.len()
+                    + 128;
+                let mut call = redis::Cmd::with_capacity(7 + 7 * batch.len(), size);
+                call.arg("EVALSHA")
+                    .arg(self.scripts.finish.get_hash())
                     .arg(2 + 2 * batch.len())
                     .arg(stream)
                     .arg(dead);
+                // The keys are written through one buffer rather than a string each.
+                let mut key = String::with_capacity(self.prefix.len() + 64);
                 for f in batch {
-                    call.arg(self.done_key(&f.job_id))
-                        .arg(self.job_key(&f.job_id));
+                    for kind in [":done:", ":job:"] {
+                        key.clear();
+                        key.push_str(&self.prefix);
+                        key.push_str(kind);
+                        key.push_str(&f.job_id);
+                        call.arg(key.as_str());
+                    }
                 }
                 call.arg(GROUP).arg(RETENTION.as_secs());
                 for f in batch {
@@ -749,7 +771,10 @@ impl JobQueue for RedisJobQueue {
             let job_id: String = self
                 .client
                 .run(self.timeout, |mut c| async move {
-                    redis::cmd("XADD")
+                    // Sized up front, as the finish's command is.
+                    let size = stream.len() + body.len() + 32 + 7 * COMMAND_ARG_OVERHEAD;
+                    redis::Cmd::with_capacity(7, size)
+                        .arg("XADD")
                         .arg(stream)
                         .arg("*")
                         .arg("spec")
