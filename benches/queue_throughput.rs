@@ -24,7 +24,9 @@
 //!
 //! Run: `cargo bench --bench queue_throughput` (`-- --test` for a quick check). Needs Redis and
 //! NATS on loopback (`REDIS_URL`, `NATS_URL`); a missing one is skipped with a message.
-//! `AGENTKIT_BENCH_ONLY=raw` or `=e2e` runs one phase alone (for profiling it).
+//! `AGENTKIT_BENCH_ONLY=raw` or `=e2e` runs one phase alone (for profiling it);
+//! `AGENTKIT_BENCH_DRAIN_ONLY=1` exits as soon as the first end-to-end queue has drained, so
+//! that a profile holds no reads of the results.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -100,7 +102,7 @@ async fn end_to_end(
         .unwrap();
     let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
     let started = Instant::now();
-    let cpu_before = process_cpu();
+    let cpu_before = Usage::now();
     let nats_before = nats_server_cpu().filter(|_| redis.is_none());
     let server_before = match redis {
         Some(client) => {
@@ -133,10 +135,10 @@ async fn end_to_end(
     while queue.depth().await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+    if let (Some(before), Some(after)) = (cpu_before, Usage::now()) {
         println!(
-            "  (this process: {:.0} µs of CPU per job while the queue drained)",
-            (after - before).as_secs_f64() * 1e6 / n as f64
+            "  (this process: {} while the queue drained)",
+            after.since(&before, n)
         );
     }
     if let (Some(before), Some(after)) = (nats_before, nats_server_cpu()) {
@@ -158,6 +160,10 @@ async fn end_to_end(
                 println!("    {line}");
             }
         }
+    }
+    // For profiling the drain alone: the reads below are the bench's, not the queue's.
+    if std::env::var("AGENTKIT_BENCH_DRAIN_ONLY").is_ok_and(|v| v == "1") {
+        std::process::exit(0);
     }
     let mut latencies = Vec::with_capacity(n);
     let mut last_done = 0;
@@ -204,7 +210,7 @@ async fn redis_raw(
         .await
         .unwrap();
     let started = Instant::now();
-    let (cpu_before, server_before) = (process_cpu(), redis_cpu(client).await);
+    let (cpu_before, server_before) = (Usage::now(), redis_cpu(client).await);
     let consumer = {
         let (client, stream) = (client.clone(), stream.clone());
         let outcome = outcome.clone();
@@ -283,11 +289,8 @@ async fn redis_raw(
     let latencies = consumer.await.unwrap();
     let elapsed = started.elapsed();
     let phase = phase_name(outcome.is_some());
-    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
-        println!(
-            "  ({phase}: this process {:.0} µs of CPU per job)",
-            (after - before).as_secs_f64() * 1e6 / n as f64
-        );
+    if let (Some(before), Some(after)) = (cpu_before, Usage::now()) {
+        println!("  ({phase}: this process {})", after.since(&before, n));
     }
     if let (Some(before), Some(after)) = (server_before, redis_cpu(client).await) {
         println!(
@@ -330,7 +333,7 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
         None => None,
     };
     let started = Instant::now();
-    let (cpu_before, server_before) = (process_cpu(), nats_server_cpu());
+    let (cpu_before, server_before) = (Usage::now(), nats_server_cpu());
     let reader = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(n);
         let mut storing = tokio::task::JoinSet::new();
@@ -390,16 +393,14 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
     let latencies = reader.await.unwrap();
     let elapsed = started.elapsed();
     let phase = phase_name(stores);
-    for (who, before, after) in [
-        ("this process", cpu_before, process_cpu()),
-        ("the NATS server", server_before, nats_server_cpu()),
-    ] {
-        if let (Some(before), Some(after)) = (before, after) {
-            println!(
-                "  ({phase}: {who} {:.0} µs of CPU per job)",
-                (after - before).as_secs_f64() * 1e6 / n as f64
-            );
-        }
+    if let (Some(before), Some(after)) = (cpu_before, Usage::now()) {
+        println!("  ({phase}: this process {})", after.since(&before, n));
+    }
+    if let (Some(before), Some(after)) = (server_before, nats_server_cpu()) {
+        println!(
+            "  ({phase}: the NATS server {:.0} µs of CPU per job)",
+            (after - before).as_secs_f64() * 1e6 / n as f64
+        );
     }
     Figures::new(n, elapsed, latencies)
 }
@@ -464,9 +465,40 @@ fn bench_spec(i: usize) -> JobSpec {
     }
 }
 
-/// CPU time (user + system) of this process so far, where `/proc` tells it.
-fn process_cpu() -> Option<Duration> {
-    cpu_of("self")
+/// What this process used so far, where `/proc` tells it: CPU time, and context switches
+/// summed over its threads (each one a thread that slept or was put off the CPU; a task woken
+/// on a thread that was parked costs one).
+struct Usage {
+    cpu: Duration,
+    switches: u64,
+}
+
+impl Usage {
+    fn now() -> Option<Self> {
+        let mut switches = 0;
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+            switches += status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Some(Self {
+            cpu: cpu_of("self")?,
+            switches,
+        })
+    }
+
+    /// Per job since `before`, for `n` jobs. Threads that ended between the two readings
+    /// drop out of the count of switches (the bench's threads live through a phase).
+    fn since(&self, before: &Usage, n: usize) -> String {
+        format!(
+            "{:.0} µs of CPU and {:.1} context switches per job",
+            (self.cpu - before.cpu).as_secs_f64() * 1e6 / n as f64,
+            self.switches.saturating_sub(before.switches) as f64 / n as f64
+        )
+    }
 }
 
 /// CPU time of the NATS server so far, when it runs on this machine (found by its name in
