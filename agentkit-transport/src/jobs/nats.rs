@@ -418,8 +418,10 @@ impl JobQueue for NatsJobQueue {
             }
         }
         let now = now_ms();
+        // Headers for whoever watches the subject; the job travels in the payload. No
+        // `Nats-Msg-Id`: the job id is new to each call, so the server's duplicate check could
+        // never match one, and it keeps every id it is given for its duplicate window.
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", job_id.as_str());
         if !spec.request_id.is_empty() {
             headers.insert("x-request-id", spec.request_id.as_str());
         }
@@ -438,11 +440,15 @@ impl JobQueue for NatsJobQueue {
         let bytes = serde_json::to_vec(&stored)
             .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
         let published = async {
-            let ack = self
-                .js
-                .publish_with_headers(format!("{}.{job_id}", self.subject), headers, bytes.into())
-                .await
-                .map_err(|e| unavailable("publish", e))?;
+            let subject = format!("{}.{job_id}", self.subject);
+            let ack = if headers.is_empty() {
+                self.js.publish(subject, bytes.into()).await
+            } else {
+                self.js
+                    .publish_with_headers(subject, headers, bytes.into())
+                    .await
+            }
+            .map_err(|e| unavailable("publish", e))?;
             ack.await.map_err(|e| unavailable("publish ack", e))?;
             Ok::<_, Error>(())
         }
