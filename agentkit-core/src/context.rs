@@ -1,7 +1,6 @@
 //! The per-request [`Context`]: identity, deadline, cancellation, trace and extensions.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,22 +258,36 @@ impl fmt::Debug for Context {
 /// A type map of values attached to a [`Context`]; cloning shares the values.
 #[derive(Clone, Default)]
 pub struct Extensions {
-    map: Option<Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+    /// A request carries a handful of extensions: a list searched in order costs less than
+    /// hashing a type id on every insert and lookup.
+    map: Option<Arc<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>>,
 }
+
+/// Room made on the first insert: a job's context carries four extensions.
+const EXTENSIONS: usize = 6;
 
 impl Extensions {
     /// Inserts `value`, replacing a previous value of the same type.
     pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
-        let map = self.map.get_or_insert_with(Default::default);
-        Arc::make_mut(map).insert(TypeId::of::<T>(), Arc::new(value));
+        let map = self
+            .map
+            .get_or_insert_with(|| Arc::new(Vec::with_capacity(EXTENSIONS)));
+        let map = Arc::make_mut(map);
+        let (id, value) = (TypeId::of::<T>(), Arc::new(value));
+        match map.iter_mut().find(|(key, _)| *key == id) {
+            Some((_, slot)) => *slot = value,
+            None => map.push((id, value)),
+        }
     }
 
     /// The value of type `T`, when present.
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        let id = TypeId::of::<T>();
         self.map
             .as_ref()?
-            .get(&TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref::<T>())
+            .iter()
+            .find(|(key, _)| *key == id)
+            .and_then(|(_, value)| value.downcast_ref::<T>())
     }
 
     /// Whether no value was inserted.
@@ -315,6 +328,12 @@ mod tests {
         assert_eq!(clone.extension::<Plan>(), Some(&Plan("pro")));
         assert_eq!(clone.extension::<u32>(), Some(&7));
         assert!(clone.extension::<u64>().is_none());
+        // A value of a type already there replaces it; the clone made before keeps its own.
+        let cx = cx.with_extension(8u32).with_extension(Plan("team"));
+        assert_eq!(cx.extension::<u32>(), Some(&8));
+        assert_eq!(cx.extension::<Plan>(), Some(&Plan("team")));
+        assert_eq!(clone.extension::<u32>(), Some(&7));
+        assert_eq!(clone.extension::<Plan>(), Some(&Plan("pro")));
     }
 
     #[tokio::test]
