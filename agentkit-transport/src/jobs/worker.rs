@@ -392,6 +392,12 @@ impl Worker {
 
     /// Runs `work` while heartbeating `delivery`.
     async fn heartbeating<T>(&self, delivery: &Delivery, work: impl Future<Output = T>) -> T {
+        // Work that ends in its first poll (no model or tool call waited) needs no heartbeat:
+        // no timer is set and cancelled for it.
+        let mut work = std::pin::pin!(work);
+        if let std::task::Poll::Ready(out) = futures::poll!(work.as_mut()) {
+            return out;
+        }
         let beat = async {
             loop {
                 tokio::time::sleep(self.inner.heartbeat).await;
