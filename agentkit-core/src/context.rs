@@ -260,8 +260,11 @@ impl fmt::Debug for Context {
 pub struct Extensions {
     /// A request carries a handful of extensions: a list searched in order costs less than
     /// hashing a type id on every insert and lookup.
-    map: Option<Arc<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>>,
+    map: Option<Arc<Vec<Extension>>>,
 }
+
+/// One extension: its type, and the value.
+type Extension = (TypeId, Arc<dyn Any + Send + Sync>);
 
 /// Room made on the first insert: a job's context carries four extensions.
 const EXTENSIONS: usize = 6;
