@@ -49,4 +49,4 @@ report() {
   done
 }
 report dispatch AGENTKIT_CALLS call 1000 serde_baseline tool_call inline_tool_call
-report observe_overhead AGENTKIT_TURNS turn 3000 no_hook off json_logs full
+report observe_overhead AGENTKIT_TURNS turn 3000 no_hook off json_logs traces_metrics full

@@ -1,6 +1,6 @@
 //! The telemetry variants shared by `observe_overhead` (time) and `observe_allocations`
 //! (heap allocations): the one-tool turn with no observer, with one switched off, with JSON
-//! logs, and with everything.
+//! logs, with tracing and metrics, and with everything (tracing, metrics and JSON logs).
 // Each bench uses part of it.
 #![allow(dead_code, unreachable_pub)]
 
@@ -38,11 +38,12 @@ fn agent(observer: Option<Arc<dyn Observer>>) -> Agent {
     .unwrap()
 }
 
-/// The four variants, with what keeps their telemetry alive.
+/// The variants, with what keeps their telemetry alive.
 pub struct Variants {
     pub agents: Vec<(&'static str, Agent)>,
     pub telemetry: Vec<agentkit::observe::Telemetry>,
-    spans: Count,
+    /// The span counters of the variants that trace.
+    spans: Vec<(&'static str, Count)>,
 }
 
 impl Variants {
@@ -52,8 +53,8 @@ impl Variants {
         Self::with_span_batches(None)
     }
 
-    /// [`new`](Self::new), with `full`'s spans exported in batches of `batches` (size, delay)
-    /// instead of the default 512 or 5 s.
+    /// [`new`](Self::new), with the traced variants' spans exported in batches of `batches`
+    /// (size, delay) instead of the default 512 or 5 s.
     pub fn with_span_batches(batches: Option<(usize, std::time::Duration)>) -> Self {
         let subscriber = tracing_subscriber::fmt()
             .event_format(agentkit::observe::JsonLines)
@@ -69,25 +70,30 @@ impl Variants {
                 .global(false)
                 .queue_size(1 << 16)
         };
-        let spans = Count::default();
+        let traced = |logs: bool, spans: &Count| {
+            let builder = quiet().logs(logs).span_exporter_batched(spans.clone());
+            match batches {
+                Some((size, delay)) => builder.span_batches(size, delay),
+                None => builder,
+            }
+            .init()
+            .unwrap()
+        };
+        let (traces_spans, full_spans) = (Count::default(), Count::default());
         let off = quiet().logs(false).metrics(false).init().unwrap();
         let logs = quiet().metrics(false).init().unwrap();
-        let full = quiet().span_exporter_batched(spans.clone());
-        let full = match batches {
-            Some((size, delay)) => full.span_batches(size, delay),
-            None => full,
-        }
-        .init()
-        .unwrap();
+        let traces = traced(false, &traces_spans);
+        let full = traced(true, &full_spans);
         Variants {
             agents: vec![
                 ("no_hook", agent(None)),
                 ("off", agent(Some(off.observer()))),
                 ("json_logs", agent(Some(logs.observer()))),
+                ("traces_metrics", agent(Some(traces.observer()))),
                 ("full", agent(Some(full.observer()))),
             ],
-            telemetry: vec![off, logs, full],
-            spans,
+            telemetry: vec![off, logs, traces, full],
+            spans: vec![("traces_metrics", traces_spans), ("full", full_spans)],
         }
     }
 
@@ -101,16 +107,22 @@ impl Variants {
             .1
     }
 
-    /// Flushes the telemetry threads; panics unless `turns` full turns exported four spans
-    /// each and no record was dropped.
-    pub fn check(&self, turns: u64) {
+    /// Flushes the telemetry threads; panics unless every traced variant exported four spans
+    /// for each of its `turns(variant)` turns and no record was dropped.
+    pub fn check(&self, turns: impl Fn(&str) -> u64) {
         for telemetry in &self.telemetry {
             telemetry.flush();
             assert_eq!(telemetry.dropped(), 0, "telemetry records were dropped");
         }
-        let spans = self.spans.0.load(Ordering::Relaxed);
-        assert_eq!(spans, 4 * turns, "every turn's four spans were exported");
-        eprintln!("observe: {turns} full turns, {spans} spans exported, none dropped");
+        for (variant, spans) in &self.spans {
+            let (turns, spans) = (turns(variant), spans.0.load(Ordering::Relaxed));
+            assert_eq!(
+                spans,
+                4 * turns,
+                "every {variant} turn's four spans were exported"
+            );
+            eprintln!("observe: {turns} {variant} turns, {spans} spans exported, none dropped");
+        }
     }
 }
 
