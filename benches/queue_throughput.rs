@@ -567,6 +567,16 @@ struct Backend {
 }
 
 impl Backend {
+    fn new(name: &'static str, raw_ops: &'static str) -> Self {
+        Self {
+            name,
+            raw_ops,
+            raw: None,
+            stored: None,
+            e2e: None,
+        }
+    }
+
     fn report(&self) {
         let (name, ops) = (self.name, self.raw_ops);
         if let Some(raw) = &self.raw {
@@ -609,13 +619,7 @@ fn main() {
         let outcome: Arc<[u8]> = outcome_document().await.into();
         if let Some(url) = agentkit_testkit::redis_url() {
             let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
-            let mut backend = Backend {
-                name: "redis",
-                raw_ops: "XADD/XREADGROUP/XACK",
-                raw: None,
-                stored: None,
-                e2e: None,
-            };
+            let mut backend = Backend::new("redis", "XADD/XREADGROUP/XACK");
             if !only("e2e") {
                 backend.raw = Some(redis_raw(&client, n, None).await);
                 backend.stored = Some(redis_raw(&client, n, Some(outcome.clone())).await);
@@ -629,13 +633,7 @@ fn main() {
             backend.report();
         }
         if let Some(url) = agentkit_testkit::nats_url() {
-            let mut backend = Backend {
-                name: "nats",
-                raw_ops: "publish/fetch/ack",
-                raw: None,
-                stored: None,
-                e2e: None,
-            };
+            let mut backend = Backend::new("nats", "publish/fetch/ack");
             if !only("e2e") {
                 backend.raw = Some(nats_raw(&url, n, None).await);
                 let outcome = bytes::Bytes::copy_from_slice(&outcome);

@@ -383,11 +383,25 @@ impl RedisJobQueue {
     }
 
     fn job_key(&self, id: &str) -> String {
-        format!("{}:job:{id}", self.prefix)
+        let mut key = String::new();
+        self.write_key(&mut key, "job", id);
+        key
     }
 
     fn done_key(&self, id: &str) -> String {
-        format!("{}:done:{id}", self.prefix)
+        let mut key = String::new();
+        self.write_key(&mut key, "done", id);
+        key
+    }
+
+    /// Writes the key of `kind` (`job`, `done`) for the job `id` into `out`, in place of what
+    /// it held: commands that name many jobs reuse one buffer.
+    fn write_key(&self, out: &mut String, kind: &str, id: &str) {
+        out.clear();
+        out.reserve(self.prefix.len() + kind.len() + id.len() + 2);
+        for part in [&*self.prefix, ":", kind, ":", id] {
+            out.push_str(part);
+        }
     }
 
     async fn ensure_group(&self) -> Result<()> {
@@ -453,12 +467,13 @@ impl RedisJobQueue {
             .run(self.timeout, |mut c| async move {
                 let retention = RETENTION.as_secs();
                 let mut pipe = redis::Pipeline::with_capacity(batch.len() + 1);
+                let mut key = String::new();
                 for f in batch {
-                    let key = self.done_key(&f.job_id);
+                    self.write_key(&mut key, "done", &f.job_id);
                     let size = key.len() + f.stored.len() + 5 * COMMAND_ARG_OVERHEAD;
                     let mut set = redis::Cmd::with_capacity(6, size);
                     set.arg("SET")
-                        .arg(key)
+                        .arg(key.as_str())
                         .arg(&f.stored)
                         .arg("NX")
                         .arg("EX")
@@ -511,13 +526,10 @@ impl RedisJobQueue {
                     .arg(stream)
                     .arg(dead);
                 // The keys are written through one buffer rather than a string each.
-                let mut key = String::with_capacity(self.prefix.len() + 64);
+                let mut key = String::new();
                 for f in batch {
-                    for kind in [":done:", ":job:"] {
-                        key.clear();
-                        key.push_str(&self.prefix);
-                        key.push_str(kind);
-                        key.push_str(&f.job_id);
+                    for kind in ["done", "job"] {
+                        self.write_key(&mut key, kind, &f.job_id);
                         call.arg(key.as_str());
                     }
                 }
