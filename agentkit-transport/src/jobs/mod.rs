@@ -263,6 +263,33 @@ impl Finish {
     }
 }
 
+/// Encodes a queue's job documents as JSON into a buffer sized by the last one it encoded
+/// (one queue's documents are much alike), rather than one that starts small and is copied
+/// at every doubling: an outcome is a kilobyte or more, and a large block taken while
+/// growing is the allocator's slow path.
+#[cfg(any(feature = "redis", feature = "nats"))]
+#[derive(Debug, Default)]
+pub(crate) struct Encoder {
+    last: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+impl Encoder {
+    /// The smallest buffer it starts with.
+    const MIN: usize = 128;
+
+    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // A little over the last size, so that a document slightly larger still fits.
+        let last = self.last.load(Relaxed);
+        let mut buf = Vec::with_capacity((last + last / 8).max(Self::MIN));
+        serde_json::to_writer(&mut buf, value)
+            .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+        self.last.store(buf.len(), Relaxed);
+        Ok(buf)
+    }
+}
+
 /// A job as a backend keeps it in one document (a NATS bucket entry, a Redis job's outcome).
 #[cfg(any(feature = "redis", feature = "nats"))]
 #[derive(Clone, Serialize, Deserialize)]
@@ -476,4 +503,29 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(all(test, any(feature = "redis", feature = "nats")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_encoder_writes_plain_json_into_a_buffer_sized_by_the_last() {
+        let encoder = Encoder::default();
+        let long = JobSpec {
+            agent: "assistant".into(),
+            input: vec![Message::user("x".repeat(5000))],
+            ..JobSpec::default()
+        };
+        let first = encoder.encode(&long).unwrap();
+        assert_eq!(first, serde_json::to_vec(&long).unwrap());
+        // The next starts at the last one's size and an eighth: it never grew on the way.
+        let again = encoder.encode(&long).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(again.capacity(), first.len() + first.len() / 8);
+        // A small one after it still encodes whole, and the size follows it down.
+        let short = encoder.encode("short").unwrap();
+        assert_eq!(short, b"\"short\"");
+        assert_eq!(encoder.encode("short").unwrap().capacity(), Encoder::MIN);
+    }
 }

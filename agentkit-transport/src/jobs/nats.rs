@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION, Receipt,
-    Stored, now_ms, validate,
+    Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION,
+    Receipt, Stored, now_ms, validate,
 };
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> Error {
@@ -87,6 +87,9 @@ pub struct NatsJobQueue {
     consumer: PullConsumer,
     kv: Store,
     timeout: Duration,
+    /// Submissions and the bucket's documents, each in a buffer sized by the last.
+    submissions: Arc<Encoder>,
+    documents: Arc<Encoder>,
 }
 
 impl std::fmt::Debug for NatsJobQueue {
@@ -193,6 +196,8 @@ impl NatsJobQueue {
             consumer,
             kv,
             timeout: Duration::from_secs(5),
+            submissions: Arc::default(),
+            documents: Arc::default(),
         })
     }
 
@@ -230,8 +235,7 @@ impl NatsJobQueue {
             let Some(out) = change(&mut stored) else {
                 return Ok(None);
             };
-            let bytes = serde_json::to_vec(&stored)
-                .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+            let bytes = self.documents.encode(&stored)?;
             match self
                 .kv
                 .update(format!("job.{job_id}"), bytes.into(), revision)
@@ -248,8 +252,7 @@ impl NatsJobQueue {
 
     /// Makes the job's document in the bucket; `None` when one is there already.
     async fn create(&self, job_id: &str, stored: &Stored) -> Result<Option<u64>> {
-        let bytes = serde_json::to_vec(stored)
-            .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+        let bytes = self.documents.encode(stored)?;
         match self.kv.create(format!("job.{job_id}"), bytes.into()).await {
             Ok(revision) => Ok(Some(revision)),
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => Ok(None),
@@ -437,8 +440,7 @@ impl JobQueue for NatsJobQueue {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let bytes = serde_json::to_vec(&stored)
-            .map_err(|e| Error::internal(format!("cannot encode: {e}")))?;
+        let bytes = self.submissions.encode(&stored)?;
         let published = async {
             let subject = format!("{}.{job_id}", self.subject);
             let ack = if headers.is_empty() {

@@ -30,7 +30,7 @@ use redis::{Script, Value};
 use tokio::sync::oneshot;
 
 use super::{
-    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
+    Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
     RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
 };
 
@@ -270,6 +270,9 @@ pub struct RedisJobQueue {
     /// When delayed jobs were last promoted and stalled ones reclaimed (ms since the epoch).
     housekept: Arc<AtomicU64>,
     finishes: Arc<Mutex<Finishes>>,
+    /// Submitted specs and outcome documents, each in a buffer sized by the last.
+    submissions: Arc<Encoder>,
+    outcomes: Arc<Encoder>,
 }
 
 /// One job's part of a finish script call.
@@ -277,8 +280,8 @@ struct Finishing {
     job_id: String,
     entry: String,
     status: &'static str,
-    /// The job's outcome document (a [`Stored`]).
-    stored: String,
+    /// The job's outcome document (a [`Stored`], JSON).
+    stored: Vec<u8>,
     /// Whether the job may have a hash (see `FINISH`).
     hashed: bool,
 }
@@ -363,6 +366,8 @@ impl RedisJobQueue {
             grouped: Arc::default(),
             housekept: Arc::default(),
             finishes: Arc::default(),
+            submissions: Arc::default(),
+            outcomes: Arc::default(),
         }
     }
 
@@ -836,7 +841,7 @@ impl JobQueue for RedisJobQueue {
     async fn enqueue(&self, spec: JobSpec) -> Result<Enqueued> {
         validate(&spec)?;
         self.ensure_group().await?;
-        let body = json(&spec)?;
+        let body = self.submissions.encode(&spec)?;
         let stream = &*self.stream;
         let now = now_ms();
         let Some(key) = &spec.idempotency_key else {
@@ -990,7 +995,7 @@ impl JobQueue for RedisJobQueue {
             job_id: job_id.clone(),
             entry: entry.to_owned(),
             status,
-            stored: json(&stored)?,
+            stored: self.outcomes.encode(&stored)?,
             hashed: !fresh,
         };
         if self.finish_grouped(finishing).await? {
