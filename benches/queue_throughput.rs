@@ -26,7 +26,8 @@
 //! NATS on loopback (`REDIS_URL`, `NATS_URL`); a missing one is skipped with a message.
 //! `AGENTKIT_BENCH_ONLY=raw` or `=e2e` runs one phase alone (for profiling it);
 //! `AGENTKIT_BENCH_DRAIN_ONLY=1` exits as soon as the first end-to-end queue has drained, so
-//! that a profile holds no reads of the results.
+//! that a profile holds no reads of the results. `AGENTKIT_BENCH_ROUNDS=N` runs each backend N
+//! times, raw and end to end back to back, and prints the median ratio.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -298,6 +299,7 @@ async fn redis_raw(
             (after - before) * 1e6 / n as f64
         );
     }
+    redis_forget(client, &format!("{stream}*")).await;
     Figures::new(n, elapsed, latencies)
 }
 
@@ -402,6 +404,7 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
             (after - before).as_secs_f64() * 1e6 / n as f64
         );
     }
+    nats_forget(&js, &name).await;
     Figures::new(n, elapsed, latencies)
 }
 
@@ -600,6 +603,93 @@ impl Backend {
     }
 }
 
+/// Deletes the keys matching `pattern` (this run's, by its unique names): left behind, every
+/// run's keys would grow the server's keyspace under the next runs' figures.
+async fn redis_forget(client: &agentkit::store::redis::RedisClient, pattern: &str) {
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = client
+            .run(Duration::from_secs(10), |mut c| async move {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(10_000)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            client
+                .run(Duration::from_secs(10), |mut c| async move {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes the JetStream streams (key-value buckets included) whose names hold `part`, this
+/// run's unique name, for the same reason.
+async fn nats_forget(js: &async_nats::jetstream::Context, part: &str) {
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|name| async move { name.ok() })
+        .collect()
+        .await;
+    for name in names.iter().filter(|name| name.contains(part)) {
+        js.delete_stream(name).await.unwrap();
+    }
+}
+
+/// How many rounds of each backend `AGENTKIT_BENCH_ROUNDS` asks for (default 1). Each round
+/// runs the raw loops and end to end back to back, so that a ratio compares runs seconds
+/// apart: on a shared VM the speed of the machine moves between minutes.
+fn rounds_wanted() -> usize {
+    std::env::var("AGENTKIT_BENCH_ROUNDS")
+        .map(|n| n.parse().expect("AGENTKIT_BENCH_ROUNDS must be a number"))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// With more than one round: the median ratio of the rounds and their range.
+fn summarize(rounds: &[Backend]) {
+    let Some(first) = rounds.first().filter(|_| rounds.len() > 1) else {
+        return;
+    };
+    let ratios = |base: fn(&Backend) -> Option<&Figures>| {
+        let mut ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| Some(round.e2e.as_ref()?.rate() / base(round)?.rate()))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
+    };
+    for (what, ratios) in [
+        ("raw", ratios(|r| r.raw.as_ref())),
+        ("raw with outcomes stored", ratios(|r| r.stored.as_ref())),
+    ] {
+        if let (Some(low), Some(high)) = (ratios.first(), ratios.last()) {
+            println!(
+                "  {} over {} rounds: median {:.2}x of {what} ({low:.2}-{high:.2}x)",
+                first.name,
+                ratios.len(),
+                ratios[ratios.len() / 2],
+            );
+        }
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let n = match std::env::var("AGENTKIT_BENCH_JOBS") {
@@ -619,34 +709,47 @@ fn main() {
         let outcome: Arc<[u8]> = outcome_document().await.into();
         if let Some(url) = agentkit_testkit::redis_url() {
             let client = agentkit::store::redis::RedisClient::connect(&url, 16).unwrap();
-            let mut backend = Backend::new("redis", "XADD/XREADGROUP/XACK");
-            if !only("e2e") {
-                backend.raw = Some(redis_raw(&client, n, None).await);
-                backend.stored = Some(redis_raw(&client, n, Some(outcome.clone())).await);
+            let mut rounds = Vec::new();
+            for _ in 0..rounds_wanted() {
+                let mut backend = Backend::new("redis", "XADD/XREADGROUP/XACK");
+                if !only("e2e") {
+                    backend.raw = Some(redis_raw(&client, n, None).await);
+                    backend.stored = Some(redis_raw(&client, n, Some(outcome.clone())).await);
+                }
+                if !only("raw") {
+                    let name = agentkit_testkit::unique("bench");
+                    let queue =
+                        agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
+                    backend.e2e = Some(end_to_end(Arc::new(queue), n, Some(&client)).await);
+                    redis_forget(&client, &format!("*{name}*")).await;
+                }
+                backend.report();
+                rounds.push(backend);
             }
-            if !only("raw") {
-                let name = agentkit_testkit::unique("bench");
-                let queue =
-                    agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
-                backend.e2e = Some(end_to_end(Arc::new(queue), n, Some(&client)).await);
-            }
-            backend.report();
+            summarize(&rounds);
         }
         if let Some(url) = agentkit_testkit::nats_url() {
-            let mut backend = Backend::new("nats", "publish/fetch/ack");
-            if !only("e2e") {
-                backend.raw = Some(nats_raw(&url, n, None).await);
-                let outcome = bytes::Bytes::copy_from_slice(&outcome);
-                backend.stored = Some(nats_raw(&url, n, Some(outcome)).await);
+            let mut rounds = Vec::new();
+            for _ in 0..rounds_wanted() {
+                let mut backend = Backend::new("nats", "publish/fetch/ack");
+                if !only("e2e") {
+                    backend.raw = Some(nats_raw(&url, n, None).await);
+                    let outcome = bytes::Bytes::copy_from_slice(&outcome);
+                    backend.stored = Some(nats_raw(&url, n, Some(outcome)).await);
+                }
+                if !only("raw") {
+                    let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
+                    let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
+                        .await
+                        .unwrap();
+                    backend.e2e = Some(end_to_end(Arc::new(queue), n, None).await);
+                    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+                    nats_forget(&js, &name).await;
+                }
+                backend.report();
+                rounds.push(backend);
             }
-            if !only("raw") {
-                let name = agentkit_testkit::unique("bench").replace(['.', ':'], "-");
-                let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
-                    .await
-                    .unwrap();
-                backend.e2e = Some(end_to_end(Arc::new(queue), n, None).await);
-            }
-            backend.report();
+            summarize(&rounds);
         }
     });
 }
