@@ -338,8 +338,10 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
     let (cpu_before, server_before) = (Usage::now(), nats_server_cpu());
     let reader = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(n);
+        // With outcomes, a job's latency runs to its outcome stored and its message acked.
         let mut storing = tokio::task::JoinSet::new();
-        while latencies.len() < n {
+        let mut taken = 0;
+        while taken < n {
             let mut batch = consumer
                 .fetch()
                 .max_messages(64)
@@ -353,25 +355,26 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
                     .unwrap()
                     .parse()
                     .unwrap();
-                let at = now_us().saturating_sub(sent) as f64 / 1000.0;
-                latencies.push(at);
+                taken += 1;
                 let Some((kv, outcome)) = &outcomes else {
                     message.ack().await.unwrap();
+                    latencies.push(now_us().saturating_sub(sent) as f64 / 1000.0);
                     continue;
                 };
                 let (kv, outcome) = (kv.clone(), outcome.clone());
-                let key = format!("job.{}", latencies.len());
+                let key = format!("job.{taken}");
                 storing.spawn(async move {
                     kv.create(key, outcome).await.unwrap();
                     message.ack().await.unwrap();
+                    now_us().saturating_sub(sent) as f64 / 1000.0
                 });
                 while storing.len() >= CONCURRENCY {
-                    storing.join_next().await.unwrap().unwrap();
+                    latencies.push(storing.join_next().await.unwrap().unwrap());
                 }
             }
         }
         while let Some(stored) = storing.join_next().await {
-            stored.unwrap();
+            latencies.push(stored.unwrap());
         }
         latencies
     });
