@@ -35,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agentkit::Message;
 use agentkit::model::ScriptedModel;
 use agentkit::transport::jobs::{JobDoc, JobQueue, JobSpec, JobStatus, Worker};
+use agentkit_testkit::services::delete_nats_streams;
 use futures::StreamExt;
 
 const PRODUCERS: usize = 16;
@@ -407,7 +408,7 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
             (after - before).as_secs_f64() * 1e6 / n as f64
         );
     }
-    nats_forget(&js, &name).await;
+    delete_nats_streams(&js, |stream| stream.contains(&*name)).await;
     Figures::new(n, elapsed, latencies)
 }
 
@@ -642,19 +643,6 @@ async fn redis_forget(client: &agentkit::store::redis::RedisClient, pattern: &st
     }
 }
 
-/// Deletes the JetStream streams (key-value buckets included) whose names hold `part`, this
-/// run's unique name, for the same reason.
-async fn nats_forget(js: &async_nats::jetstream::Context, part: &str) {
-    let names: Vec<String> = js
-        .stream_names()
-        .filter_map(|name| async move { name.ok() })
-        .collect()
-        .await;
-    for name in names.iter().filter(|name| name.contains(part)) {
-        js.delete_stream(name).await.unwrap();
-    }
-}
-
 /// How many rounds of each backend `AGENTKIT_BENCH_ROUNDS` asks for (default 1). Each round
 /// runs the raw loops and end to end back to back, so that a ratio compares runs seconds
 /// apart: on a shared VM the speed of the machine moves between minutes.
@@ -747,7 +735,7 @@ fn main() {
                         .unwrap();
                     backend.e2e = Some(end_to_end(Arc::new(queue), n, None).await);
                     let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-                    nats_forget(&js, &name).await;
+                    delete_nats_streams(&js, |stream| stream.contains(&*name)).await;
                 }
                 backend.report();
                 rounds.push(backend);

@@ -28,10 +28,11 @@ pub fn nats_url() -> Option<String> {
 }
 
 /// Deletes the JetStream streams of job queues (and their buckets, and the bench's raw loops)
-/// named by [`unique`] in processes that have ended. Tests make a queue per case and never delete it: left alone,
-/// every run adds its streams to the server's disk, run after run on the same machine.
-/// Streams of live processes, and any not named by `unique`, are left alone. Runs on a
-/// thread of its own (callers are inside a runtime), for at most 10 s; failures only warn.
+/// named by [`unique`] in processes that have ended. Tests make a queue per case and never
+/// delete it: left alone, every run adds its streams to the server's disk, run after run on
+/// the same machine. Streams of live processes, and any not named by `unique`, are left
+/// alone. Runs on a thread of its own (callers are inside a runtime), for at most 10 s;
+/// failures only warn.
 fn sweep_nats(url: &str) {
     let url = url.to_owned();
     let swept = std::thread::spawn(move || {
@@ -55,21 +56,30 @@ fn sweep_nats(url: &str) {
 }
 
 async fn delete_stale_streams(url: &str) -> Result<usize, String> {
-    use futures::StreamExt;
     let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
     let js = async_nats::jetstream::new(client);
+    Ok(delete_nats_streams(&js, of_ended_process).await)
+}
+
+/// Deletes the JetStream streams (key-value buckets' included) whose names `which` picks;
+/// how many it deleted.
+pub async fn delete_nats_streams(
+    js: &async_nats::jetstream::Context,
+    which: impl Fn(&str) -> bool,
+) -> usize {
+    use futures::StreamExt;
     let names: Vec<String> = js
         .stream_names()
         .filter_map(|name| async move { name.ok() })
         .collect()
         .await;
     let mut deleted = 0;
-    for name in names.iter().filter(|name| of_ended_process(name)) {
+    for name in names.iter().filter(|name| which(name)) {
         if js.delete_stream(name).await.is_ok() {
             deleted += 1;
         }
     }
-    Ok(deleted)
+    deleted
 }
 
 /// Whether `stream` is a job queue's (or its bucket's), or a `queue_throughput` raw loop's,
