@@ -148,7 +148,7 @@ impl Sampling {
 }
 
 /// A span in progress: its identity and start. What it records is built when it ends.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct OpenSpan {
     /// High and low halves (a `u128` would align the record to 16 bytes).
     trace_id: [u64; 2],
