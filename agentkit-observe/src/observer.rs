@@ -427,7 +427,7 @@ impl Observer for AgentObserver {
                 started,
             )
         });
-        Box::new(Run {
+        Pooled::boxed(Run {
             observer: self.clone(),
             span,
             provider,
@@ -543,11 +543,31 @@ struct Call {
     kind: CallKind,
 }
 
-impl RunScope for Run {
+impl RunScope for Pooled<Run> {
     fn trace(&self) -> Option<TraceContext> {
-        self.span.as_ref().and_then(OpenSpan::trace)
+        self.0.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
     }
 
+    fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
+        match &self.0 {
+            Some(run) => run.start_model_call(call),
+            None => Box::new(Unobserved),
+        }
+    }
+
+    fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
+        match &self.0 {
+            Some(run) => run.start_tool_call(call),
+            None => Box::new(Unobserved),
+        }
+    }
+
+    fn end(self: Box<Self>, end: &RunEnd<'_>) {
+        self.finish(|run| run.end(end));
+    }
+}
+
+impl Run {
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
         if self.span.is_none() && self.observer.inner.metrics.is_none() {
             return Box::new(Unobserved);
@@ -602,8 +622,9 @@ impl RunScope for Run {
         .boxed()
     }
 
-    fn end(self: Box<Self>, end: &RunEnd<'_>) {
-        // Read in place: the run is 224 bytes, and its record twice that.
+    /// Records the end of the run, read in place: the run is 224 bytes, and its record twice
+    /// that.
+    fn end(&mut self, end: &RunEnd<'_>) {
         let run = &*self;
         let now = crate::spans::now();
         if let Some(agent) = &run.inflight {
@@ -670,61 +691,88 @@ struct Unobserved;
 
 impl CallScope for Unobserved {}
 
-/// Boxes of ended calls kept for the next ones, per thread: a call's box is made and freed on
-/// every model and tool call otherwise.
-const SPARE_CALLS: usize = 16;
+/// Boxes of ended runs and calls kept for the next ones, per thread and kind: otherwise a
+/// run's box and each call's are made and freed on every run.
+const SPARES: usize = 16;
+
+type Spares<T> = std::cell::RefCell<Vec<Box<Pooled<T>>>>;
 
 thread_local! {
-    // The boxes are the point: they are what the next calls reuse.
+    // The boxes are the point: they are what the next scopes reuse.
     #[allow(clippy::vec_box)]
-    static SPARE: std::cell::RefCell<Vec<Box<Pooled>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_RUNS: Spares<Run> = const { std::cell::RefCell::new(Vec::new()) };
+    #[allow(clippy::vec_box)]
+    static SPARE_CALLS: Spares<Call> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A call in a box that goes back to [`SPARE`] when the call ends.
-struct Pooled(Option<Call>);
+/// A scope kept in a box that goes back to its thread's spares when the scope ends.
+pub(crate) trait Spare: Sized + 'static {
+    /// This kind's spares.
+    fn spares() -> &'static std::thread::LocalKey<Spares<Self>>;
+}
 
-impl Call {
-    fn boxed(self) -> Box<dyn CallScope> {
-        let spare = SPARE.with(|spare| spare.borrow_mut().pop());
-        match spare {
-            Some(mut pooled) => {
-                pooled.0 = Some(self);
-                pooled
-            }
-            None => Box::new(Pooled(Some(self))),
-        }
+impl Spare for Run {
+    fn spares() -> &'static std::thread::LocalKey<Spares<Self>> {
+        &SPARE_RUNS
     }
 }
 
-impl Pooled {
-    /// Ends the call in its box (`end` reads it there: a call is 144 bytes, and moving it
-    /// out and then into its record copied it twice), then puts the box back for another.
-    fn end(mut self: Box<Self>, end: impl FnOnce(&mut Call)) {
-        if let Some(call) = &mut self.0 {
-            end(call);
+impl Spare for Call {
+    fn spares() -> &'static std::thread::LocalKey<Spares<Self>> {
+        &SPARE_CALLS
+    }
+}
+
+/// A run or a call in a pooled box; `None` once ended.
+pub(crate) struct Pooled<T>(Option<T>);
+
+impl<T: Spare> Pooled<T> {
+    /// `scope` in a spare box, or a new one.
+    fn boxed(scope: T) -> Box<Self> {
+        match T::spares().with(|spare| spare.borrow_mut().pop()) {
+            Some(mut pooled) => {
+                pooled.0 = Some(scope);
+                pooled
+            }
+            None => Box::new(Pooled(Some(scope))),
+        }
+    }
+
+    /// Ends the scope in its box (`end` reads it there: a call is 144 bytes and a run 224,
+    /// and moving them out and then into their records copied them twice), then puts the box
+    /// back for another.
+    fn finish(mut self: Box<Self>, end: impl FnOnce(&mut T)) {
+        if let Some(scope) = &mut self.0 {
+            end(scope);
         }
         self.0 = None;
         // A thread that is exiting has no spares to keep.
-        let _ = SPARE.try_with(|spare| {
+        let _ = T::spares().try_with(|spare| {
             let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_CALLS {
+            if spare.len() < SPARES {
                 spare.push(self);
             }
         });
     }
 }
 
-impl CallScope for Pooled {
+impl Call {
+    fn boxed(self) -> Box<dyn CallScope> {
+        Pooled::boxed(self)
+    }
+}
+
+impl CallScope for Pooled<Call> {
     fn trace(&self) -> Option<TraceContext> {
         self.0.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
     }
 
     fn end_model(self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
-        self.end(|call| call.end_model(outcome));
+        self.finish(|call| call.end_model(outcome));
     }
 
     fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
-        self.end(|call| call.end_tool(record));
+        self.finish(|call| call.end_tool(record));
     }
 }
 
