@@ -4,9 +4,10 @@
 # each `observe_overhead` variant. Two figures per variant: every thread (so work handed to the
 # telemetry thread is not hidden), and the calling thread alone (the request path). Per unit =
 # (count at N + 1,000 units - count at N) / 1,000, which cancels start-up; N is large enough
-# for buffers to reach their working size. Needs valgrind. Run: benches/instructions.sh
+# for buffers to reach their working size. Needs valgrind. Run: benches/instructions.sh [dispatch] [observe_overhead]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+only="$*"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/agentkit/target}"
 executable() {
   cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null \
@@ -48,5 +49,11 @@ report() {
           b, v, n, u, n / base, m, m / bm }'
   done
 }
-report dispatch AGENTKIT_CALLS call 1000 serde_baseline tool_call inline_tool_call
-report observe_overhead AGENTKIT_TURNS turn 3000 no_hook off json_logs traces_metrics full
+# Both benches, or the ones named: benches/instructions.sh observe_overhead
+wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
+if wanted dispatch; then
+  report dispatch AGENTKIT_CALLS call 1000 serde_baseline tool_call inline_tool_call
+fi
+if wanted observe_overhead; then
+  report observe_overhead AGENTKIT_TURNS turn 3000 no_hook off json_logs traces_metrics full
+fi

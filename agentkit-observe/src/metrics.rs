@@ -4,14 +4,14 @@
 //! request, session or user id.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -83,7 +83,7 @@ pub(crate) struct Metrics {
     pub(crate) operations: Family<OperationLabels, Histogram>,
     pub(crate) tool_calls: Family<ToolLabels, Counter>,
     pub(crate) cost: Family<CostLabels, Counter<f64, AtomicU64>>,
-    pub(crate) inflight: Family<AgentLabel, Gauge>,
+    pub(crate) inflight: Family<AgentLabel, InflightGauge>,
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
     pub(crate) session_conflicts: Counter,
     /// Records the telemetry thread never got (it was behind or stopped).
@@ -92,11 +92,48 @@ pub(crate) struct Metrics {
     tools: RwLock<HashMap<String, Arc<ToolMetrics>, FnvBuild>>,
 }
 
+/// The in-flight gauge: the one metric the request path writes (up at a run's start, down
+/// at its end), so its value and its handle's count sit on cache lines of their own. Beside
+/// a metric the telemetry thread updates, or in the agent's handles that thread reads, every
+/// write would take the line back from the other core.
+pub(crate) type InflightGauge = Gauge<i64, Padded>;
+
+/// An `AtomicI64` alone on its cache line (128 bytes: x86 fetches lines in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(AtomicI64);
+
+impl Atomic<i64> for Padded {
+    fn inc(&self) -> i64 {
+        self.inc_by(1)
+    }
+
+    fn inc_by(&self, v: i64) -> i64 {
+        self.0.fetch_add(v, Ordering::Relaxed)
+    }
+
+    fn dec(&self) -> i64 {
+        self.dec_by(1)
+    }
+
+    fn dec_by(&self, v: i64) -> i64 {
+        self.0.fetch_sub(v, Ordering::Relaxed)
+    }
+
+    fn set(&self, v: i64) -> i64 {
+        self.0.swap(v, Ordering::Relaxed)
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// One agent's metric handles, found once per run rather than by label on every update
 /// (each lookup by label allocates its label strings and hashes them under a lock).
 pub(crate) struct AgentMetrics {
     name: String,
-    pub(crate) inflight: Gauge,
+    pub(crate) inflight: InflightGauge,
     pub(crate) ok: Counter,
     pub(crate) duration: Histogram,
     models: RwLock<HashMap<String, Arc<ModelMetrics>, FnvBuild>>,
@@ -251,7 +288,7 @@ impl Metrics {
             "Cost of agent runs in US dollars",
             cost.clone(),
         );
-        let inflight = Family::<AgentLabel, Gauge>::default();
+        let inflight = Family::<AgentLabel, InflightGauge>::default();
         registry.register(
             "agentkit_inflight_requests",
             "Agent runs in progress",

@@ -19,7 +19,9 @@ use tracing::Dispatch;
 
 use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
-use crate::metrics::{AgentMetrics, AgentOutcome, Metrics, ModelMetrics, QueueLabel, ToolMetrics};
+use crate::metrics::{
+    AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, QueueLabel, ToolMetrics,
+};
 use crate::semconv::Names;
 use crate::spans::{Batch, Clock, OpenSpan, Sampling, Stamp};
 use crate::text::Text;
@@ -216,8 +218,9 @@ struct AgentNames {
     version: Label,
     model: Label,
     provider: Label,
-    /// The agent's metric handles, for the in-flight gauge.
-    metrics: Option<Arc<AgentMetrics>>,
+    /// The agent's in-flight gauge (not its other handles: those the telemetry thread reads,
+    /// and a count changed on every run beside them would bounce their line).
+    inflight: Option<InflightGauge>,
 }
 
 thread_local! {
@@ -253,7 +256,8 @@ impl AgentObserver {
             version: labels.values.get(run.agent_version),
             model: labels.models.get(run.model),
             provider: labels.values.get(run.provider),
-            metrics: self.inner.metrics.as_ref().map(|all| all.agent(run.agent)),
+            inflight: (self.inner.metrics.as_ref())
+                .map(|all| all.agent(run.agent).inflight.clone()),
         };
         LAST_AGENT.with(|last| {
             *last.borrow_mut() = Some((Arc::downgrade(&self.inner), names.clone()));
@@ -391,7 +395,7 @@ struct Run {
     provider: Label,
     model: Label,
     /// For the in-flight gauge, the one metric kept on the request path.
-    inflight: Option<Arc<AgentMetrics>>,
+    inflight: Option<InflightGauge>,
     agent: Label,
     /// The span's start too: one clock read serves both.
     started: Stamp,
@@ -413,10 +417,10 @@ impl Observer for AgentObserver {
             version,
             model,
             provider,
-            metrics: inflight,
+            inflight,
         } = self.agent_names(run);
-        if let Some(agent) = &inflight {
-            agent.inflight.inc();
+        if let Some(inflight) = &inflight {
+            inflight.inc();
         }
         let started = crate::spans::now();
         let span = self.inner.sampling.as_ref().map(|sampling| {
@@ -627,8 +631,8 @@ impl Run {
     fn end(&mut self, end: &RunEnd<'_>) {
         let run = &*self;
         let now = crate::spans::now();
-        if let Some(agent) = &run.inflight {
-            agent.inflight.dec();
+        if let Some(inflight) = &run.inflight {
+            inflight.dec();
         }
         let inner = &run.observer.inner;
         let recorded = run.span.as_ref().is_some_and(OpenSpan::sampled);
