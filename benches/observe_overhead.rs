@@ -18,7 +18,15 @@
 //!
 //! Goals: `off` within 2% of `no_hook`; full tracing and metrics at most 25% above it
 //! (`traces_metrics`; `full` adds the log line, which `json_logs` measures alone).
-//! Run: `cargo bench --bench observe_overhead`.
+//!
+//! After criterion's figures the bench prints a **paired** one per variant, as `dispatch` and
+//! `session_turn` do: criterion times each variant seconds apart, and on a shared VM the
+//! machine drifts between them by more than the differences measured. Here 31 rounds each
+//! time a block of 5,000 turns of every variant back to back (the order rotating from round to
+//! round, each variant's telemetry thread settled before the next block); the figure is the
+//! median of the per-round ratios to `no_hook`, with their range.
+//! Run: `cargo bench --bench observe_overhead` (`AGENTKIT_PAIRED_ONLY=1` for the paired
+//! figures alone).
 
 mod observe;
 
@@ -50,6 +58,51 @@ fn overhead(c: &mut Criterion) {
             .find(|(name, _)| *name == variant)
             .map_or(0, |(_, runs)| *runs)
     });
+}
+
+/// The paired figures: blocks of every variant back to back, round after round.
+fn paired(quick: bool) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let variants = Variants::new();
+    let (rounds, turns) = if quick { (1, 10) } else { (31, 5_000) };
+    let names: Vec<&str> = variants.agents.iter().map(|(name, _)| *name).collect();
+    // Per variant, the time of its block in each round.
+    let mut times = vec![Vec::with_capacity(rounds); names.len()];
+    for round in 0..rounds {
+        for step in 0..names.len() {
+            let index = (round + step) % names.len();
+            let agent = variants.agent(names[index]);
+            let started = std::time::Instant::now();
+            run_turns(&runtime, agent, turns);
+            times[index].push(started.elapsed().as_secs_f64());
+            variants.settle(names[index]);
+        }
+    }
+    variants.check(|variant| {
+        if variant == "no_hook" {
+            0
+        } else {
+            (rounds * turns) as u64
+        }
+    });
+    let base = &times[0];
+    for (name, times) in names.iter().zip(&times).skip(1) {
+        let mut ratios: Vec<f64> = times.iter().zip(base).map(|(t, b)| t / b).collect();
+        ratios.sort_by(f64::total_cmp);
+        let mut per_turn: Vec<f64> = times.iter().map(|t| t * 1e6 / turns as f64).collect();
+        per_turn.sort_by(f64::total_cmp);
+        println!(
+            "observe_overhead/{name:<15} paired: {:.3}x no_hook (median of {rounds} rounds; \
+             {:.3}-{:.3}x), {:.2} us a turn",
+            ratios[rounds / 2],
+            ratios[0],
+            ratios[rounds - 1],
+            per_turn[rounds / 2],
+        );
+    }
 }
 
 /// `AGENTKIT_TURNS=N AGENTKIT_VARIANT=name`: runs N turns of one variant, prints the time
@@ -99,6 +152,10 @@ fn main() {
         turns_only(turns.parse().expect("AGENTKIT_TURNS is a number"), &variant);
         return;
     }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let quick = std::env::args().any(|a| a == "--test");
+    if std::env::var_os("AGENTKIT_PAIRED_ONLY").is_none() {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
+    paired(quick);
 }

@@ -107,6 +107,18 @@ impl Variants {
             .1
     }
 
+    /// Waits until `variant`'s telemetry thread has taken in and exported everything so far
+    /// (nothing for `no_hook`), so that the next variant timed does not share the machine
+    /// with this one's backlog.
+    pub fn settle(&self, variant: &str) {
+        let index = ["off", "json_logs", "traces_metrics", "full"]
+            .iter()
+            .position(|name| *name == variant);
+        if let Some(index) = index {
+            self.telemetry[index].flush();
+        }
+    }
+
     /// Flushes the telemetry threads; panics unless every traced variant exported four spans
     /// for each of its `turns(variant)` turns and no record was dropped.
     pub fn check(&self, turns: impl Fn(&str) -> u64) {
