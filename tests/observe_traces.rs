@@ -7,6 +7,7 @@ mod support;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use agentkit::Executor;
 use agentkit::model::ScriptedModel;
 use agentkit::transport::Api;
 use agentkit::transport::jobs::{JobQueue, MemoryJobQueue, Worker};
@@ -259,4 +260,67 @@ async fn a_job_enqueued_over_http_and_run_by_a_worker_is_one_trace() {
         "the worker's run continues the request's span"
     );
     running.stop().await.unwrap();
+}
+
+/// Runs and calls reuse their boxes on a thread, and a box keeps its last observer: runs of
+/// two observers taking turns on one thread must each still reach their own exporter.
+#[tokio::test(flavor = "current_thread")]
+async fn observers_taking_turns_on_one_thread_keep_their_own_spans() {
+    let observed = |name: &str| {
+        let exporter = InMemorySpanExporter::default();
+        let telemetry = agentkit::observe::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .metrics(false)
+            .span_exporter(exporter.clone())
+            .init()
+            .unwrap();
+        let agent = agentkit::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+            .name(name)
+            .observer(telemetry.observer())
+            .build()
+            .unwrap();
+        (telemetry, exporter, agent)
+    };
+    let (first, first_spans, first_agent) = observed("first");
+    let (second, second_spans, second_agent) = observed("second");
+    for _ in 0..3 {
+        for agent in [&first_agent, &second_agent] {
+            agent
+                .execute(agentkit::Invocation::text("What is 17 + 25?"))
+                .await
+                .unwrap();
+        }
+    }
+    for (telemetry, exporter, name) in [
+        (&first, &first_spans, "first"),
+        (&second, &second_spans, "second"),
+    ] {
+        telemetry.flush();
+        let spans = exporter.get_finished_spans().unwrap();
+        let runs: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name.starts_with("invoke_agent"))
+            .collect();
+        assert_eq!(runs.len(), 3, "{name}: one run span per run");
+        assert!(
+            runs.iter()
+                .all(|s| s.name == format!("invoke_agent {name}")),
+            "{name}: only its own runs"
+        );
+        assert_eq!(
+            spans.len(),
+            12,
+            "{name}: a run, two model calls and a tool call each"
+        );
+        for span in spans.iter().filter(|s| !s.name.starts_with("invoke_agent")) {
+            assert!(
+                runs.iter()
+                    .any(|run| run.span_context.span_id() == span.parent_span_id),
+                "{name}: {} is under one of its own runs",
+                span.name
+            );
+        }
+    }
 }

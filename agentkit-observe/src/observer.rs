@@ -388,7 +388,6 @@ pub(crate) struct RequestRecord {
 }
 
 struct Run {
-    observer: AgentObserver,
     /// The run's span (recorded or not: its ids travel either way).
     span: Option<OpenSpan>,
     /// The provider and the model asked for: model calls and the end mostly name them again.
@@ -431,18 +430,20 @@ impl Observer for AgentObserver {
                 started,
             )
         });
-        Pooled::boxed(Run {
-            observer: self.clone(),
-            span,
-            provider,
-            model,
-            inflight,
-            agent,
-            started,
-            logged_by_edge: run.context.extension::<RunReport>().is_some(),
-            context: run.context.clone(),
-            agent_version: version,
-        })
+        Pooled::boxed(
+            self,
+            Run {
+                span,
+                provider,
+                model,
+                inflight,
+                agent,
+                started,
+                logged_by_edge: run.context.extension::<RunReport>().is_some(),
+                context: run.context.clone(),
+                agent_version: version,
+            },
+        )
     }
 
     fn start_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestScope>> {
@@ -541,7 +542,6 @@ enum CallKind {
 }
 
 struct Call {
-    observer: AgentObserver,
     /// The call's span (recorded or not: its ids travel either way).
     span: Option<OpenSpan>,
     kind: CallKind,
@@ -549,34 +549,38 @@ struct Call {
 
 impl RunScope for Pooled<Run> {
     fn trace(&self) -> Option<TraceContext> {
-        self.0.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
+        self.scope.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
-        match &self.0 {
-            Some(run) => run.start_model_call(call),
-            None => Box::new(Unobserved),
+        match (&self.observer, &self.scope) {
+            (Some(observer), Some(run)) => run.start_model_call(observer, call),
+            _ => Box::new(Unobserved),
         }
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
-        match &self.0 {
-            Some(run) => run.start_tool_call(call),
-            None => Box::new(Unobserved),
+        match (&self.observer, &self.scope) {
+            (Some(observer), Some(run)) => run.start_tool_call(observer, call),
+            _ => Box::new(Unobserved),
         }
     }
 
     fn end(self: Box<Self>, end: &RunEnd<'_>) {
-        self.finish(|run| run.end(end));
+        self.finish(|observer, run| run.end(observer, end));
     }
 }
 
 impl Run {
-    fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
-        if self.span.is_none() && self.observer.inner.metrics.is_none() {
+    fn start_model_call(
+        &self,
+        observer: &AgentObserver,
+        call: &ModelCallStart<'_>,
+    ) -> Box<dyn CallScope> {
+        if self.span.is_none() && observer.inner.metrics.is_none() {
             return Box::new(Unobserved);
         }
-        let labels = &self.observer.inner.labels;
+        let labels = &observer.inner.labels;
         let model = if call.model == self.model.as_str() {
             self.model.clone()
         } else {
@@ -589,7 +593,6 @@ impl Run {
         };
         let started = crate::spans::now();
         Call {
-            observer: self.observer.clone(),
             span: self.span.as_ref().map(|run| run.child(started)),
             kind: CallKind::Model {
                 agent: self.agent.clone(),
@@ -598,16 +601,16 @@ impl Run {
                 started,
             },
         }
-        .boxed()
+        .boxed(observer)
     }
 
-    fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
-        if self.span.is_none() && self.observer.inner.metrics.is_none() {
+    fn start_tool_call(&self, observer: &AgentObserver, call: &ToolCall) -> Box<dyn CallScope> {
+        if self.span.is_none() && observer.inner.metrics.is_none() {
             return Box::new(Unobserved);
         }
         // Started for real when it ends: the call's own timing gives the start.
         let span = self.span.as_ref().map(|run| run.child(self.started));
-        let inner = &self.observer.inner;
+        let inner = &observer.inner;
         let recorded = span.as_ref().is_some_and(OpenSpan::sampled);
         let kind = CallKind::Tool {
             tool: if recorded || inner.metrics.is_some() {
@@ -618,23 +621,18 @@ impl Run {
             call_id: Text::new(if recorded { &call.id } else { "" }),
             arguments: (recorded && inner.capture).then(|| call.arguments.clone()),
         };
-        Call {
-            observer: self.observer.clone(),
-            span,
-            kind,
-        }
-        .boxed()
+        Call { span, kind }.boxed(observer)
     }
 
     /// Records the end of the run, read in place: the run is 224 bytes, and its record twice
     /// that.
-    fn end(&mut self, end: &RunEnd<'_>) {
+    fn end(&mut self, observer: &AgentObserver, end: &RunEnd<'_>) {
         let run = &*self;
         let now = crate::spans::now();
         if let Some(inflight) = &run.inflight {
             inflight.dec();
         }
-        let inner = &run.observer.inner;
+        let inner = &observer.inner;
         let recorded = run.span.as_ref().is_some_and(OpenSpan::sampled);
         let log = (inner.log_runs
             && !run.logged_by_edge
@@ -663,7 +661,7 @@ impl Run {
             _ => None,
         };
         let context = &run.context;
-        run.observer.record(|records| {
+        observer.record(|records| {
             records.runs.push(RunRecord {
                 span: run.span,
                 provider: run.provider.clone(),
@@ -727,29 +725,47 @@ impl Spare for Call {
     }
 }
 
-/// A run or a call in a pooled box; `None` once ended.
-pub(crate) struct Pooled<T>(Option<T>);
+/// A run or a call in a pooled box, with its observer. The observer stays with the box when
+/// the scope ends: the next scope of the same observer finds it there, so the request path
+/// does not count references to the observer up and down for every run and call (an atomic
+/// instruction each way). A box kept as a spare thus holds its last observer until it is
+/// reused or its thread ends: at most [`SPARES`] boxes of each kind per thread.
+pub(crate) struct Pooled<T> {
+    observer: Option<AgentObserver>,
+    /// `None` once ended.
+    scope: Option<T>,
+}
 
 impl<T: Spare> Pooled<T> {
-    /// `scope` in a spare box, or a new one.
-    fn boxed(scope: T) -> Box<Self> {
+    /// `scope` of `observer` in a spare box, or a new one.
+    fn boxed(observer: &AgentObserver, scope: T) -> Box<Self> {
         match T::spares().with(|spare| spare.borrow_mut().pop()) {
             Some(mut pooled) => {
-                pooled.0 = Some(scope);
+                if !pooled
+                    .observer
+                    .as_ref()
+                    .is_some_and(|kept| Arc::ptr_eq(&kept.inner, &observer.inner))
+                {
+                    pooled.observer = Some(observer.clone());
+                }
+                pooled.scope = Some(scope);
                 pooled
             }
-            None => Box::new(Pooled(Some(scope))),
+            None => Box::new(Pooled {
+                observer: Some(observer.clone()),
+                scope: Some(scope),
+            }),
         }
     }
 
-    /// Ends the scope in its box (`end` reads it there: a call is 144 bytes and a run 224,
-    /// and moving them out and then into their records copied them twice), then puts the box
-    /// back for another.
-    fn finish(mut self: Box<Self>, end: impl FnOnce(&mut T)) {
-        if let Some(scope) = &mut self.0 {
-            end(scope);
+    /// Ends the scope in its box (`end` reads it there: a call is about 140 bytes and a run
+    /// 200, and moving them out and then into their records copied them twice), then puts
+    /// the box back for another.
+    fn finish(mut self: Box<Self>, end: impl FnOnce(&AgentObserver, &mut T)) {
+        if let (Some(observer), Some(scope)) = (&self.observer, &mut self.scope) {
+            end(observer, scope);
         }
-        self.0 = None;
+        self.scope = None;
         // A thread that is exiting has no spares to keep.
         let _ = T::spares().try_with(|spare| {
             let mut spare = spare.borrow_mut();
@@ -761,31 +777,30 @@ impl<T: Spare> Pooled<T> {
 }
 
 impl Call {
-    fn boxed(self) -> Box<dyn CallScope> {
-        Pooled::boxed(self)
+    fn boxed(self, observer: &AgentObserver) -> Box<dyn CallScope> {
+        Pooled::boxed(observer, self)
     }
 }
 
 impl CallScope for Pooled<Call> {
     fn trace(&self) -> Option<TraceContext> {
-        self.0.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
+        self.scope.as_ref()?.span.as_ref().and_then(OpenSpan::trace)
     }
 
     fn end_model(self: Box<Self>, outcome: Result<&ModelResponse, &Error>) {
-        self.finish(|call| call.end_model(outcome));
+        self.finish(|observer, call| call.end_model(observer, outcome));
     }
 
     fn end_tool(self: Box<Self>, record: &ToolCallRecord) {
-        self.finish(|call| call.end_tool(record));
+        self.finish(|observer, call| call.end_tool(observer, record));
     }
 }
 
 impl Call {
     /// Records the end of a model call. The record is built where it is pushed, from the
     /// call's fields in place.
-    fn end_model(&mut self, outcome: Result<&ModelResponse, &Error>) {
+    fn end_model(&mut self, observer: &AgentObserver, outcome: Result<&ModelResponse, &Error>) {
         let Call {
-            observer,
             span,
             kind:
                 CallKind::Model {
@@ -836,9 +851,8 @@ impl Call {
     }
 
     /// Records the end of a tool call, as [`Call::end_model`] does.
-    fn end_tool(&mut self, record: &ToolCallRecord) {
+    fn end_tool(&mut self, observer: &AgentObserver, record: &ToolCallRecord) {
         let Call {
-            observer,
             span,
             kind:
                 CallKind::Tool {
