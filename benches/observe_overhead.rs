@@ -33,15 +33,15 @@ mod observe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use observe::{Counted, Variants};
 
-fn overhead(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let variants = Variants::new();
+/// Criterion's figures; returns the turns run per variant.
+fn overhead(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    variants: &Variants,
+) -> Vec<(&'static str, u64)> {
     let mut runs = Vec::new();
     let mut group = c.benchmark_group("observe_overhead");
     for (name, agent) in &variants.agents {
@@ -49,24 +49,20 @@ fn overhead(c: &mut Criterion) {
             agent,
             runs: AtomicU64::new(0),
         };
-        group.bench_function(*name, |b| b.to_async(&runtime).iter(|| counted.turn()));
+        group.bench_function(*name, |b| b.to_async(runtime).iter(|| counted.turn()));
         runs.push((*name, counted.runs.load(Ordering::Relaxed)));
     }
     group.finish();
-    variants.check(|variant| {
-        runs.iter()
-            .find(|(name, _)| *name == variant)
-            .map_or(0, |(_, runs)| *runs)
-    });
+    runs
 }
 
-/// The paired figures: blocks of every variant back to back, round after round.
-fn paired(quick: bool) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let variants = Variants::new();
+/// The paired figures: blocks of every variant back to back, round after round. Returns the
+/// turns run per variant.
+fn paired(
+    runtime: &tokio::runtime::Runtime,
+    variants: &Variants,
+    quick: bool,
+) -> Vec<(&'static str, u64)> {
     let (rounds, turns) = if quick { (1, 10) } else { (31, 5_000) };
     let names: Vec<&str> = variants.agents.iter().map(|(name, _)| *name).collect();
     // Per variant, the time of its block in each round.
@@ -76,18 +72,11 @@ fn paired(quick: bool) {
             let index = (round + step) % names.len();
             let agent = variants.agent(names[index]);
             let started = std::time::Instant::now();
-            run_turns(&runtime, agent, turns);
+            run_turns(runtime, agent, turns);
             times[index].push(started.elapsed().as_secs_f64());
             variants.settle(names[index]);
         }
     }
-    variants.check(|variant| {
-        if variant == "no_hook" {
-            0
-        } else {
-            (rounds * turns) as u64
-        }
-    });
     let base = &times[0];
     for (name, times) in names.iter().zip(&times).skip(1) {
         let mut ratios: Vec<f64> = times.iter().zip(base).map(|(t, b)| t / b).collect();
@@ -103,6 +92,10 @@ fn paired(quick: bool) {
             per_turn[rounds / 2],
         );
     }
+    names
+        .iter()
+        .map(|name| (*name, (rounds * turns) as u64))
+        .collect()
 }
 
 /// `AGENTKIT_TURNS=N AGENTKIT_VARIANT=name`: runs N turns of one variant, prints the time
@@ -144,8 +137,6 @@ fn run_turns(runtime: &tokio::runtime::Runtime, agent: &agentkit::Agent, turns: 
     });
 }
 
-criterion_group!(benches, overhead);
-
 fn main() {
     if let Ok(turns) = std::env::var("AGENTKIT_TURNS") {
         let variant = std::env::var("AGENTKIT_VARIANT").unwrap_or_else(|_| "full".into());
@@ -153,9 +144,23 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--test");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One set of variants for the process: it installs the process-wide subscriber.
+    let variants = Variants::new();
+    let mut runs = Vec::new();
     if std::env::var_os("AGENTKIT_PAIRED_ONLY").is_none() {
-        benches();
-        Criterion::default().configure_from_args().final_summary();
+        let mut criterion = Criterion::default().configure_from_args();
+        runs.extend(overhead(&mut criterion, &runtime, &variants));
+        criterion.final_summary();
     }
-    paired(quick);
+    runs.extend(paired(&runtime, &variants, quick));
+    variants.check(|variant| {
+        runs.iter()
+            .filter(|(name, _)| *name == variant)
+            .map(|(_, runs)| runs)
+            .sum()
+    });
 }
