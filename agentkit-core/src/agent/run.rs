@@ -291,25 +291,22 @@ impl Agent {
         let run_start = messages.len();
         let checkpoints = Checkpoints::of(&cx);
         let mut step = 0;
-        // A redelivered job continues from its recorded progress; tool calls it had decided
-        // and not seen answered run now, under their recorded ids.
+        // A redelivered job continues from its recorded progress. Boxed, as the checkpoint
+        // writes below are: only some jobs take these paths, and inline their futures would
+        // make every run larger to move.
         if let Some(checkpoints) = &checkpoints
             && cx.extension::<JobAttempt>().is_some_and(|a| a.0 > 1)
-            && let Some(progress) = checkpoints.load().await?
         {
-            messages.extend(progress.messages);
-            step = progress.steps;
-            state.steps = step;
-            state.usage += progress.usage;
-            state.cost += progress.cost_usd;
-            let pending = messages
-                .last()
-                .filter(|m| m.role == Role::Assistant && m.has_tool_calls());
-            if let Some(last) = pending {
-                let results = self.call_tools(last, &cx, sink, state, scope).await?;
-                messages.push(Message::tool_results(results));
-                self.saved(checkpoints, &messages[run_start..], state).await;
-            }
+            let resume = self.resume(
+                checkpoints,
+                &mut messages,
+                run_start,
+                &cx,
+                sink,
+                state,
+                scope,
+            );
+            step = Box::pin(resume).await?;
         }
         // Only the tools this caller may use are offered.
         let tools = inner.tools.specs_for(&cx);
@@ -376,7 +373,7 @@ impl Agent {
             });
             messages.push(response.message);
             if let Some(checkpoints) = checkpoint {
-                checkpoints.save(&messages[run_start..], state).await?;
+                Box::pin(checkpoints.save(&messages[run_start..], state)).await?;
             }
             let results = match messages.last() {
                 Some(last) => self.call_tools(last, &cx, sink, state, scope).await?,
@@ -384,9 +381,40 @@ impl Agent {
             };
             messages.push(Message::tool_results(results));
             if let Some(checkpoints) = checkpoint {
-                self.saved(checkpoints, &messages[run_start..], state).await;
+                Box::pin(self.saved(checkpoints, &messages[run_start..], state)).await;
             }
         }
+    }
+
+    /// Continues a redelivered job from its recorded progress: tool calls it had decided and
+    /// not seen answered run now, under their recorded ids. Returns the steps taken so far.
+    #[allow(clippy::too_many_arguments)]
+    async fn resume<S: Sink>(
+        &self,
+        checkpoints: &Checkpoints,
+        messages: &mut Vec<Message>,
+        run_start: usize,
+        cx: &Context,
+        sink: &mut S,
+        state: &mut RunState,
+        scope: Option<&dyn RunScope>,
+    ) -> Result<u32> {
+        let Some(progress) = checkpoints.load().await? else {
+            return Ok(0);
+        };
+        messages.extend(progress.messages);
+        state.steps = progress.steps;
+        state.usage += progress.usage;
+        state.cost += progress.cost_usd;
+        let pending = messages
+            .last()
+            .filter(|m| m.role == Role::Assistant && m.has_tool_calls());
+        if let Some(last) = pending {
+            let results = self.call_tools(last, cx, sink, state, scope).await?;
+            messages.push(Message::tool_results(results));
+            self.saved(checkpoints, &messages[run_start..], state).await;
+        }
+        Ok(progress.steps)
     }
 
     /// Records progress after tool results; a failure is only logged (a redelivery then runs

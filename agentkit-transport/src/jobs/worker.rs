@@ -382,7 +382,9 @@ impl Worker {
                     "this worker keeps no sessions; it cannot run a session job",
                 )
             })?;
-            return sessions.execute(invocation).await;
+            // Boxed, as the executors' runs are: a session run's future (load, run, save) is
+            // large, and inline it would weigh on every job's task.
+            return Box::pin(sessions.execute(invocation)).await;
         }
         let executor = self.inner.agents.get(&spec.agent).ok_or_else(|| {
             Error::not_found(format!("this worker runs no agent named `{}`", spec.agent))
@@ -424,7 +426,9 @@ impl Worker {
             }
         };
         if spec.agent == WEBHOOK_AGENT {
-            self.heartbeating(&delivery, self.deliver_webhook(&delivery, spec))
+            // Boxed: an HTTP delivery's future is kilobytes, and kept inline it would make
+            // every job's task that much larger to allocate and move.
+            self.heartbeating(&delivery, Box::pin(self.deliver_webhook(&delivery, spec)))
                 .await;
             return;
         }
