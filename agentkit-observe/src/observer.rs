@@ -553,16 +553,16 @@ impl RunScope for Pooled<Run> {
     }
 
     fn start_model_call(&self, call: &ModelCallStart<'_>) -> Box<dyn CallScope> {
-        match (&self.observer, &self.scope) {
-            (Some(observer), Some(run)) => run.start_model_call(observer, call),
-            _ => Box::new(Unobserved),
+        match &self.scope {
+            Some(run) => run.start_model_call(&self.observer, call),
+            None => Box::new(Unobserved),
         }
     }
 
     fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
-        match (&self.observer, &self.scope) {
-            (Some(observer), Some(run)) => run.start_tool_call(observer, call),
-            _ => Box::new(Unobserved),
+        match &self.scope {
+            Some(run) => run.start_tool_call(&self.observer, call),
+            None => Box::new(Unobserved),
         }
     }
 
@@ -624,18 +624,17 @@ impl Run {
         Call { span, kind }.boxed(observer)
     }
 
-    /// Records the end of the run, read in place: the run is 224 bytes, and its record twice
-    /// that.
-    fn end(&mut self, observer: &AgentObserver, end: &RunEnd<'_>) {
-        let run = &*self;
+    /// Records the end of the run, read in place: the run is over 200 bytes, and its record
+    /// twice that.
+    fn end(&self, observer: &AgentObserver, end: &RunEnd<'_>) {
         let now = crate::spans::now();
-        if let Some(inflight) = &run.inflight {
+        if let Some(inflight) = &self.inflight {
             inflight.dec();
         }
         let inner = &observer.inner;
-        let recorded = run.span.as_ref().is_some_and(OpenSpan::sampled);
+        let recorded = self.span.as_ref().is_some_and(OpenSpan::sampled);
         let log = (inner.log_runs
-            && !run.logged_by_edge
+            && !self.logged_by_edge
             && tracing::enabled!(target: "agentkit::run", tracing::Level::INFO))
         .then(|| RunLog {
             dispatch: tracing::dispatcher::get_default(Dispatch::clone),
@@ -645,8 +644,8 @@ impl Run {
         if !recorded && log.is_none() && inner.metrics.is_none() {
             return;
         }
-        let answered = if end.model == run.model.as_str() {
-            run.model.clone()
+        let answered = if end.model == self.model.as_str() {
+            self.model.clone()
         } else {
             inner.labels.models.get(end.model)
         };
@@ -660,16 +659,16 @@ impl Run {
             Ok(reply) if recorded && inner.capture => Some(reply.output.clone()),
             _ => None,
         };
-        let context = &run.context;
+        let context = &self.context;
         observer.record(|records| {
             records.runs.push(RunRecord {
-                span: run.span,
-                provider: run.provider.clone(),
-                requested: run.model.clone(),
-                started: run.started,
+                span: self.span,
+                provider: self.provider.clone(),
+                requested: self.model.clone(),
+                started: self.started,
                 end: now,
-                agent: run.agent.clone(),
-                agent_version: run.agent_version.clone(),
+                agent: self.agent.clone(),
+                agent_version: self.agent_version.clone(),
                 model: answered,
                 ids: (recorded || log.is_some()).then(|| Ids {
                     request_id: Text::new(context.request_id()),
@@ -731,7 +730,7 @@ impl Spare for Call {
 /// instruction each way). A box kept as a spare thus holds its last observer until it is
 /// reused or its thread ends: at most [`SPARES`] boxes of each kind per thread.
 pub(crate) struct Pooled<T> {
-    observer: Option<AgentObserver>,
+    observer: AgentObserver,
     /// `None` once ended.
     scope: Option<T>,
 }
@@ -741,18 +740,14 @@ impl<T: Spare> Pooled<T> {
     fn boxed(observer: &AgentObserver, scope: T) -> Box<Self> {
         match T::spares().with(|spare| spare.borrow_mut().pop()) {
             Some(mut pooled) => {
-                if !pooled
-                    .observer
-                    .as_ref()
-                    .is_some_and(|kept| Arc::ptr_eq(&kept.inner, &observer.inner))
-                {
-                    pooled.observer = Some(observer.clone());
+                if !Arc::ptr_eq(&pooled.observer.inner, &observer.inner) {
+                    pooled.observer = observer.clone();
                 }
                 pooled.scope = Some(scope);
                 pooled
             }
             None => Box::new(Pooled {
-                observer: Some(observer.clone()),
+                observer: observer.clone(),
                 scope: Some(scope),
             }),
         }
@@ -762,8 +757,8 @@ impl<T: Spare> Pooled<T> {
     /// 200, and moving them out and then into their records copied them twice), then puts
     /// the box back for another.
     fn finish(mut self: Box<Self>, end: impl FnOnce(&AgentObserver, &mut T)) {
-        if let (Some(observer), Some(scope)) = (&self.observer, &mut self.scope) {
-            end(observer, scope);
+        if let Some(scope) = &mut self.scope {
+            end(&self.observer, scope);
         }
         self.scope = None;
         // A thread that is exiting has no spares to keep.
