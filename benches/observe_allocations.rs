@@ -28,9 +28,7 @@ fn main() {
     let mut runs = Vec::new();
     for (name, agent) in &variants.agents {
         runtime.block_on(observe::turn(agent));
-        for telemetry in &variants.telemetry {
-            telemetry.flush();
-        }
+        variants.flush();
         let one = Region::new(GLOBAL);
         runtime.block_on(observe::turn(agent));
         let one = one.change();
@@ -40,9 +38,7 @@ fn main() {
                 observe::turn(agent).await;
             }
         });
-        for telemetry in &variants.telemetry {
-            telemetry.flush();
-        }
+        variants.flush();
         let all = all.change();
         runs.push((*name, turns as u64 + 2));
         println!(

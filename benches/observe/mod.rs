@@ -41,7 +41,8 @@ fn agent(observer: Option<Arc<dyn Observer>>) -> Agent {
 /// The variants, with what keeps their telemetry alive.
 pub struct Variants {
     pub agents: Vec<(&'static str, Agent)>,
-    pub telemetry: Vec<agentkit::observe::Telemetry>,
+    /// Each observed variant's telemetry, by name.
+    telemetry: Vec<(&'static str, agentkit::observe::Telemetry)>,
     /// The span counters of the variants that trace.
     spans: Vec<(&'static str, Count)>,
 }
@@ -92,7 +93,12 @@ impl Variants {
                 ("traces_metrics", agent(Some(traces.observer()))),
                 ("full", agent(Some(full.observer()))),
             ],
-            telemetry: vec![off, logs, traces, full],
+            telemetry: vec![
+                ("off", off),
+                ("json_logs", logs),
+                ("traces_metrics", traces),
+                ("full", full),
+            ],
             spans: vec![("traces_metrics", traces_spans), ("full", full_spans)],
         }
     }
@@ -111,20 +117,28 @@ impl Variants {
     /// (nothing for `no_hook`), so that the next variant timed does not share the machine
     /// with this one's backlog.
     pub fn settle(&self, variant: &str) {
-        let index = ["off", "json_logs", "traces_metrics", "full"]
-            .iter()
-            .position(|name| *name == variant);
-        if let Some(index) = index {
-            self.telemetry[index].flush();
+        for (_, telemetry) in self.telemetry.iter().filter(|(name, _)| *name == variant) {
+            telemetry.flush();
+        }
+    }
+
+    /// Waits until every variant's telemetry thread has taken in and exported everything.
+    pub fn flush(&self) {
+        for (_, telemetry) in &self.telemetry {
+            telemetry.flush();
         }
     }
 
     /// Flushes the telemetry threads; panics unless every traced variant exported four spans
     /// for each of its `turns(variant)` turns and no record was dropped.
     pub fn check(&self, turns: impl Fn(&str) -> u64) {
-        for telemetry in &self.telemetry {
+        for (variant, telemetry) in &self.telemetry {
             telemetry.flush();
-            assert_eq!(telemetry.dropped(), 0, "telemetry records were dropped");
+            assert_eq!(
+                telemetry.dropped(),
+                0,
+                "{variant}: telemetry records were dropped"
+            );
         }
         for (variant, spans) in &self.spans {
             let (turns, spans) = (turns(variant), spans.0.load(Ordering::Relaxed));
