@@ -312,7 +312,7 @@ impl fmt::Debug for Extensions {
 /// Good for request, job and call ids (unique, not secret); not for tokens.
 pub fn generate_id() -> String {
     let mut id = String::with_capacity(32);
-    crate::trace::push_hex(&mut id, &fastrand::u128(1..).to_be_bytes());
+    crate::trace::push_hex(&mut id, &crate::trace::random_id().to_be_bytes());
     id
 }
 
