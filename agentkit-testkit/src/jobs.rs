@@ -22,6 +22,7 @@ macro_rules! job_queue_conformance {
         $crate::job_queue_conformance!(@cases $factory;
             enqueue_claim_finish_once, idempotency_keys, release_with_a_delay, reclaim_after_silence,
             heartbeats_keep_the_claim, depth_counts_waiting_jobs, ledger_round_trip,
+            an_empty_claim_waits_then_takes_what_arrives,
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
             redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once);
     };
@@ -360,6 +361,39 @@ pub async fn depth_counts_waiting_jobs(queue: Arc<dyn JobQueue>) {
         .unwrap();
     assert_eq!(queue.depth().await.unwrap(), 2);
     queue.ping().await.unwrap();
+}
+
+/// A claim on an empty queue waits for work rather than returning at once (an idle worker
+/// would otherwise poll its server in a tight loop), returns empty when its wait ends, and
+/// takes a job submitted while it waits.
+pub async fn an_empty_claim_waits_then_takes_what_arrives(queue: Arc<dyn JobQueue>) {
+    let wait = Duration::from_millis(600);
+    let started = tokio::time::Instant::now();
+    let claimed = queue.claim("idle", 4, wait).await.unwrap();
+    let waited = started.elapsed();
+    assert!(claimed.is_empty());
+    assert!(
+        waited >= wait / 2,
+        "an empty claim returned after {waited:?} of its {wait:?}"
+    );
+    assert!(waited < wait * 10, "an empty claim took {waited:?}");
+
+    let submitter = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            queue.enqueue(spec("assistant", "late")).await.unwrap().job_id
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let mut claimed = Vec::new();
+    // A claim may return empty at the end of a wait slice; the job comes within a few.
+    while claimed.is_empty() && started.elapsed() < Duration::from_secs(10) {
+        claimed = queue.claim("idle", 4, Duration::from_secs(2)).await.unwrap();
+    }
+    let job_id = submitter.await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.job_id, job_id);
 }
 
 /// The queue's side-effect ledger keeps what it is told.
