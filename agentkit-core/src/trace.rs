@@ -186,7 +186,10 @@ mod tests {
         let ids: std::collections::HashSet<u128> = (0..1000).map(|_| random_id()).collect();
         assert_eq!(ids.len(), 1000);
         assert!(!ids.contains(&0));
-        assert!(ids.iter().any(|id| id >> 64 != 0), "the high half is drawn too");
+        assert!(
+            ids.iter().any(|id| id >> 64 != 0),
+            "the high half is drawn too"
+        );
     }
 
     #[test]

@@ -382,14 +382,21 @@ pub async fn an_empty_claim_waits_then_takes_what_arrives(queue: Arc<dyn JobQueu
         let queue = queue.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            queue.enqueue(spec("assistant", "late")).await.unwrap().job_id
+            queue
+                .enqueue(spec("assistant", "late"))
+                .await
+                .unwrap()
+                .job_id
         })
     };
     let started = tokio::time::Instant::now();
     let mut claimed = Vec::new();
     // A claim may return empty at the end of a wait slice; the job comes within a few.
     while claimed.is_empty() && started.elapsed() < Duration::from_secs(10) {
-        claimed = queue.claim("idle", 4, Duration::from_secs(2)).await.unwrap();
+        claimed = queue
+            .claim("idle", 4, Duration::from_secs(2))
+            .await
+            .unwrap();
     }
     let job_id = submitter.await.unwrap();
     assert_eq!(claimed.len(), 1);
