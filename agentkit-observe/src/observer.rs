@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agentkit_core::model::ModelResponse;
 use agentkit_core::observer::{
@@ -369,6 +369,8 @@ pub(crate) struct ToolRecord {
     /// Recorded spans only.
     span: Option<OpenSpan>,
     end: Stamp,
+    /// The call's own timing, which gives the span its start.
+    took: Duration,
     tool: Label,
     call_id: Text,
     arguments: Option<String>,
@@ -864,16 +866,13 @@ impl Call {
             return;
         }
         let end = crate::spans::now();
-        let span = span.map(|mut span| {
-            span.started_at(end.checked_sub(record.duration).unwrap_or(end));
-            span
-        });
         let failed =
             (span.is_some() && !record.ok).then(|| record.error.clone().unwrap_or_default());
         observer.record(|records| {
             records.tools.push(ToolRecord {
                 span,
                 end,
+                took: record.duration,
                 tool: tool.clone(),
                 call_id: call_id.clone(),
                 arguments: arguments.take(),
@@ -1031,6 +1030,7 @@ impl Builder {
         &mut self,
         span: &OpenSpan,
         end: Stamp,
+        took: Option<Duration>,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
@@ -1040,6 +1040,7 @@ impl Builder {
             batch.push(span.data(
                 &self.clock,
                 end,
+                took,
                 name,
                 kind,
                 attributes,
@@ -1119,7 +1120,15 @@ impl Builder {
             )
         });
         let status = failed(&mut a, names, failure);
-        self.push(&span, end, agent.span_name(), SpanKind::Internal, a, status);
+        self.push(
+            &span,
+            end,
+            None,
+            agent.span_name(),
+            SpanKind::Internal,
+            a,
+            status,
+        );
     }
 
     fn model(&mut self, record: ModelRecord) {
@@ -1167,6 +1176,7 @@ impl Builder {
         self.push(
             span,
             record.end,
+            None,
             record.model.span_name(),
             SpanKind::Client,
             a,
@@ -1197,6 +1207,7 @@ impl Builder {
         self.push(
             span,
             record.end,
+            Some(record.took),
             record.tool.span_name(),
             SpanKind::Internal,
             a,
@@ -1220,6 +1231,7 @@ impl Builder {
         self.push(
             &record.span,
             record.end,
+            None,
             record.name.as_str().to_owned().into(),
             SpanKind::Server,
             a,

@@ -30,18 +30,41 @@ use opentelemetry_sdk::trace::{
 
 /// A reading of the request path's clock: 8 bytes, and cheaper to take than
 /// `std::time::Instant` (a calibrated TSC where the CPU has an invariant one, the OS clock
-/// elsewhere).
-pub(crate) type Stamp = quanta::Instant;
+/// elsewhere). The counter's raw value is kept: scaling it to time takes a 128-bit multiply
+/// and a few more instructions per reading (seven a one-tool turn), done on the telemetry
+/// thread instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u64);
 
 /// The request path's clock, held here: `quanta::Instant::now` looks for a thread's mock
 /// clock and then the global one on every reading, which made a reading cost about 60
-/// instructions (seven readings a one-tool turn) where the counter itself takes a few.
+/// instructions where the counter itself takes a few.
 static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+
+fn clock() -> &'static quanta::Clock {
+    CLOCK.get_or_init(quanta::Clock::new)
+}
 
 /// The time now, for the request path.
 #[inline]
 pub(crate) fn now() -> Stamp {
-    CLOCK.get_or_init(quanta::Clock::new).now()
+    Stamp(clock().raw())
+}
+
+impl Stamp {
+    /// This reading as a point in time.
+    fn instant(self) -> quanta::Instant {
+        clock().scaled(self.0)
+    }
+}
+
+impl std::ops::Sub for Stamp {
+    type Output = Duration;
+
+    /// The time from `earlier` to this reading (zero if it is not earlier).
+    fn sub(self, earlier: Stamp) -> Duration {
+        clock().delta(earlier.0, self.0)
+    }
 }
 
 fn span_context(trace_id: u128, span_id: u64, sampled: bool, remote: bool) -> SpanContext {
@@ -186,36 +209,38 @@ impl OpenSpan {
         }
     }
 
-    /// Moves the start, for a span whose start is learnt when it ends.
-    pub(crate) fn started_at(&mut self, start: Stamp) {
-        self.start = start;
-    }
-
     /// The trace context that work under this span continues.
     pub(crate) fn trace(&self) -> Option<TraceContext> {
         TraceContext::from_parts(self.trace_id(), self.span_id, self.sampled)
     }
 
-    /// The span's record, ended at `end`.
+    /// The span's record, ended at `end`; started `took` before it when given (a span whose
+    /// start is learnt when it ends), else at its start.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn data(
         &self,
         clock: &Clock,
         end: Stamp,
+        took: Option<Duration>,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
         status: Status,
         scope: &InstrumentationScope,
     ) -> SpanData {
+        let end_time = clock.at(end);
+        let start_time = match took {
+            Some(took) => end_time.checked_sub(took).unwrap_or(end_time),
+            None => clock.at(self.start),
+        };
         SpanData {
             span_context: span_context(self.trace_id(), self.span_id, self.sampled, false),
             parent_span_id: SpanId::from_bytes(self.parent.to_be_bytes()),
             parent_span_is_remote: self.parent_remote,
             span_kind: kind,
             name,
-            start_time: clock.at(self.start),
-            end_time: clock.at(end),
+            start_time,
+            end_time,
             attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
@@ -232,19 +257,20 @@ impl OpenSpan {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Clock {
     system: SystemTime,
-    instant: Stamp,
+    instant: quanta::Instant,
 }
 
 impl Clock {
     pub(crate) fn now() -> Self {
         Self {
             system: SystemTime::now(),
-            instant: now(),
+            instant: clock().now(),
         }
     }
 
     /// The wall-clock time of `at`.
     pub(crate) fn at(&self, at: Stamp) -> SystemTime {
+        let at = at.instant();
         match at.checked_duration_since(self.instant) {
             Some(later) => self.system + later,
             None => self.system - self.instant.duration_since(at),
@@ -545,6 +571,7 @@ mod tests {
                 batch.push(span.data(
                     &Clock::now(),
                     now(),
+                    None,
                     name.into(),
                     SpanKind::Internal,
                     attributes,
@@ -613,6 +640,7 @@ mod tests {
             .data(
                 &Clock::now(),
                 now(),
+                None,
                 "s".into(),
                 SpanKind::Internal,
                 Vec::new(),
@@ -668,11 +696,14 @@ mod tests {
         let before = now();
         std::thread::sleep(Duration::from_millis(2));
         let clock = Clock::now();
-        let after = clock.instant + Duration::from_millis(5);
-        assert_eq!(
-            clock.at(after).duration_since(clock.at(before)).unwrap(),
-            after - before
-        );
+        std::thread::sleep(Duration::from_millis(5));
+        let after = now();
+        let apart = after - before;
+        assert!(apart >= Duration::from_millis(7), "{apart:?}");
+        let mapped = clock.at(after).duration_since(clock.at(before)).unwrap();
+        // Scaled each on its own or as a difference, the readings round apart by nanoseconds.
+        assert!(mapped.abs_diff(apart) < Duration::from_micros(1), "{mapped:?} {apart:?}");
+        assert_eq!(before - after, Duration::ZERO, "no negative durations");
         let wall = SystemTime::now();
         assert!(clock.at(before) < wall && clock.at(now()) <= wall + Duration::from_millis(50));
     }
