@@ -536,11 +536,8 @@ enum CallKind {
         /// The span's start too.
         started: Stamp,
     },
-    Tool {
-        tool: Label,
-        call_id: Text,
-        arguments: Option<String>,
-    },
+    /// What a tool call records comes with its end ([`ToolCallRecord`]).
+    Tool,
 }
 
 struct Call {
@@ -561,9 +558,9 @@ impl RunScope for Pooled<Run> {
         }
     }
 
-    fn start_tool_call(&self, call: &ToolCall) -> Box<dyn CallScope> {
+    fn start_tool_call(&self, _call: &ToolCall) -> Box<dyn CallScope> {
         match &self.scope {
-            Some(run) => run.start_tool_call(&self.observer, call),
+            Some(run) => run.start_tool_call(&self.observer),
             None => Box::new(Unobserved),
         }
     }
@@ -606,24 +603,18 @@ impl Run {
         .boxed(observer)
     }
 
-    fn start_tool_call(&self, observer: &AgentObserver, call: &ToolCall) -> Box<dyn CallScope> {
+    fn start_tool_call(&self, observer: &AgentObserver) -> Box<dyn CallScope> {
         if self.span.is_none() && observer.inner.metrics.is_none() {
             return Box::new(Unobserved);
         }
-        // Started for real when it ends: the call's own timing gives the start.
+        // Started for real when it ends: the call's own timing gives the start, and its
+        // record the name, id and arguments.
         let span = self.span.as_ref().map(|run| run.child(self.started));
-        let inner = &observer.inner;
-        let recorded = span.as_ref().is_some_and(OpenSpan::sampled);
-        let kind = CallKind::Tool {
-            tool: if recorded || inner.metrics.is_some() {
-                inner.labels.tools.get(&call.name)
-            } else {
-                Label::default()
-            },
-            call_id: Text::new(if recorded { &call.id } else { "" }),
-            arguments: (recorded && inner.capture).then(|| call.arguments.clone()),
-        };
-        Call { span, kind }.boxed(observer)
+        Call {
+            span,
+            kind: CallKind::Tool,
+        }
+        .boxed(observer)
     }
 
     /// Records the end of the run, read in place: the run is over 200 bytes, and its record
@@ -847,35 +838,33 @@ impl Call {
         });
     }
 
-    /// Records the end of a tool call, as [`Call::end_model`] does.
+    /// Records the end of a tool call from the call's record (its name, id, arguments and
+    /// timing).
     fn end_tool(&mut self, observer: &AgentObserver, record: &ToolCallRecord) {
         let Call {
             span,
-            kind:
-                CallKind::Tool {
-                    tool,
-                    call_id,
-                    arguments,
-                },
+            kind: CallKind::Tool,
         } = self
         else {
             return;
         };
+        let inner = &observer.inner;
         let span = span.filter(OpenSpan::sampled);
-        if span.is_none() && observer.inner.metrics.is_none() {
+        if span.is_none() && inner.metrics.is_none() {
             return;
         }
         let end = crate::spans::now();
-        let failed =
-            (span.is_some() && !record.ok).then(|| record.error.clone().unwrap_or_default());
+        let recorded = span.is_some();
+        let failed = (recorded && !record.ok).then(|| record.error.clone().unwrap_or_default());
+        let tool = inner.labels.tools.get(&record.name);
         observer.record(|records| {
             records.tools.push(ToolRecord {
                 span,
                 end,
                 took: record.duration,
-                tool: tool.clone(),
-                call_id: call_id.clone(),
-                arguments: arguments.take(),
+                tool,
+                call_id: Text::new(if recorded { &record.id } else { "" }),
+                arguments: (recorded && inner.capture).then(|| record.arguments.clone()),
                 ok: record.ok,
                 failed,
             })
@@ -1434,6 +1423,65 @@ mod tests {
         let other = Labels::default();
         assert_eq!(other.tools.get("x").span_name(), "execute_tool x");
         assert_eq!(labels.agents.get("y").as_str(), "y");
+    }
+
+    /// A tool span takes its name, id and (with content capture only) its arguments from the
+    /// call's record, and lies between the two model calls around it.
+    #[tokio::test]
+    async fn a_tool_span_is_built_from_the_calls_record() {
+        use agentkit_core::Executor;
+        use opentelemetry::Value;
+        use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+        for capture in [false, true] {
+            let exporter = InMemorySpanExporter::default();
+            let telemetry = crate::ObserveBuilder::from_env()
+                .unwrap()
+                .global(false)
+                .logs(false)
+                .metrics(false)
+                .capture_content(capture)
+                .span_exporter(exporter.clone())
+                .init()
+                .unwrap();
+            let model = Arc::new(agentkit_core::model::ScriptedModel::demo());
+            let agent = agentkit_core::demo::assistant_builder(model)
+                .observer(telemetry.observer())
+                .build()
+                .unwrap();
+            let reply = agent
+                .execute(agentkit_core::Invocation::text("What is 17 + 25?"))
+                .await
+                .unwrap();
+            telemetry.flush();
+            let spans = exporter.get_finished_spans().unwrap();
+            let tool = spans
+                .iter()
+                .find(|s| s.name == "execute_tool add")
+                .expect("a tool span");
+            let attr = |key: &str| {
+                tool.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == key)
+                    .map(|kv| kv.value.clone())
+            };
+            let call = &reply.tool_calls[0];
+            assert_eq!(attr("gen_ai.tool.name"), Some(Value::from("add")));
+            assert_eq!(
+                attr("gen_ai.tool.call.id"),
+                Some(Value::from(call.id.clone()))
+            );
+            assert_eq!(
+                attr("gen_ai.tool.call.arguments"),
+                capture.then(|| Value::from(call.arguments.clone())),
+                "arguments only with content capture"
+            );
+            let mut chats: Vec<_> = spans.iter().filter(|s| s.name == "chat scripted").collect();
+            chats.sort_by_key(|s| s.start_time);
+            assert_eq!(chats.len(), 2);
+            assert!(chats[0].end_time <= tool.start_time && tool.start_time <= tool.end_time);
+            assert!(tool.end_time <= chats[1].start_time);
+        }
     }
 
     #[test]

@@ -702,7 +702,10 @@ mod tests {
         assert!(apart >= Duration::from_millis(7), "{apart:?}");
         let mapped = clock.at(after).duration_since(clock.at(before)).unwrap();
         // Scaled each on its own or as a difference, the readings round apart by nanoseconds.
-        assert!(mapped.abs_diff(apart) < Duration::from_micros(1), "{mapped:?} {apart:?}");
+        assert!(
+            mapped.abs_diff(apart) < Duration::from_micros(1),
+            "{mapped:?} {apart:?}"
+        );
         assert_eq!(before - after, Duration::ZERO, "no negative durations");
         let wall = SystemTime::now();
         assert!(clock.at(before) < wall && clock.at(now()) <= wall + Duration::from_millis(50));
