@@ -23,7 +23,7 @@ use crate::metrics::{
     AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, QueueLabel, ToolMetrics,
 };
 use crate::semconv::Names;
-use crate::spans::{Batch, Clock, OpenSpan, Sampling, Stamp};
+use crate::spans::{Batch, Clock, Ended, OpenSpan, Sampling, Stamp};
 use crate::text::Text;
 
 pub(crate) struct Inner {
@@ -1018,8 +1018,7 @@ impl Builder {
     fn push(
         &mut self,
         span: &OpenSpan,
-        end: Stamp,
-        took: Option<Duration>,
+        ended: Ended,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
@@ -1028,8 +1027,7 @@ impl Builder {
         if let Some(batch) = &mut self.batch {
             batch.push(span.data(
                 &self.clock,
-                end,
-                took,
+                ended,
                 name,
                 kind,
                 attributes,
@@ -1111,8 +1109,7 @@ impl Builder {
         let status = failed(&mut a, names, failure);
         self.push(
             &span,
-            end,
-            None,
+            Ended::at(end),
             agent.span_name(),
             SpanKind::Internal,
             a,
@@ -1164,8 +1161,7 @@ impl Builder {
         };
         self.push(
             span,
-            record.end,
-            None,
+            Ended::at(record.end),
             record.model.span_name(),
             SpanKind::Client,
             a,
@@ -1195,8 +1191,7 @@ impl Builder {
         );
         self.push(
             span,
-            record.end,
-            Some(record.took),
+            Ended::after(record.took, record.end),
             record.tool.span_name(),
             SpanKind::Internal,
             a,
@@ -1219,8 +1214,7 @@ impl Builder {
         };
         self.push(
             &record.span,
-            record.end,
-            None,
+            Ended::at(record.end),
             record.name.as_str().to_owned().into(),
             SpanKind::Server,
             a,

@@ -214,22 +214,20 @@ impl OpenSpan {
         TraceContext::from_parts(self.trace_id(), self.span_id, self.sampled)
     }
 
-    /// The span's record, ended at `end`; started `took` before it when given (a span whose
-    /// start is learnt when it ends), else at its start.
+    /// The span's record, ended as `ended` says.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn data(
         &self,
         clock: &Clock,
-        end: Stamp,
-        took: Option<Duration>,
+        ended: Ended,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
         status: Status,
         scope: &InstrumentationScope,
     ) -> SpanData {
-        let end_time = clock.at(end);
-        let start_time = match took {
+        let end_time = clock.at(ended.at);
+        let start_time = match ended.took {
             Some(took) => end_time.checked_sub(took).unwrap_or(end_time),
             None => clock.at(self.start),
         };
@@ -247,6 +245,29 @@ impl OpenSpan {
             links: SpanLinks::default(),
             status,
             instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+/// When a span ended, and, for a span whose start is learnt only then (a tool call, timed by
+/// the core), how long before.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ended {
+    at: Stamp,
+    took: Option<Duration>,
+}
+
+impl Ended {
+    /// Ended `at`; started when it was opened.
+    pub(crate) fn at(at: Stamp) -> Self {
+        Self { at, took: None }
+    }
+
+    /// Ended `at`, having started `took` before.
+    pub(crate) fn after(took: Duration, at: Stamp) -> Self {
+        Self {
+            at,
+            took: Some(took),
         }
     }
 }
@@ -570,8 +591,7 @@ mod tests {
             if span.sampled() {
                 batch.push(span.data(
                     &Clock::now(),
-                    now(),
-                    None,
+                    Ended::at(now()),
                     name.into(),
                     SpanKind::Internal,
                     attributes,
@@ -639,8 +659,7 @@ mod tests {
             .start("s", &SpanKind::Internal, None, now())
             .data(
                 &Clock::now(),
-                now(),
-                None,
+                Ended::at(now()),
                 "s".into(),
                 SpanKind::Internal,
                 Vec::new(),
