@@ -151,7 +151,9 @@ pub trait Observer: Send + Sync {
     }
 }
 
-/// One observed run.
+/// One observed run. The runtime ends every run it starts exactly once, including one whose
+/// future is dropped midway (a client that disconnected, a job handed back): that run ends
+/// with an error of kind [`Cancelled`](crate::ErrorKind::Cancelled) and what it spent so far.
 pub trait RunScope: Send + Sync {
     /// The trace context of the run, for outbound calls and child work.
     fn trace(&self) -> Option<TraceContext> {
@@ -172,7 +174,9 @@ pub trait RunScope: Send + Sync {
     fn end(self: Box<Self>, end: &RunEnd<'_>);
 }
 
-/// One observed model or tool call.
+/// One observed model or tool call, ended exactly once like its run. A call cut off by its
+/// run being dropped ends as cancelled: a model call with a `Cancelled` error, a tool call
+/// with a failed record of no duration (the toolbox's timing went with it).
 pub trait CallScope: Send + Sync {
     /// The trace context of this call, injected into the provider request or the tool's context.
     fn trace(&self) -> Option<TraceContext> {

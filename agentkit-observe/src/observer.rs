@@ -1478,6 +1478,115 @@ mod tests {
         }
     }
 
+    /// A run whose future is dropped midway (a client that went away) is ended as cancelled:
+    /// the in-flight gauge comes back down, the run counts as `cancelled`, and the run's span
+    /// and the cut-off call's span are exported with `error.type` `cancelled`.
+    #[tokio::test]
+    async fn a_run_dropped_midway_is_ended_as_cancelled() {
+        use std::convert::Infallible;
+        use std::time::Duration;
+
+        use agentkit_core::demo::AddArgs;
+        use agentkit_core::model::ScriptedModel;
+        use agentkit_core::tool::tool_fn;
+        use agentkit_core::{Agent, Executor, Invocation};
+        use opentelemetry::Value;
+        use opentelemetry::trace::Status;
+        use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+        let exporter = InMemorySpanExporter::default();
+        let telemetry = crate::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .span_exporter(exporter.clone())
+            .init()
+            .unwrap();
+        let slow_model = Agent::builder()
+            .name("slow-model")
+            .shared_model(Arc::new(
+                ScriptedModel::builder()
+                    .demo_rules()
+                    .latency(Duration::from_secs(30))
+                    .build(),
+            ))
+            .tool(agentkit_core::demo::add_tool())
+            .observer(telemetry.observer())
+            .build()
+            .unwrap();
+        let slow_tool = Agent::builder()
+            .name("slow-tool")
+            .shared_model(Arc::new(ScriptedModel::demo()))
+            .tool(tool_fn(
+                "add",
+                "Adds, slowly.",
+                |args: AddArgs| async move {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok::<_, Infallible>(args.a + args.b)
+                },
+            ))
+            .observer(telemetry.observer())
+            .build()
+            .unwrap();
+        for (agent, cut_off) in [
+            (&slow_model, "chat scripted"),
+            (&slow_tool, "execute_tool add"),
+        ] {
+            let run = agent.execute(Invocation::text("What is 17 + 25?"));
+            let dropped = tokio::time::timeout(Duration::from_millis(100), run).await;
+            assert!(dropped.is_err(), "the run was still going when dropped");
+            telemetry.flush();
+            let metrics = (telemetry.metrics_renderer())();
+            let line = |prefix: &str| {
+                metrics
+                    .lines()
+                    .find(|line| line.starts_with(prefix))
+                    .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+                    .rsplit(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap()
+            };
+            let name = agent.name();
+            assert_eq!(
+                line(&format!("agentkit_inflight_requests{{agent=\"{name}\"}}")),
+                0.0
+            );
+            assert_eq!(
+                line(&format!(
+                    "agentkit_requests_total{{agent=\"{name}\",outcome=\"cancelled\"}}"
+                )),
+                1.0
+            );
+            let spans = exporter.get_finished_spans().unwrap();
+            let span = |span_name: &str| {
+                spans
+                    .iter()
+                    .find(|s| s.name == span_name)
+                    .unwrap_or_else(|| panic!("no span {span_name}"))
+            };
+            let run = span(&format!("invoke_agent {name}"));
+            let call = span(cut_off);
+            assert_eq!(call.parent_span_id, run.span_context.span_id());
+            for ended in [run, call] {
+                assert!(matches!(ended.status, Status::Error { .. }), "{ended:?}");
+                let error = ended
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "error.type")
+                    .map(|kv| kv.value.clone());
+                let expected = if ended.name == "execute_tool add" {
+                    "tool_error"
+                } else {
+                    "cancelled"
+                };
+                assert_eq!(error, Some(Value::from(expected)), "{}", ended.name);
+            }
+            exporter.reset();
+        }
+    }
+
     #[test]
     fn tool_names_are_comma_separated() {
         let record = |name: &str| ToolCallRecord {

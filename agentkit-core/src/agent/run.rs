@@ -12,7 +12,9 @@ use crate::message::{Message, Role, ToolCall, ToolResult, Usage};
 use crate::model::{
     ModelEvent, ModelRequest, ModelResponse, ResponseBuilder, ResponseFormat, ToolChoice,
 };
-use crate::observer::{self, ModelCallStart, RunEnd, RunReport, RunScope, RunStart, RunSummary};
+use crate::observer::{
+    self, CallScope, ModelCallStart, RunEnd, RunReport, RunScope, RunStart, RunSummary,
+};
 use crate::tool::{JobAttempt, JobId, Ledger, ToolCallRecord};
 use crate::trace::TraceContext;
 use crate::{Context, Error, ErrorKind, Result};
@@ -146,7 +148,7 @@ impl Agent {
         system: Option<Arc<str>>,
         format: Option<&ResponseFormat>,
         sink: &mut S,
-        mut state: RunState,
+        state: RunState,
     ) -> Result<Reply> {
         let inner = &*self.inner;
         if let Some(timeout) = inner.limits.run_timeout {
@@ -166,6 +168,11 @@ impl Agent {
                 context: &invocation.context,
             })
         });
+        let mut run = Observed {
+            scope,
+            state,
+            agent: self,
+        };
         let report = invocation.context.extension::<RunReport>().cloned();
         let tenant = report
             .as_ref()
@@ -176,16 +183,11 @@ impl Agent {
             .and(invocation.context.session_id())
             .map(str::to_owned);
         let started = report.as_ref().map(|_| std::time::Instant::now());
+        let Observed { scope, state, .. } = &mut run;
         let outcome = self
-            .run_bounded(
-                invocation,
-                system,
-                format,
-                sink,
-                &mut state,
-                scope.as_deref(),
-            )
+            .run_bounded(invocation, system, format, sink, state, scope.as_deref())
             .await;
+        let (scope, state) = (run.scope.take(), &run.state);
         if let (Some(report), Some(started)) = (report, started) {
             let trace = scope.as_ref().and_then(|s| s.trace());
             let capture = observer.is_some_and(|o| o.capture_content());
@@ -474,12 +476,12 @@ impl Agent {
         let Some(scope) = scope else {
             return Self::ask(&**model, request, cx, sink).await;
         };
-        let call = scope.start_model_call(&ModelCallStart {
+        let call = Ending::model(scope.start_model_call(&ModelCallStart {
             model: model.id(),
             provider: model.provider(),
             step,
             streaming: S::ACTIVE,
-        });
+        }));
         let traced;
         let cx = match call.trace() {
             Some(trace) => {
@@ -489,7 +491,7 @@ impl Agent {
             None => cx,
         };
         let outcome = Self::ask(&**model, request, cx, sink).await;
-        call.end_model(outcome.as_ref());
+        call.end(|call| call.end_model(outcome.as_ref()));
         outcome
     }
 
@@ -591,7 +593,7 @@ impl Agent {
         let Some(scope) = scope else {
             return tools.call(call, cx, timeout).await;
         };
-        let span = scope.start_tool_call(call);
+        let span = Ending::tool(scope.start_tool_call(call), call);
         let traced;
         let cx = match span.trace() {
             Some(trace) => {
@@ -601,8 +603,114 @@ impl Agent {
             None => cx,
         };
         let (result, record) = tools.call(call, cx, timeout).await;
-        span.end_tool(&record);
+        span.end(|span| span.end_tool(&record));
         (result, record)
+    }
+}
+
+/// A run's scope until it is ended, beside what the run has spent so far. A run dropped
+/// midway (its caller went away: a client that disconnected, a worker handing its job back)
+/// is ended here as cancelled, with that spending, so that every run an observer is told of
+/// ends once and its in-flight count comes back down.
+struct Observed<'a> {
+    scope: Option<Box<dyn RunScope>>,
+    state: RunState,
+    agent: &'a Agent,
+}
+
+impl Drop for Observed<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            self.cancel(scope);
+        }
+    }
+}
+
+impl Observed<'_> {
+    /// Ends a run dropped midway.
+    #[cold]
+    fn cancel(&self, scope: Box<dyn RunScope>) {
+        scope.end(&RunEnd {
+            outcome: Err(&Error::cancelled()),
+            usage: self.state.usage,
+            cost_usd: self.state.cost,
+            tool_calls: &self.state.records,
+            model: self.agent.inner.model.id(),
+            steps: self.state.steps,
+        });
+    }
+}
+
+/// A model or tool call's scope until it is ended; a call cut off by its run being dropped
+/// is ended here as cancelled. A tool call's record then has no duration: the toolbox times
+/// the call, and it was dropped with it.
+struct Ending<'a> {
+    scope: Option<Box<dyn CallScope>>,
+    /// The tool call; `None` for a model call.
+    tool: Option<&'a ToolCall>,
+}
+
+impl<'a> Ending<'a> {
+    #[inline]
+    fn model(scope: Box<dyn CallScope>) -> Self {
+        Self {
+            scope: Some(scope),
+            tool: None,
+        }
+    }
+
+    #[inline]
+    fn tool(scope: Box<dyn CallScope>, call: &'a ToolCall) -> Self {
+        Self {
+            scope: Some(scope),
+            tool: Some(call),
+        }
+    }
+
+    #[inline]
+    fn trace(&self) -> Option<TraceContext> {
+        self.scope.as_ref().and_then(|scope| scope.trace())
+    }
+
+    /// Ends the call with its outcome.
+    #[inline]
+    fn end(mut self, end: impl FnOnce(Box<dyn CallScope>)) {
+        if let Some(scope) = self.scope.take() {
+            end(scope);
+        }
+    }
+}
+
+impl Drop for Ending<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            self.cancel(scope);
+        }
+    }
+}
+
+impl Ending<'_> {
+    /// Ends a call cut off by its run being dropped.
+    #[cold]
+    fn cancel(&self, scope: Box<dyn CallScope>) {
+        let cancelled = Error::cancelled();
+        match self.tool {
+            None => scope.end_model(Err(&cancelled)),
+            Some(call) => scope.end_tool(&ToolCallRecord {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                ok: false,
+                duration: std::time::Duration::ZERO,
+                error: Some(format!(
+                    "error ({}): {}",
+                    cancelled.code(),
+                    cancelled.message()
+                )),
+            }),
+        }
     }
 }
 
