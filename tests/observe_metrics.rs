@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use agentkit::model::{Model, ModelRequest, ModelResponse, ScriptedModel};
 use agentkit::transport::Api;
@@ -447,4 +448,66 @@ fn a_hanging_exporter_drops_telemetry_and_never_blocks_runs() {
         dropped,
         "nothing dropped once it answers"
     );
+}
+
+/// A client that gives up on a run: the server drops the run's future, the run ends as
+/// `cancelled`, and no request stays in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_leaves_no_run_in_flight() {
+    let telemetry = agentkit::observe::ObserveBuilder::from_env()
+        .unwrap()
+        .global(false)
+        .logs(false)
+        .init()
+        .unwrap();
+    let model = ScriptedModel::builder()
+        .demo_rules()
+        .latency(Duration::from_secs(3))
+        .build();
+    let slow = agentkit::demo::assistant_builder(Arc::new(model))
+        .name("slow")
+        .observer(telemetry.observer())
+        .build()
+        .unwrap();
+    let api = Api::builder()
+        .agent("slow", slow)
+        .metrics(telemetry.metrics_renderer())
+        .build()
+        .unwrap();
+    let base = serve(api).await;
+    let client = reqwest::Client::new();
+    let gave_up = client
+        .post(format!("{base}/v1/agents/slow/invoke"))
+        .json(&json!({"input": "What is 1 + 1?"}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up before the answer");
+    // Well before the model would have answered (3 s), the run is over.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let samples = parse(&text);
+        let inflight = value(&samples, "agentkit_inflight_requests", &[("agent", "slow")]);
+        let cancelled = value(
+            &samples,
+            "agentkit_requests_total",
+            &[("agent", "slow"), ("outcome", "cancelled")],
+        );
+        if inflight == 0.0 && cancelled == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in flight {inflight}, cancelled {cancelled}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
