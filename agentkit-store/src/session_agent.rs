@@ -377,6 +377,8 @@ struct Turn {
     gate: Arc<Gate>,
     token: Option<(u64, CancellationToken)>,
     lease: Option<Lease>,
+    /// Where the lease is kept, to hand it back if the turn is dropped holding it.
+    leases: Option<Arc<dyn LeaseStore>>,
     gates: Arc<Gates>,
     _guard: OwnedMutexGuard<()>,
 }
@@ -398,6 +400,18 @@ impl Drop for Turn {
             }
         }
         forget_idle(&self.gates, &self.key, &self.gate);
+        // A turn dropped midway (its caller went away) hands its lease back, rather than
+        // keeping other instances off the session until the lease expires. Releasing names
+        // the lease's token, so a later lease of the session is left alone.
+        if let (Some(lease), Some(store)) = (self.lease.take(), self.leases.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(error) = store.release(&lease).await {
+                    tracing::warn!(%error, "cannot release a dropped turn's session lease; it will expire");
+                }
+            });
+        }
     }
 }
 
@@ -486,6 +500,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
             gate,
             token,
             lease: None,
+            leases: self.inner.leasing.as_ref().map(|l| l.store.clone()),
             gates: self.inner.gates.clone(),
             _guard: guard,
         };

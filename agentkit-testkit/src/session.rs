@@ -27,7 +27,7 @@ macro_rules! session_store_conformance {
             round_trip, version_conflict, concurrent_first_saves, ttl_expiry_slides, tenant_isolation,
             delete, list_paging, invalid_keys, lease_exclusivity, lease_expiry, fencing_of_a_stale_owner,
             enqueue_64_messages, reject_while_busy, interrupt_cancels_the_running_turn,
-            two_instances_with_leases);
+            two_instances_with_leases, a_dropped_turn_releases_its_lease);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -549,6 +549,55 @@ pub async fn interrupt_cancels_the_running_turn(store: impl Backend) {
         ["second", "You said: second"],
         "the interrupted turn left nothing"
     );
+}
+
+/// A turn dropped midway (its caller went away) hands its lease back: another instance takes
+/// the session at once, not when the lease expires, and the dropped turn saved nothing.
+pub async fn a_dropped_turn_releases_its_lease(store: impl Backend) {
+    let store = Arc::new(store);
+    let build = |owner: &str, agent: Agent| {
+        SessionAgent::builder(agent, store.clone() as Arc<dyn SessionStore>)
+            .policy(TurnPolicy::Reject)
+            .lease(
+                store.clone() as Arc<dyn LeaseStore>,
+                owner,
+                Duration::from_secs(30),
+            )
+            .build()
+    };
+    let slow = Agent::builder()
+        .model(
+            ScriptedModel::builder()
+                .demo_rules()
+                .latency(Duration::from_secs(30))
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let a = build("node-a", slow);
+    let b = build("node-b", echo_agent());
+    let first = a.execute(turn("s", "first".into()));
+    let dropped = tokio::time::timeout(Duration::from_millis(200), first).await;
+    assert!(dropped.is_err(), "the slow turn was still running");
+    // Kept, the lease would refuse node-b as busy for 30 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        match b.execute(turn("s", "second".into())).await {
+            Ok(reply) => break reply,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the dropped turn's lease was never handed back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(second.output, "You said: second");
+    let stored = store.load("acme", "s").await.unwrap().unwrap();
+    let texts: Vec<String> = stored.messages.iter().map(Message::text_content).collect();
+    assert_eq!(texts, ["second", "You said: second"]);
 }
 
 /// Two instances (separate gates) share a store and serialize turns through leases.
