@@ -48,7 +48,7 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     /// Caller metadata (the agent's prompt variables).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Who submitted it; only this tenant can read it.
     pub tenant: String,
@@ -59,7 +59,7 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// The submitting request's id, continued by the run.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
     /// The submitting request's W3C `traceparent`, continued by the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,9 +297,9 @@ pub(crate) struct Stored {
     pub(crate) spec: Arc<JobSpec>,
     pub(crate) status: JobStatus,
     pub(crate) attempts: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<JobResult>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<JobError>,
     pub(crate) created_at_ms: u64,
     pub(crate) updated_at_ms: u64,
@@ -527,5 +527,37 @@ mod tests {
         let short = encoder.encode("short").unwrap();
         assert_eq!(short, b"\"short\"");
         assert_eq!(encoder.encode("short").unwrap().capacity(), Encoder::MIN);
+    }
+
+    #[test]
+    fn a_queued_job_is_stored_without_empty_fields_and_older_documents_still_read() {
+        let stored = Stored {
+            spec: Arc::new(JobSpec {
+                agent: "assistant".into(),
+                input: vec![Message::user("What is 1 + 1?")],
+                tenant: "acme".into(),
+                ..JobSpec::default()
+            }),
+            status: JobStatus::Queued,
+            attempts: 0,
+            result: None,
+            error: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        let text = serde_json::to_string(&stored).unwrap();
+        for absent in ["metadata", "request_id", "result", "error", "null"] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
+        let back: Stored = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.spec.input, stored.spec.input);
+        assert_eq!((back.spec.tenant.as_str(), back.attempts), ("acme", 0));
+        // As earlier versions wrote it: every field, empty ones included.
+        let older = r#"{"spec":{"agent":"assistant","input":[],"metadata":{},"tenant":"acme",
+            "request_id":""},"status":"queued","attempts":0,"result":null,"error":null,
+            "created_at_ms":1,"updated_at_ms":1}"#;
+        let older: Stored = serde_json::from_str(older).unwrap();
+        assert!(older.result.is_none() && older.error.is_none());
+        assert!(older.spec.metadata.is_empty() && older.spec.request_id.is_empty());
     }
 }
