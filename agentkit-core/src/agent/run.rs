@@ -704,11 +704,7 @@ impl Ending<'_> {
                 arguments: call.arguments.clone(),
                 ok: false,
                 duration: std::time::Duration::ZERO,
-                error: Some(format!(
-                    "error ({}): {}",
-                    cancelled.code(),
-                    cancelled.message()
-                )),
+                error: Some(ToolCallRecord::error_text(&cancelled)),
             }),
         }
     }

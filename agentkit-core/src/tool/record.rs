@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::Error;
+
 /// One tool call of a run: what was asked, how long it took, how it ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallRecord {
@@ -25,6 +27,13 @@ pub struct ToolCallRecord {
     /// The error sent back to the model, when the call failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl ToolCallRecord {
+    /// What a failed call sends back to the model and records: `error ({code}): {message}`.
+    pub(crate) fn error_text(error: &Error) -> String {
+        format!("error ({}): {}", error.code(), error.message())
+    }
 }
 
 fn as_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

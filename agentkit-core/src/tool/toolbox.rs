@@ -118,7 +118,7 @@ impl Toolbox {
         let (content, is_error, error) = match outcome {
             Ok(content) => (content, false, None),
             Err(error) => {
-                let text = format!("error ({}): {}", error.code(), error.message());
+                let text = ToolCallRecord::error_text(&error);
                 (text.clone(), true, Some(text))
             }
         };
