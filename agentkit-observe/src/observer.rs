@@ -1419,25 +1419,45 @@ mod tests {
         assert_eq!(labels.agents.get("y").as_str(), "y");
     }
 
+    /// Telemetry recording spans to memory (and metrics when `metrics`), not installed
+    /// process-wide, with content capture as `capture` says.
+    fn traced(
+        capture: bool,
+        metrics: bool,
+    ) -> (
+        crate::Telemetry,
+        opentelemetry_sdk::trace::InMemorySpanExporter,
+    ) {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let telemetry = crate::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .metrics(metrics)
+            .capture_content(capture)
+            .span_exporter(exporter.clone())
+            .init()
+            .unwrap();
+        (telemetry, exporter)
+    }
+
+    /// The value of `span`'s attribute `key`.
+    fn attr(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<opentelemetry::Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    }
+
     /// A tool span takes its name, id and (with content capture only) its arguments from the
     /// call's record, and lies between the two model calls around it.
     #[tokio::test]
     async fn a_tool_span_is_built_from_the_calls_record() {
         use agentkit_core::Executor;
         use opentelemetry::Value;
-        use opentelemetry_sdk::trace::InMemorySpanExporter;
 
         for capture in [false, true] {
-            let exporter = InMemorySpanExporter::default();
-            let telemetry = crate::ObserveBuilder::from_env()
-                .unwrap()
-                .global(false)
-                .logs(false)
-                .metrics(false)
-                .capture_content(capture)
-                .span_exporter(exporter.clone())
-                .init()
-                .unwrap();
+            let (telemetry, exporter) = traced(capture, false);
             let model = Arc::new(agentkit_core::model::ScriptedModel::demo());
             let agent = agentkit_core::demo::assistant_builder(model)
                 .observer(telemetry.observer())
@@ -1453,20 +1473,14 @@ mod tests {
                 .iter()
                 .find(|s| s.name == "execute_tool add")
                 .expect("a tool span");
-            let attr = |key: &str| {
-                tool.attributes
-                    .iter()
-                    .find(|kv| kv.key.as_str() == key)
-                    .map(|kv| kv.value.clone())
-            };
             let call = &reply.tool_calls[0];
-            assert_eq!(attr("gen_ai.tool.name"), Some(Value::from("add")));
+            assert_eq!(attr(tool, "gen_ai.tool.name"), Some(Value::from("add")));
             assert_eq!(
-                attr("gen_ai.tool.call.id"),
+                attr(tool, "gen_ai.tool.call.id"),
                 Some(Value::from(call.id.clone()))
             );
             assert_eq!(
-                attr("gen_ai.tool.call.arguments"),
+                attr(tool, "gen_ai.tool.call.arguments"),
                 capture.then(|| Value::from(call.arguments.clone())),
                 "arguments only with content capture"
             );
@@ -1492,16 +1506,8 @@ mod tests {
         use agentkit_core::{Agent, Executor, Invocation};
         use opentelemetry::Value;
         use opentelemetry::trace::Status;
-        use opentelemetry_sdk::trace::InMemorySpanExporter;
 
-        let exporter = InMemorySpanExporter::default();
-        let telemetry = crate::ObserveBuilder::from_env()
-            .unwrap()
-            .global(false)
-            .logs(false)
-            .span_exporter(exporter.clone())
-            .init()
-            .unwrap();
+        let (telemetry, exporter) = traced(false, true);
         let slow_model = Agent::builder()
             .name("slow-model")
             .shared_model(Arc::new(
@@ -1571,11 +1577,7 @@ mod tests {
             assert_eq!(call.parent_span_id, run.span_context.span_id());
             for ended in [run, call] {
                 assert!(matches!(ended.status, Status::Error { .. }), "{ended:?}");
-                let error = ended
-                    .attributes
-                    .iter()
-                    .find(|kv| kv.key.as_str() == "error.type")
-                    .map(|kv| kv.value.clone());
+                let error = attr(ended, "error.type");
                 let expected = if ended.name == "execute_tool add" {
                     "tool_error"
                 } else {
