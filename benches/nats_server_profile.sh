@@ -17,7 +17,8 @@ server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do curl -sf -o /dev/null http://127.0.0.1:6061/debug/pprof/ && break; sleep 0.1; done
 (sleep "$delay"; curl -sf -o "$dir/profile.pb.gz" "http://127.0.0.1:6061/debug/pprof/profile?seconds=3") &
+profiler=$!
 REDIS_URL=redis://127.0.0.1:1 NATS_URL=nats://127.0.0.1:4223 AGENTKIT_BENCH_ONLY="$phase" \
   AGENTKIT_BENCH_JOBS=40000 AGENTKIT_BENCH_ROUNDS=1 "$exe" --bench 2>&1 | grep 'jobs/s' || true
-wait %2 2>/dev/null || true
+wait "$profiler"
 python3 benches/pprof_top.py "$dir/profile.pb.gz" cum 40
