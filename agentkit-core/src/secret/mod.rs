@@ -1,7 +1,7 @@
 //! Secrets that can rotate: a [`Secret`] value that is never printed, [`SecretSource`]s that
 //! look secrets up by name (the environment, a directory of files such as a mounted Kubernetes
 //! secret), and a [`CachedSecret`] that keeps one fresh, so a rotated key takes effect without
-//! a restart.
+//! a restart. With the `vault` feature, [`VaultSecrets`] reads them from HashiCorp Vault.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,11 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::{Error, Result};
+
+#[cfg(feature = "vault")]
+mod vault;
+#[cfg(feature = "vault")]
+pub use vault::VaultSecrets;
 
 /// A secret value. `Debug` and `Display` print `[redacted]`; [`expose`](Self::expose) is the
 /// one way to read it, so reading it is visible in review. Cheap to clone.
