@@ -1,7 +1,8 @@
 //! Secrets that can rotate: a [`Secret`] value that is never printed, [`SecretSource`]s that
 //! look secrets up by name (the environment, a directory of files such as a mounted Kubernetes
 //! secret), and a [`CachedSecret`] that keeps one fresh, so a rotated key takes effect without
-//! a restart. With the `vault` feature, [`VaultSecrets`] reads them from HashiCorp Vault.
+//! a restart. With the `vault` feature, `VaultSecrets` reads them from HashiCorp Vault; with
+//! `aws`, `AwsSecrets` from AWS Secrets Manager.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,8 +14,12 @@ use tokio::time::Instant;
 
 use crate::{Error, Result};
 
+#[cfg(feature = "aws")]
+mod aws;
 #[cfg(feature = "vault")]
 mod vault;
+#[cfg(feature = "aws")]
+pub use aws::{AwsCredentials, AwsSecrets};
 #[cfg(feature = "vault")]
 pub use vault::VaultSecrets;
 
