@@ -5,7 +5,8 @@
 //! Serves on 127.0.0.1:8080 (`AGENTKIT_ADDR`) with the scripted model and in-memory sessions.
 //! `REDIS_URL` / `DATABASE_URL` keep sessions in Redis / PostgreSQL (with `DATABASE_URL`, run
 //! records go to PostgreSQL too); `OPENAI_API_KEY` (+ `OPENAI_BASE_URL`, `AGENTKIT_MODEL`)
-//! switches to a real model; `AGENTKIT_API_KEYS` / `AGENTKIT_JWT_SECRET` require credentials;
+//! switches to a real model; `AGENTKIT_API_KEYS` / `AGENTKIT_JWT_SECRET` (or their `_FILE`
+//! forms, which rotate) require credentials;
 //! `AGENTKIT_RATE_LIMIT` limits each tenant. Logs are JSON lines on stdout (`RUST_LOG`,
 //! `AGENTKIT_LOG_FORMAT=pretty`), metrics are on `/metrics`, and traces go to
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` when set. Jobs (`POST /v1/agents/assistant/jobs`) go to

@@ -18,7 +18,9 @@ use crate::limit::RateLimits;
 /// | `DATABASE_URL` | sessions on PostgreSQL when Redis is not set; run records | none |
 /// | `NATS_URL` | jobs on NATS JetStream | none |
 /// | `AGENTKIT_API_KEYS` | `tenant:key,...`; when set (or a JWT secret), `/v1` needs `Authorization: Bearer` | none |
+/// | `AGENTKIT_API_KEYS_FILE` | a file holding such pairs (commas or lines), read again every 30 s: keys rotate without a restart | none |
 /// | `AGENTKIT_JWT_SECRET` | HS256 secret for JWTs with `tenant`, `exp`, `sub`, `scope` | none |
+/// | `AGENTKIT_JWT_SECRET_FILE` | a file of such secrets, one per line (the new one and, while rotating, the old), read again every 30 s | none |
 /// | `AGENTKIT_RATE_LIMIT` | per tenant: `N` or `N/BURST` requests per second | none |
 /// | `AGENTKIT_REQUEST_TIMEOUT_MS` | deadline of each request | 120000 |
 /// | `AGENTKIT_DRAIN_TIMEOUT_MS` | how long shutdown waits for in-flight requests | 30000 |
@@ -88,6 +90,23 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The secret file `variable` names, read again every 30 s; an error naming the variable
+/// unless it can be read now.
+fn rotating_file(variable: &str, path: &str) -> Result<agentkit_core::secret::CachedSecret> {
+    let path = path.trim();
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => {}
+        Ok(_) => return Err(Error::invalid_input(format!("{variable}: {path} is empty"))),
+        Err(e) => {
+            return Err(Error::invalid_input(format!(
+                "{variable}: cannot read {path}: {e}"
+            )));
+        }
+    }
+    agentkit_core::secret::CachedSecret::from_file(path, Duration::from_secs(30))
+        .map_err(|e| Error::invalid_input(format!("{variable}: {}", e.message())))
+}
+
 fn millis(name: &str, default: u64) -> Result<Duration> {
     match var(name) {
         Some(v) => v
@@ -114,6 +133,12 @@ impl ServiceConfig {
         }
         if let Some(secret) = var("AGENTKIT_JWT_SECRET") {
             auth = auth.with_jwt_secret(secret.as_bytes())?;
+        }
+        if let Some(path) = var("AGENTKIT_API_KEYS_FILE") {
+            auth = auth.with_api_keys_from(rotating_file("AGENTKIT_API_KEYS_FILE", &path)?);
+        }
+        if let Some(path) = var("AGENTKIT_JWT_SECRET_FILE") {
+            auth = auth.with_jwt_secrets_from(rotating_file("AGENTKIT_JWT_SECRET_FILE", &path)?);
         }
         let rate_limits = var("AGENTKIT_RATE_LIMIT")
             .map(|spec| RateLimits::from_spec(&spec))

@@ -228,3 +228,73 @@ async fn one_tenant_never_sees_another_tenants_session() {
         "acme's secret plan"
     );
 }
+
+/// Keys and JWT secrets read from files that rotate: a signing secret is replaced with an
+/// overlap in which both are accepted, then the old one is refused; an API key is replaced;
+/// a file that does not parse keeps the credentials before it.
+#[tokio::test]
+async fn keys_and_jwt_secrets_rotate_through_their_files() {
+    use agentkit_core::secret::{CachedSecret, FileSecrets};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("agentkit-auth-{}", agentkit_core::generate_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    let refresh = Duration::from_millis(100);
+    let file = |name: &str| CachedSecret::new(Arc::new(FileSecrets::new(&dir)), name, refresh);
+    const OLD: &[u8] = b"dummy-jwt-secret-old-0001";
+    const NEW: &[u8] = b"dummy-jwt-secret-new-0002";
+    write("jwt", "dummy-jwt-secret-old-0001\n");
+    write("keys", "acme:dummy-key-1\n");
+    let auth = Authenticator::none()
+        .with_jwt_secrets_from(file("jwt"))
+        .with_api_keys_from(file("keys"));
+    let api = Api::builder()
+        .agent("assistant", demo_agent())
+        .auth(auth)
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let token = |secret| {
+        let claims = json!({"sub": "user-1", "tenant": "acme", "exp": now() + 300});
+        format!("Bearer {}", jwt(claims, secret))
+    };
+    let (old, new) = (token(OLD), token(NEW));
+    let status = |value: String| {
+        let served = &served;
+        async move { invoke(served, "assistant", Some(&value)).await.status() }
+    };
+    let settle = || tokio::time::sleep(refresh * 3);
+
+    assert_eq!(status(old.clone()).await, 200);
+    assert_eq!(status(new.clone()).await, 401);
+    assert_eq!(status("Bearer dummy-key-1".into()).await, 200);
+
+    // The overlap: the new secret signs, tokens signed with the old one still pass.
+    write(
+        "jwt",
+        "dummy-jwt-secret-new-0002\ndummy-jwt-secret-old-0001\n",
+    );
+    settle().await;
+    assert_eq!(status(new.clone()).await, 200);
+    assert_eq!(status(old.clone()).await, 200);
+
+    // The old secret retired; the API key replaced.
+    write("jwt", "dummy-jwt-secret-new-0002\n");
+    write("keys", "acme:dummy-key-2,beta:dummy-key-3");
+    settle().await;
+    assert_eq!(status(old.clone()).await, 401);
+    assert_eq!(status(new.clone()).await, 200);
+    assert_eq!(status("Bearer dummy-key-1".into()).await, 401);
+    assert_eq!(status("Bearer dummy-key-2".into()).await, 200);
+    assert_eq!(status("Bearer dummy-key-3".into()).await, 200);
+
+    // A botched rotation (a secret too short, a pair without a tenant) keeps what was there.
+    write("jwt", "short\n");
+    write("keys", "no-tenant-here");
+    settle().await;
+    assert_eq!(status(new.clone()).await, 200);
+    assert_eq!(status("Bearer dummy-key-2".into()).await, 200);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

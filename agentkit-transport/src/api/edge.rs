@@ -103,6 +103,7 @@ pub(crate) async fn authenticate(
                 .flatten()
         });
     let facts = req.extensions().get::<Arc<EdgeFacts>>().cloned();
+    state.auth.refresh().await?;
     let principal = state.auth.authenticate(authorization.as_deref())?;
     if let Some(facts) = &facts {
         *facts.tenant.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal.tenant.clone());
