@@ -8,7 +8,8 @@
 //! - [`SessionAgent`]: an executor that runs turns of a session one at a time, with a declared
 //!   policy for a message that arrives mid-turn, and a bounded history.
 //! - [`RecordStore`]: one [`RunRecord`] per run, for audit, analytics and replay: JSON lines
-//!   ([`JsonlRecordStore`]) and PostgreSQL.
+//!   ([`JsonlRecordStore`]) and PostgreSQL. [`replay`] runs recorded inputs against a
+//!   candidate version and reports how its behaviour differs ([`ReplayReport`]).
 //! - [`vector`]: vector memory by tenant ([`VectorMemory`](vector::VectorMemory), the exact
 //!   in-memory [`MemoryVectorIndex`](vector::MemoryVectorIndex)), [`Embedder`](vector::Embedder)s,
 //!   and a search tool for agents.
@@ -23,7 +24,10 @@ mod pg_pool;
 #[cfg(feature = "redis")]
 mod redis_pool;
 
-pub use record::{JsonlRecordStore, Outcome, RecordLayer, RecordStore, Recorded, RunRecord};
+pub use record::{
+    Behaviour, Change, JsonlRecordStore, Outcome, RecordLayer, RecordStore, Recorded, ReplayCase,
+    ReplayOptions, ReplayReport, ReplaySummary, Replaying, RunRecord, replay,
+};
 pub use session::{
     Lease, LeaseStore, MemorySessionStore, SaveOptions, Session, SessionPage, SessionStore,
     SessionSummary, validate_key,

@@ -4,6 +4,7 @@ mod jsonl;
 mod layer;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+mod replay;
 
 use agentkit_core::tool::ToolCallRecord;
 use agentkit_core::{Message, Result, Usage};
@@ -12,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 pub use jsonl::JsonlRecordStore;
 pub use layer::{RecordLayer, Recorded};
+pub use replay::{
+    Behaviour, Change, ReplayCase, ReplayOptions, ReplayReport, ReplaySummary, Replaying, replay,
+};
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
