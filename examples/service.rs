@@ -9,7 +9,8 @@
 //! forms, which rotate) require credentials;
 //! `AGENTKIT_RATE_LIMIT` limits each tenant. Logs are JSON lines on stdout (`RUST_LOG`,
 //! `AGENTKIT_LOG_FORMAT=pretty`), metrics are on `/metrics`, and traces go to
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` when set. Jobs (`POST /v1/agents/assistant/jobs`) go to
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` when set; error bursts, latency spikes and token surges are
+//! `warn` lines (target `agentkit::alert`). Jobs (`POST /v1/agents/assistant/jobs`) go to
 //! `NATS_URL` or `REDIS_URL` for `cargo run --example worker` to run; with neither, to an
 //! in-memory queue with a worker inside this process. SIGTERM drains in-flight requests, then
 //! exits 0.
@@ -20,6 +21,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agentkit::executor::{AlertRules, HealthWatch};
 use agentkit::store::{RecordLayer, RecordStore, SessionStore};
 use agentkit::transport::jobs::{JobQueue, MemoryJobQueue, Worker};
 use agentkit::transport::{Api, ServiceConfig};
@@ -56,11 +58,16 @@ async fn run() -> agentkit::Result<()> {
     let telemetry = agentkit::observe::init()?;
     let config = ServiceConfig::from_env()?;
     let agent = agentkit::demo::assistant()?;
+    let (name, version) = (agent.name().to_owned(), agent.version().to_owned());
+    // Error bursts, latency spikes and token surges against the last half hour: each alert
+    // is a `warn` log line (target `agentkit::alert`) when it fires and `info` when it
+    // resolves.
+    let agent = HealthWatch::new(&name, AlertRules::default()).watch(agent);
     let executor: BoxExecutor = match &config.database_url {
         Some(url) => {
             let records: Arc<dyn RecordStore> =
                 Arc::new(agentkit::store::postgres::PostgresRecordStore::connect(url).await?);
-            RecordLayer::new(records, agent.name(), agent.version())
+            RecordLayer::new(records, &name, &version)
                 .layer(agent)
                 .boxed()
         }

@@ -168,8 +168,9 @@ impl Shared {
     }
 }
 
-/// Whether an error is the candidate's doing (not the caller's, nor a budget the caller set).
-fn counts_against(kind: ErrorKind) -> bool {
+/// Whether an error is the executor's doing (not the caller's, nor a budget the caller set):
+/// what a canary's guard and a health watch count as failures.
+pub(super) fn counts_against(kind: ErrorKind) -> bool {
     matches!(
         kind,
         ErrorKind::Internal

@@ -1,11 +1,13 @@
 //! The [`Executor`] contract every transport calls, its erased twin [`BoxExecutor`], and the
-//! layers that wrap any executor ([`Timeout`], [`Retry`], [`ConcurrencyLimit`]).
+//! layers that wrap any executor ([`Timeout`], [`Retry`], [`ConcurrencyLimit`], [`Guard`]);
+//! rollout ([`Canary`], [`Flags`]) and alerting ([`HealthWatch`]).
 
 mod boxed;
 mod canary;
 mod concurrency;
 mod flags;
 mod guard;
+mod health;
 mod retry;
 mod service;
 mod timeout;
@@ -25,6 +27,7 @@ pub use canary::{Canary, CanaryGuard, CanaryStatus, Sticky};
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use flags::{Flag, FlagRule, FlagSwitch, Flags};
 pub use guard::{Guard, GuardLayer, Redactor};
+pub use health::{Alert, AlertRule, AlertRules, HealthWatch, Watched};
 pub use retry::{Retry, RetryLayer};
 pub use service::{ExecutorService, ServiceExecutor};
 pub use timeout::{Timeout, TimeoutLayer};
