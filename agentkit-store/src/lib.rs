@@ -11,8 +11,9 @@
 //!   ([`JsonlRecordStore`]) and PostgreSQL. [`replay`] runs recorded inputs against a
 //!   candidate version and reports how its behaviour differs ([`ReplayReport`]).
 //! - [`vector`]: vector memory by tenant ([`VectorMemory`](vector::VectorMemory), the exact
-//!   in-memory [`MemoryVectorIndex`](vector::MemoryVectorIndex)), [`Embedder`](vector::Embedder)s,
-//!   and a search tool for agents.
+//!   in-memory [`MemoryVectorIndex`](vector::MemoryVectorIndex), and the same exact search in
+//!   PostgreSQL with feature `postgres`), [`Embedder`](vector::Embedder)s, and a search tool
+//!   for agents.
 
 mod record;
 mod session;
@@ -52,4 +53,5 @@ pub mod postgres {
     pub use crate::pg_pool::{Client, DEFAULT_TIMEOUT, Pool, client, pg_error, pool};
     pub use crate::record::postgres::PostgresRecordStore;
     pub use crate::session::postgres::PostgresSessionStore;
+    pub use crate::vector::PostgresVectorMemory;
 }

@@ -1,7 +1,8 @@
 //! Vector memory: [`Embedder`]s turn text into vectors, a [`VectorMemory`] keeps documents by
 //! tenant and answers the nearest to a query (cosine), with metadata filters.
-//! [`MemoryVectorIndex`] is the exact in-memory index; [`HashingEmbedder`] a deterministic
-//! embedder that needs no model; [`memory_search_tool`] lets an agent search.
+//! [`MemoryVectorIndex`] is the exact in-memory index and `PostgresVectorMemory` (feature
+//! `postgres`) the same exact search, durable, in a PostgreSQL table; [`HashingEmbedder`] a
+//! deterministic embedder that needs no model; [`memory_search_tool`] lets an agent search.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::validate_key;
 
+#[cfg(feature = "postgres")]
+mod postgres;
+
 pub use agentkit_core::model::Embedder;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresVectorMemory;
 
 /// A deterministic embedder that needs no model: each lower-cased word (and each pair of
 /// neighbouring words) is hashed into one of `dimensions` buckets, and the vector is
@@ -160,20 +166,24 @@ impl MemoryVectorIndex {
             tenants: Arc::default(),
         }
     }
+}
 
-    fn check(&self, vector: &[f32]) -> Result<()> {
-        if vector.len() != self.dimensions {
-            return Err(Error::invalid_input(format!(
-                "a vector of {} dimensions for an index of {}",
-                vector.len(),
-                self.dimensions
-            )));
-        }
-        if vector.iter().any(|x| !x.is_finite()) {
-            return Err(Error::invalid_input("vectors must be finite numbers"));
-        }
-        Ok(())
+/// The most hits a query answers, whatever `k` it asks for.
+pub(crate) const MAX_HITS: usize = 1000;
+
+/// Refuses a vector of another dimension than the memory's, or with a number that is not
+/// finite.
+pub(crate) fn check_vector(vector: &[f32], dimensions: usize) -> Result<()> {
+    if vector.len() != dimensions {
+        return Err(Error::invalid_input(format!(
+            "a vector of {} dimensions for an index of {dimensions}",
+            vector.len()
+        )));
     }
+    if vector.iter().any(|x| !x.is_finite()) {
+        return Err(Error::invalid_input("vectors must be finite numbers"));
+    }
+    Ok(())
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -194,7 +204,7 @@ impl VectorMemory for MemoryVectorIndex {
     async fn upsert(&self, tenant: &str, documents: Vec<Document>) -> Result<()> {
         for document in &documents {
             validate_key(tenant, &document.id)?;
-            self.check(&document.vector)?;
+            check_vector(&document.vector, self.dimensions)?;
         }
         let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         let docs = tenants.entry(tenant.to_owned()).or_default();
@@ -212,7 +222,7 @@ impl VectorMemory for MemoryVectorIndex {
         filter: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Vec<Hit>> {
         validate_key(tenant, "query")?;
-        self.check(vector)?;
+        check_vector(vector, self.dimensions)?;
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
         let Some(docs) = tenants.get(tenant) else {
             return Ok(Vec::new());
@@ -229,7 +239,7 @@ impl VectorMemory for MemoryVectorIndex {
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
         Ok(scored
             .into_iter()
-            .take(k.min(1000))
+            .take(k.min(MAX_HITS))
             .map(|(score, d)| Hit {
                 id: d.id.clone(),
                 text: d.text.clone(),
@@ -332,78 +342,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn nearest_first_by_tenant_with_filters() {
-        let embedder = HashingEmbedder::new(256);
-        let index = MemoryVectorIndex::new(256);
-        index
-            .upsert(
-                "acme",
-                vec![
-                    note(
-                        &embedder,
-                        "refunds",
-                        "refunds are paid within five days",
-                        "policy",
-                    )
-                    .await,
-                    note(
-                        &embedder,
-                        "shipping",
-                        "shipping takes two days by courier",
-                        "policy",
-                    )
-                    .await,
-                    note(&embedder, "faq-refund", "how do refunds work", "faq").await,
-                ],
-            )
-            .await
-            .unwrap();
-        index
-            .upsert(
-                "other",
-                vec![note(&embedder, "x", "refunds refunds refunds", "policy").await],
-            )
-            .await
-            .unwrap();
-        let query = embedder
-            .embed(&["when are refunds paid".into()], &Context::new())
-            .await
-            .unwrap()
-            .remove(0);
-        let hits = index
-            .query("acme", &query, 2, &Default::default())
-            .await
-            .unwrap();
-        assert_eq!(hits[0].id, "refunds");
-        assert_eq!(hits.len(), 2);
-        assert!(
-            hits.iter().all(|h| h.id != "x"),
-            "another tenant's document"
-        );
-        assert!(hits[0].score > hits[1].score);
-
-        let mut faq = serde_json::Map::new();
-        faq.insert("kind".into(), "faq".into());
-        let hits = index.query("acme", &query, 5, &faq).await.unwrap();
-        assert_eq!(
-            hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
-            ["faq-refund"]
-        );
-
-        assert_eq!(
-            index
-                .delete("acme", &["refunds".into(), "nope".into()])
-                .await
-                .unwrap(),
-            1
-        );
-        let error = index
-            .query("acme", &[1.0, 2.0], 1, &Default::default())
-            .await
-            .unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::InvalidInput);
-    }
+    // The index itself is checked by the suite every memory passes (`tests/vector.rs`).
 
     #[tokio::test]
     async fn the_search_tool_answers_the_callers_tenant() {
