@@ -425,11 +425,20 @@ impl Observer for AgentObserver {
         }
         let started = crate::spans::now();
         let span = self.inner.sampling.as_ref().map(|sampling| {
-            sampling.start(
+            let names = &crate::semconv::LATEST;
+            sampling.start_with(
                 &agent.span_name(),
                 &SpanKind::Internal,
                 run.context.trace(),
                 started,
+                &|| {
+                    vec![
+                        KeyValue::new(names.operation_name, "invoke_agent"),
+                        KeyValue::new(names.agent_name, agent.value()),
+                        KeyValue::new(names.provider_name, provider.value()),
+                        KeyValue::new(names.request_model, model.value()),
+                    ]
+                },
             )
         });
         Pooled::boxed(
@@ -450,11 +459,17 @@ impl Observer for AgentObserver {
 
     fn start_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestScope>> {
         let name = format!("{} {}", request.method, request.route);
-        let span = self.inner.sampling.as_ref()?.start(
+        let span = self.inner.sampling.as_ref()?.start_with(
             &name,
             &SpanKind::Server,
             request.context.trace(),
             crate::spans::now(),
+            &|| {
+                vec![
+                    KeyValue::new("http.request.method", request.method.to_owned()),
+                    KeyValue::new("http.route", request.route.to_owned()),
+                ]
+            },
         );
         Some(Box::new(Request {
             observer: self.clone(),
@@ -1447,6 +1462,84 @@ mod tests {
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| kv.value.clone())
+    }
+
+    /// Samples the traces of one agent only, by the attribute a run's span starts with.
+    #[derive(Debug, Clone)]
+    struct OneAgent(&'static str);
+
+    impl opentelemetry_sdk::trace::ShouldSample for OneAgent {
+        fn should_sample(
+            &self,
+            _parent: Option<&opentelemetry::Context>,
+            _trace_id: opentelemetry::trace::TraceId,
+            _name: &str,
+            _kind: &SpanKind,
+            attributes: &[KeyValue],
+            _links: &[opentelemetry::trace::Link],
+        ) -> opentelemetry_sdk::trace::SamplingResult {
+            use opentelemetry_sdk::trace::SamplingDecision;
+            let wanted = attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "gen_ai.agent.name" && kv.value.as_str() == self.0);
+            opentelemetry_sdk::trace::SamplingResult {
+                decision: if wanted {
+                    SamplingDecision::RecordAndSample
+                } else {
+                    SamplingDecision::Drop
+                },
+                attributes: Vec::new(),
+                trace_state: opentelemetry::trace::TraceState::default(),
+            }
+        }
+    }
+
+    /// A custom sampler sees the attributes a run's span starts with, so it can keep the
+    /// traces of one agent; the calls under a run follow its decision.
+    #[tokio::test]
+    async fn a_custom_sampler_decides_by_the_runs_starting_attributes() {
+        use agentkit_core::Executor;
+        use opentelemetry_sdk::trace::Sampler;
+
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let telemetry = crate::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .metrics(false)
+            .sampler(Sampler::ParentBased(Box::new(OneAgent("billing"))))
+            .span_exporter(exporter.clone())
+            .init()
+            .unwrap();
+        for name in ["billing", "support"] {
+            let model = Arc::new(agentkit_core::model::ScriptedModel::demo());
+            let agent = agentkit_core::demo::assistant_builder(model)
+                .name(name)
+                .observer(telemetry.observer())
+                .build()
+                .unwrap();
+            agent
+                .execute(agentkit_core::Invocation::text("What is 17 + 25?"))
+                .await
+                .unwrap();
+        }
+        telemetry.flush();
+        let mut names: Vec<String> = exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "chat scripted",
+                "chat scripted",
+                "execute_tool add",
+                "invoke_agent billing"
+            ]
+        );
     }
 
     /// A tool span takes its name, id and (with content capture only) its arguments from the

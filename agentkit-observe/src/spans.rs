@@ -6,8 +6,9 @@
 //! a sampler call per span, which made four spans cost four times a scripted agent turn.
 //! Sampling follows the configured sampler where a trace starts here, and a parent's decision
 //! below that (what every standard sampler decides for spans of one trace). A sampler sees a
-//! root span's name and kind; its attributes are built later, on the telemetry thread, so a
-//! custom sampler that reads attributes sees none.
+//! root span's name, kind and the attributes it starts with (an agent run's operation, agent,
+//! provider and requested model; an HTTP request's method and route), built only when a
+//! sampler is asked; the rest of its attributes are built later, on the telemetry thread.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -115,13 +116,15 @@ impl Sampling {
         self
     }
 
-    /// Whether a span starting under `parent` (none: a new trace `trace_id`) is recorded.
+    /// Whether a span starting under `parent` (none: a new trace `trace_id`) is recorded;
+    /// `attributes` are its starting attributes, made only if a sampler is asked.
     fn sampled(
         &self,
         parent: Option<&TraceContext>,
         trace_id: u128,
         name: &str,
         kind: &SpanKind,
+        attributes: &dyn Fn() -> Vec<KeyValue>,
     ) -> bool {
         match (&self.sampler, parent) {
             (Sampler::AlwaysOn, _) => true,
@@ -142,7 +145,7 @@ impl Sampling {
                     TraceId::from_bytes(trace_id.to_be_bytes()),
                     name,
                     kind,
-                    &[],
+                    &attributes(),
                     &[],
                 );
                 result.decision == SamplingDecision::RecordAndSample
@@ -152,12 +155,25 @@ impl Sampling {
 
     /// Starts a span at `start` continuing `parent` (from a request, a queue message or an
     /// outer span of another component), or a new trace.
+    #[cfg(test)]
     pub(crate) fn start(
         &self,
         name: &str,
         kind: &SpanKind,
         parent: Option<&TraceContext>,
         start: Stamp,
+    ) -> OpenSpan {
+        self.start_with(name, kind, parent, start, &Vec::new)
+    }
+
+    /// [`start`](Self::start), with the attributes a sampler asked about the span sees.
+    pub(crate) fn start_with(
+        &self,
+        name: &str,
+        kind: &SpanKind,
+        parent: Option<&TraceContext>,
+        start: Stamp,
+        attributes: &dyn Fn() -> Vec<KeyValue>,
     ) -> OpenSpan {
         let trace_id = match parent {
             Some(parent) => parent.trace_id(),
@@ -169,7 +185,7 @@ impl Sampling {
             span_id: span_id(),
             parent: parent.map_or(0, TraceContext::span_id),
             parent_remote: parent.is_some(),
-            sampled: self.sampled(parent, trace_id, name, kind),
+            sampled: self.sampled(parent, trace_id, name, kind, attributes),
             start,
         }
     }
