@@ -111,6 +111,22 @@ struct Keys {
 /// before anything is sent. Neither credentials nor secret values appear in errors or in
 /// `Debug`. Put a [`CachedSecret`] over this source to keep a secret fresh without a request
 /// per use.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use agentkit_core::secret::{AwsSecrets, CachedSecret};
+///
+/// # fn main() -> agentkit_core::Result<()> {
+/// // AWS_REGION and the AWS_* credentials from the environment.
+/// let aws = AwsSecrets::from_env()?.expect("AWS_REGION is set");
+/// // A key/value secret's `api_key`, looked up again every five minutes.
+/// let key = CachedSecret::new(Arc::new(aws), "prod/openai#api_key", Duration::from_secs(300));
+/// # let _ = key;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct AwsSecrets {
     client: reqwest::Client,

@@ -38,6 +38,22 @@ const TOKEN_ENV_REFRESH: Duration = Duration::from_secs(3600);
 /// [`ErrorKind::Unavailable`]; a name that is not a plain path (`..`, `?`, `%`, empty segments)
 /// [`ErrorKind::InvalidInput`], before anything is sent. Neither the token nor secret values
 /// appear in errors or in `Debug`.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use agentkit_core::secret::{CachedSecret, VaultSecrets};
+///
+/// # fn main() -> agentkit_core::Result<()> {
+/// // VAULT_ADDR and VAULT_TOKEN_FILE (kept fresh by Vault Agent) from the environment.
+/// let vault = VaultSecrets::from_env()?.expect("VAULT_ADDR is set");
+/// // The model provider's key, looked up again every five minutes.
+/// let key = CachedSecret::new(Arc::new(vault), "llm/openai#api_key", Duration::from_secs(300));
+/// # let _ = key;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct VaultSecrets {
     client: reqwest::Client,
