@@ -10,7 +10,7 @@
 //! `AGENTKIT_RATE_LIMIT` limits each tenant. Logs are JSON lines on stdout (`RUST_LOG`,
 //! `AGENTKIT_LOG_FORMAT=pretty`), metrics are on `/metrics`, and traces go to
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` when set; error bursts, latency spikes and token surges are
-//! `warn` lines (target `agentkit::alert`). Jobs (`POST /v1/agents/assistant/jobs`) go to
+//! `warn` lines (target `agentkit::alert`) and `agentkit_alerts_firing` on `/metrics`. Jobs (`POST /v1/agents/assistant/jobs`) go to
 //! `NATS_URL` or `REDIS_URL` for `cargo run --example worker` to run; with neither, to an
 //! in-memory queue with a worker inside this process. SIGTERM drains in-flight requests, then
 //! exits 0.
@@ -61,8 +61,10 @@ async fn run() -> agentkit::Result<()> {
     let (name, version) = (agent.name().to_owned(), agent.version().to_owned());
     // Error bursts, latency spikes and token surges against the last half hour: each alert
     // is a `warn` log line (target `agentkit::alert`) when it fires and `info` when it
-    // resolves.
-    let agent = HealthWatch::new(&name, AlertRules::default()).watch(agent);
+    // resolves, and the gauge `agentkit_alerts_firing` on /metrics.
+    let agent = telemetry
+        .report_alerts(HealthWatch::new(&name, AlertRules::default()))
+        .watch(agent);
     let executor: BoxExecutor = match &config.database_url {
         Some(url) => {
             let records: Arc<dyn RecordStore> =

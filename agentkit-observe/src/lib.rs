@@ -496,6 +496,28 @@ impl Telemetry {
         self.metrics.clone()
     }
 
+    /// `watch`, its alerts also kept as the gauge `agentkit_alerts_firing{watch,rule}` (1
+    /// while firing, 0 once resolved) when metrics are on, so that dashboards and Prometheus
+    /// alert rules see them beside the log lines.
+    pub fn report_alerts(
+        &self,
+        watch: agentkit_core::executor::HealthWatch,
+    ) -> agentkit_core::executor::HealthWatch {
+        let Some(metrics) = self.observer.inner.metrics.clone() else {
+            return watch;
+        };
+        watch.on_change(move |alert| {
+            let labels = metrics::AlertLabels {
+                watch: alert.watch.clone(),
+                rule: alert.rule.as_str(),
+            };
+            metrics
+                .alerts
+                .get_or_create(&labels)
+                .set(i64::from(alert.firing));
+        })
+    }
+
     /// A renderer of the Prometheus text, for `Api::builder().metrics(...)`.
     pub fn metrics_renderer(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
         let metrics = self.metrics.clone();

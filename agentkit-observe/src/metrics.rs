@@ -60,6 +60,12 @@ pub(crate) struct QueueLabel {
     pub(crate) queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AlertLabels {
+    pub(crate) watch: String,
+    pub(crate) rule: &'static str,
+}
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -85,6 +91,7 @@ pub(crate) struct Metrics {
     pub(crate) cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub(crate) inflight: Family<AgentLabel, InflightGauge>,
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
+    pub(crate) alerts: Family<AlertLabels, Gauge>,
     pub(crate) session_conflicts: Counter,
     /// Records the telemetry thread never got (it was behind or stopped).
     telemetry_dropped: Counter,
@@ -300,6 +307,12 @@ impl Metrics {
             "Jobs waiting in a queue",
             queue_depth.clone(),
         );
+        let alerts = Family::<AlertLabels, Gauge>::default();
+        registry.register(
+            "agentkit_alerts_firing",
+            "1 while a health watch's rule (error_burst, latency_spike, token_surge) fires",
+            alerts.clone(),
+        );
         let session_conflicts = Counter::default();
         registry.register(
             "agentkit_session_conflicts",
@@ -322,6 +335,7 @@ impl Metrics {
             cost,
             inflight,
             queue_depth,
+            alerts,
             session_conflicts,
             telemetry_dropped,
             agents: RwLock::default(),

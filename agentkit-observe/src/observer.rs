@@ -1464,6 +1464,59 @@ mod tests {
             .map(|kv| kv.value.clone())
     }
 
+    /// A health watch reported through telemetry keeps `agentkit_alerts_firing` at 1 while
+    /// a rule fires and 0 once it resolves, beside the callbacks given before.
+    #[tokio::test]
+    async fn alerts_are_kept_as_a_gauge() {
+        use agentkit_core::executor::{AlertRules, HealthWatch};
+        use std::time::Duration;
+
+        let telemetry = crate::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .metrics(true)
+            .init()
+            .unwrap();
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = told.clone();
+        let rules = AlertRules {
+            min_runs: 2,
+            max_error_rate: 0.5,
+            resolve_after: Duration::ZERO,
+            ..AlertRules::default()
+        };
+        let watch = HealthWatch::new("billing", rules).on_change(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let watch = telemetry.report_alerts(watch);
+        let gauge = |text: &str| {
+            let line = r#"agentkit_alerts_firing{watch="billing",rule="error_burst"} "#;
+            text.lines()
+                .find_map(|l| l.strip_prefix(line))
+                .map(str::to_owned)
+        };
+        let render = || telemetry.metrics().unwrap().render();
+        assert_eq!(gauge(&render()), None, "no series before an alert");
+
+        for _ in 0..2 {
+            watch.record(Duration::from_millis(5), true, 0);
+        }
+        assert_eq!(watch.alerts().len(), 1);
+        assert_eq!(gauge(&render()).as_deref(), Some("1"));
+
+        for _ in 0..3 {
+            watch.record(Duration::from_millis(5), false, 10);
+        }
+        assert!(watch.alerts().is_empty());
+        assert_eq!(gauge(&render()).as_deref(), Some("0"));
+        assert_eq!(
+            told.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "fired, resolved"
+        );
+    }
+
     /// Samples the traces of one agent only, by the attribute a run's span starts with.
     #[derive(Debug, Clone)]
     struct OneAgent(&'static str);

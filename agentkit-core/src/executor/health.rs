@@ -170,14 +170,15 @@ struct Inner {
     rules: AlertRules,
     started: Instant,
     state: Mutex<State>,
-    on_change: Mutex<Option<OnChange>>,
+    on_change: Mutex<Vec<OnChange>>,
 }
 
 /// Watches the runs of an executor (through [`watch`](Self::watch)) and raises an [`Alert`]
 /// when the recent ones break an [`AlertRules`] threshold: an error burst, a latency spike or
 /// a token surge against the service's own baseline. A firing or resolving alert is logged
 /// (target `agentkit::alert`, `warn` when it fires, `info` when it resolves: one JSON line
-/// each, for the on-call), passed to [`on_change`](Self::on_change), and listed by
+/// each, for the on-call), passed to the [`on_change`](Self::on_change) functions (the
+/// observe crate's `Telemetry::report_alerts` keeps a gauge with one), and listed by
 /// [`alerts`](Self::alerts) while it fires; it resolves once back within its threshold for
 /// [`AlertRules::resolve_after`]. Memory is fixed (time buckets of 10 s holding
 /// counts and a latency histogram); recording a run is a lock and a few additions, and the
@@ -225,20 +226,20 @@ impl HealthWatch {
                     judged_at: None,
                     firing: Vec::new(),
                 }),
-                on_change: Mutex::new(None),
+                on_change: Mutex::new(Vec::new()),
             }),
         }
     }
 
-    /// Calls `f` with each alert that fires or resolves (page someone, post to a channel),
-    /// instead of any function given before. Clones share it.
+    /// Also calls `f` with each alert that fires or resolves (page someone, post to a
+    /// channel, set a gauge), after the functions given before. Clones share them.
     #[must_use]
     pub fn on_change(self, f: impl Fn(&Alert) + Send + Sync + 'static) -> Self {
-        *self
-            .inner
+        self.inner
             .on_change
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(f));
         self
     }
 
@@ -452,12 +453,12 @@ impl Inner {
             } else {
                 tracing::info!(target: "agentkit::alert", watch = %alert.watch, rule, "alert resolved");
             }
-            let on_change = self
+            let callbacks = self
                 .on_change
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            if let Some(on_change) = on_change {
+            for on_change in callbacks {
                 on_change(alert);
             }
         }
