@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{CachedSecret, EnvSecrets, Secret, SecretSource};
+use super::{CachedSecret, EnvSecrets, Secret, SecretSource, http_client, unanswered};
 use crate::{Error, ErrorKind, Result};
 
 /// How long a lookup may take, connecting included, unless [`AwsSecrets::timeout`] says.
@@ -162,7 +162,7 @@ impl AwsSecrets {
             )));
         }
         let mut secrets = Self {
-            client: client(DEFAULT_TIMEOUT)?,
+            client: http_client(DEFAULT_TIMEOUT)?,
             region: region.into(),
             endpoint: "".into(),
             host: "".into(),
@@ -223,7 +223,7 @@ impl AwsSecrets {
 
     /// How long one lookup may take, connecting included; 10 s unless set.
     pub fn timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.client = client(timeout)?;
+        self.client = http_client(timeout)?;
         Ok(self)
     }
 
@@ -266,15 +266,7 @@ impl AwsSecrets {
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                let what = if e.is_timeout() {
-                    "did not answer in time"
-                } else {
-                    "cannot be reached"
-                };
-                Error::unavailable(format!("AWS Secrets Manager at {} {what}", self.endpoint))
-                    .with_source(e)
-            })?;
+            .map_err(|e| unanswered(&format!("AWS Secrets Manager at {}", self.endpoint), e))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| {
             Error::unavailable("AWS Secrets Manager's answer was cut off").with_source(e)
@@ -300,14 +292,6 @@ impl AwsSecrets {
             message: error.message.or(error.message_lower).unwrap_or_default(),
         })
     }
-}
-
-fn client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-        .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// What one request found.

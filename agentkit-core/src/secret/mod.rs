@@ -23,6 +23,28 @@ pub use aws::{AwsCredentials, AwsSecrets};
 #[cfg(feature = "vault")]
 pub use vault::VaultSecrets;
 
+/// The HTTP client of a secret store's source: every lookup bounded by `timeout`.
+#[cfg(any(feature = "vault", feature = "aws"))]
+fn http_client(timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))
+}
+
+/// A request to the secret store `store` that got no answer: unavailable, saying whether it
+/// timed out or could not connect.
+#[cfg(any(feature = "vault", feature = "aws"))]
+fn unanswered(store: &str, error: reqwest::Error) -> Error {
+    let what = if error.is_timeout() {
+        "did not answer in time"
+    } else {
+        "cannot be reached"
+    };
+    Error::unavailable(format!("{store} {what}")).with_source(error)
+}
+
 /// A secret value. `Debug` and `Display` print `[redacted]`; [`expose`](Self::expose) is the
 /// one way to read it, so reading it is visible in review. Cheap to clone.
 #[derive(Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{CachedSecret, EnvSecrets, Secret, SecretSource};
+use super::{CachedSecret, EnvSecrets, Secret, SecretSource, http_client, unanswered};
 use crate::{Error, ErrorKind, Result};
 
 /// How long a lookup may take, connecting included, unless [`VaultSecrets::timeout`] says.
@@ -89,7 +89,7 @@ impl VaultSecrets {
             )));
         }
         Ok(Self {
-            client: client(DEFAULT_TIMEOUT)?,
+            client: http_client(DEFAULT_TIMEOUT)?,
             addr: addr.into(),
             mount: "secret".into(),
             namespace: None,
@@ -143,7 +143,7 @@ impl VaultSecrets {
 
     /// How long one lookup may take, connecting included; 10 s unless set.
     pub fn timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.client = client(timeout)?;
+        self.client = http_client(timeout)?;
         Ok(self)
     }
 
@@ -157,14 +157,10 @@ impl VaultSecrets {
         if let Some(namespace) = &self.namespace {
             request = request.header("X-Vault-Namespace", &**namespace);
         }
-        let response = request.send().await.map_err(|e| {
-            let what = if e.is_timeout() {
-                "did not answer in time"
-            } else {
-                "cannot be reached"
-            };
-            Error::unavailable(format!("Vault at {} {what}", self.addr)).with_source(e)
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unanswered(&format!("Vault at {}", self.addr), e))?;
         let status = response.status().as_u16();
         if status == 200 {
             let body: KvResponse = response.json().await.map_err(|e| {
@@ -181,14 +177,6 @@ impl VaultSecrets {
             .unwrap_or_default();
         Ok(Read::Refused(status, errors))
     }
-}
-
-fn client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-        .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// What one request found.
