@@ -298,20 +298,17 @@ impl Authenticator {
             .rotating
             .as_ref()
             .map(|r| r.loaded().credentials.clone());
-        let all = std::iter::once(&*self.fixed).chain(rotating.as_deref());
+        let all = || std::iter::once(&*self.fixed).chain(rotating.as_deref());
         let hashed = digest(token);
-        let mut jwt = Vec::new();
-        for credentials in all {
-            if let Some(tenant) = credentials.keys.get(&hashed) {
-                return Ok(Principal {
-                    tenant: tenant.clone(),
-                    subject: None,
-                    scopes: None,
-                });
-            }
-            jwt.extend(credentials.jwt.iter());
+        if let Some(tenant) = all().find_map(|credentials| credentials.keys.get(&hashed)) {
+            return Ok(Principal {
+                tenant: tenant.clone(),
+                subject: None,
+                scopes: None,
+            });
         }
-        if jwt.is_empty() || token.matches('.').count() != 2 {
+        let mut jwt = all().flat_map(|credentials| &credentials.jwt).peekable();
+        if jwt.peek().is_none() || token.matches('.').count() != 2 {
             return Err(unauthenticated("invalid credentials"));
         }
         // Any accepted secret may have signed it: a signature that does not verify under one
