@@ -34,7 +34,11 @@ async fn recorded() -> Vec<RunRecord> {
         if let Some(session) = session {
             cx = cx.with_session_id(session);
         }
-        let _ = agent.execute(Invocation::text(text).with_context(cx)).await;
+        let mut invocation = Invocation::text(text).with_context(cx);
+        invocation
+            .metadata
+            .insert("customer".into(), format!("c-{id}").into());
+        let _ = agent.execute(invocation).await;
     }
     let mut records = store.recent(Some("assistant"), 10).await.unwrap();
     records.reverse();
@@ -43,15 +47,19 @@ async fn recorded() -> Vec<RunRecord> {
     records
 }
 
-/// Delegates to an agent, keeping the context each replayed run was given.
+/// What a replayed run was given: its context and metadata.
+type Given = (Context, serde_json::Map<String, serde_json::Value>);
+
+/// Delegates to an agent, keeping what each replayed run was given.
 struct Watching {
     agent: Agent,
-    seen: Mutex<Vec<Context>>,
+    seen: Mutex<Vec<Given>>,
 }
 
 impl Executor for Watching {
     async fn execute(&self, invocation: Invocation) -> Result<Reply> {
-        self.seen.lock().unwrap().push(invocation.context.clone());
+        let given = (invocation.context.clone(), invocation.metadata.clone());
+        self.seen.lock().unwrap().push(given);
         self.agent.execute(invocation).await
     }
 }
@@ -96,14 +104,21 @@ async fn the_same_version_replays_unchanged_in_the_recorded_tenant() {
     let seen = candidate.seen.lock().unwrap();
     let mut replayed: Vec<String> = seen
         .iter()
-        .map(|cx| {
+        .map(|(cx, metadata)| {
             assert_eq!(cx.tenant(), Some("acme"));
             assert!(cx.deadline().is_some(), "a replay has a deadline");
             assert!(cx.request_id().starts_with("replay-"));
-            cx.extension::<Replaying>()
+            let of = cx
+                .extension::<Replaying>()
                 .expect("marked as a replay")
                 .of
-                .clone()
+                .clone();
+            assert_eq!(
+                metadata["customer"],
+                format!("c-{of}"),
+                "the recorded variables"
+            );
+            of
         })
         .collect();
     replayed.sort();

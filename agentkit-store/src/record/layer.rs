@@ -75,6 +75,7 @@ impl<E: Executor> Executor for Recorded<E> {
             .map_or(0, |d| d.as_millis() as u64);
         let cx = invocation.context.clone();
         let input = invocation.input.clone();
+        let metadata = invocation.metadata.clone();
         let outcome = self.inner.execute(invocation).await;
         let mut record = RunRecord {
             request_id: cx.request_id().to_owned(),
@@ -92,6 +93,7 @@ impl<E: Executor> Executor for Recorded<E> {
             outcome: Outcome::Ok,
             error_code: None,
             started_at_ms,
+            metadata,
         };
         match &outcome {
             Ok(reply) => {

@@ -61,6 +61,9 @@ pub struct RunRecord {
     pub error_code: Option<String>,
     /// When it started, in milliseconds since the Unix epoch.
     pub started_at_ms: u64,
+    /// The caller's metadata (the agent's prompt variables), so that a replay asks the same.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where run records go.

@@ -176,9 +176,8 @@ impl ReplayReport {
 /// once, each in the recorded tenant, with [`Replaying`] in its context) and compares what it
 /// does with what was recorded: outcome, answer, tools, tokens, cost and latency.
 ///
-/// Records keep a run's input messages and not its prompt variables or, for session turns,
-/// the conversation before it: such runs are replayed without them (see
-/// [`ReplayCase::session_turn`]).
+/// Records keep a run's input messages and prompt variables, not the conversation before a
+/// session turn: session turns are replayed without it (see [`ReplayCase::session_turn`]).
 pub async fn replay<E: Executor>(
     records: &[RunRecord],
     candidate: &E,
@@ -207,6 +206,7 @@ async fn replay_one<E: Executor>(
     }
     let mut invocation = Invocation::new(record.input.clone());
     invocation.context = cx;
+    invocation.metadata = record.metadata.clone();
     let started = Instant::now();
     let outcome = candidate.execute(invocation).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
