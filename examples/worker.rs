@@ -6,11 +6,13 @@
 //! Runs `assistant` jobs (the demo agent; `AGENTKIT_SCRIPTED_LATENCY_MS` makes them take time)
 //! from the queue `AGENTKIT_QUEUE` (default `agentkit`), session jobs against the same Redis or
 //! `DATABASE_URL`, and signs webhooks with `AGENTKIT_WEBHOOK_SECRET`. SIGTERM stops claiming,
-//! lets running jobs finish (up to `AGENTKIT_DRAIN_TIMEOUT_MS`) and hands back the rest.
+//! lets running jobs finish (up to `AGENTKIT_DRAIN_TIMEOUT_MS`) and hands back the rest. Error
+//! bursts, latency spikes and token surges of its runs are `warn` log lines (`agentkit::alert`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agentkit::executor::{AlertRules, HealthWatch};
 use agentkit::store::SessionStore;
 use agentkit::transport::ServiceConfig;
 use agentkit::transport::jobs::Worker;
@@ -34,8 +36,12 @@ async fn run() -> agentkit::Result<()> {
             "set REDIS_URL or NATS_URL: a worker needs a queue shared with the service",
         )
     })?;
+    // Error bursts, latency spikes and token surges of the jobs' runs: `warn` log lines
+    // (target `agentkit::alert`) when they fire, `info` when they resolve.
+    let agent =
+        HealthWatch::new("assistant", AlertRules::default()).watch(agentkit::demo::assistant()?);
     let mut worker = Worker::builder(queue)
-        .agent("assistant", agentkit::demo::assistant()?)
+        .agent("assistant", agent)
         .drain(config.drain_timeout)
         .heartbeat(config.visibility / 3);
     let sessions: Option<Arc<dyn SessionStore>> = if let Some(url) = &config.redis_url {
