@@ -109,6 +109,9 @@ pub struct Alert {
 
 type OnChange = Arc<dyn Fn(&Alert) + Send + Sync>;
 
+/// Each rule with the detail of how it breaks its threshold, if it does.
+type Verdicts = [(AlertRule, Option<String>); 3];
+
 /// Runs within one time bucket.
 #[derive(Clone, Copy)]
 struct Bucket {
@@ -256,8 +259,8 @@ impl HealthWatch {
         let now = Instant::now();
         let (changes, firing) = {
             let mut state = self.inner.lock();
-            let changes = self.inner.judge(&mut state, now);
-            (changes, self.inner.firing(&state, now))
+            let (verdicts, changes) = self.inner.judge(&mut state, now);
+            (changes, self.inner.firing(&state, verdicts))
         };
         self.inner.tell(&changes);
         firing
@@ -292,7 +295,7 @@ impl HealthWatch {
                 .judged_at
                 .is_none_or(|at| now.duration_since(at) >= JUDGE_EVERY);
             if due {
-                self.inner.judge(&mut state, now)
+                self.inner.judge(&mut state, now).1
             } else {
                 Vec::new()
             }
@@ -346,7 +349,7 @@ impl Inner {
     }
 
     /// Each rule's verdict at `now`: the detail when it breaks its threshold.
-    fn verdicts(&self, state: &State, now: Instant) -> [(AlertRule, Option<String>); 3] {
+    fn verdicts(&self, state: &State, now: Instant) -> Verdicts {
         let rules = &self.rules;
         let (recent, baseline) = self.spans(state, now);
         let seconds = rules.recent.as_secs();
@@ -393,17 +396,19 @@ impl Inner {
         ]
     }
 
-    /// Judges the rules; the alerts that fired or resolved.
-    fn judge(&self, state: &mut State, now: Instant) -> Vec<Alert> {
+    /// Judges the rules: each one's verdict, and the alerts that fired or resolved.
+    fn judge(&self, state: &mut State, now: Instant) -> (Verdicts, Vec<Alert>) {
         state.judged_at = Some(now);
         let mut changes = Vec::new();
         let resolve_after = self.rules.resolve_after;
-        for (rule, verdict) in self.verdicts(state, now) {
+        let verdicts = self.verdicts(state, now);
+        for (rule, verdict) in &verdicts {
+            let rule = *rule;
             let at = state.firing.iter().position(|(r, _)| *r == rule);
             match (verdict, at) {
                 (Some(detail), None) => {
                     state.firing.push((rule, None));
-                    changes.push(self.alert(rule, true, detail));
+                    changes.push(self.alert(rule, true, detail.clone()));
                 }
                 (Some(_), Some(at)) => state.firing[at].1 = None,
                 (None, Some(at)) => {
@@ -420,11 +425,12 @@ impl Inner {
                 (None, None) => {}
             }
         }
-        changes
+        (verdicts, changes)
     }
 
-    fn firing(&self, state: &State, now: Instant) -> Vec<Alert> {
-        self.verdicts(state, now)
+    /// The alerts firing, with the figures of `verdicts` (just judged).
+    fn firing(&self, state: &State, verdicts: Verdicts) -> Vec<Alert> {
+        verdicts
             .into_iter()
             .filter(|(rule, _)| state.firing.iter().any(|(r, _)| r == rule))
             .map(|(rule, detail)| {
