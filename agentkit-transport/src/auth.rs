@@ -103,6 +103,19 @@ impl Credentials {
         Ok(())
     }
 
+    /// The credentials of rotating secrets: JWT secrets one per line, API key pairs.
+    fn parse(jwt: Option<&Secret>, api_keys: Option<&Secret>) -> Result<Self> {
+        let mut credentials = Self::default();
+        let lines = jwt.into_iter().flat_map(|secrets| secrets.expose().lines());
+        for line in lines.map(str::trim).filter(|line| !line.is_empty()) {
+            credentials.add_jwt_secret(line.as_bytes())?;
+        }
+        if let Some(keys) = api_keys {
+            credentials.add_api_keys(keys.expose())?;
+        }
+        Ok(credentials)
+    }
+
     fn add_jwt_secret(&mut self, secret: &[u8]) -> Result<()> {
         if secret.len() < 16 {
             return Err(Error::invalid_input(
@@ -151,23 +164,10 @@ impl Rotating {
                 return Ok(());
             }
         }
-        let mut credentials = Credentials::default();
-        let parsed = (|| {
-            if let Some(secrets) = &jwt {
-                for line in secrets.expose().lines().map(str::trim) {
-                    if !line.is_empty() {
-                        credentials.add_jwt_secret(line.as_bytes())?;
-                    }
-                }
-            }
-            if let Some(keys) = &api_keys {
-                credentials.add_api_keys(keys.expose())?;
-            }
-            Ok::<_, Error>(())
-        })();
+        let parsed = Credentials::parse(jwt.as_ref(), api_keys.as_ref());
         let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         match parsed {
-            Ok(()) => {
+            Ok(credentials) => {
                 tracing::info!(
                     api_keys = credentials.keys.len(),
                     jwt_secrets = credentials.jwt.len(),
