@@ -1,14 +1,14 @@
 //! Replay: runs recorded through the record layer, replayed against candidates that behave the
-//! same, answer differently, or fail.
+//! same, answer differently, or fail; session turns with and without their recorded history.
 
 use std::sync::{Arc, Mutex};
 
 use agentkit_core::executor::Reply;
 use agentkit_core::model::{ScriptedModel, ScriptedTurn};
-use agentkit_core::{Agent, Context, Executor, Invocation, Result};
+use agentkit_core::{Agent, Context, Executor, Invocation, Message, Result, Role};
 use agentkit_store::{
-    Change, JsonlRecordStore, Outcome, RecordLayer, RecordStore, ReplayOptions, Replaying,
-    RunRecord, replay,
+    Change, JsonlRecordStore, MemorySessionStore, Outcome, RecordLayer, RecordStore, ReplayOptions,
+    Replaying, RunRecord, SessionAgent, replay,
 };
 use tower::Layer;
 
@@ -183,4 +183,152 @@ async fn a_candidate_that_answers_without_the_tool_or_fails_is_reported() {
     assert!(regressed.changes.contains(&Change::Outcome));
     assert_eq!(report.summary().regressions, 3);
     assert!(report.summary().cost_usd.1 <= report.summary().cost_usd.0);
+}
+
+/// A model that remembers: asked "what did I say first?", it answers with the conversation's
+/// first user message; anything else as the demo does.
+fn remembering() -> ScriptedModel {
+    ScriptedModel::builder()
+        .rule(|request| {
+            let asked = request.messages.last()?.text_content();
+            (asked == "what did I say first?").then(|| {
+                let first = request
+                    .messages
+                    .iter()
+                    .find(|m| m.role == Role::User)
+                    .map(Message::text_content)
+                    .unwrap_or_default();
+                ScriptedTurn::text(format!("you said: {first}"))
+            })
+        })
+        .demo_rules()
+        .build()
+}
+
+/// Two turns of one session, through a session agent over the recording layer.
+async fn session_records(
+    layer: impl FnOnce(Arc<dyn RecordStore>) -> RecordLayer,
+) -> Vec<RunRecord> {
+    let path = std::env::temp_dir().join(format!("replay-{}.jsonl", agentkit_core::generate_id()));
+    let store: Arc<dyn RecordStore> = Arc::new(JsonlRecordStore::open(&path).await.unwrap());
+    let agent = layer(store.clone()).layer(demo(remembering()).build().unwrap());
+    let sessions = SessionAgent::builder(agent, Arc::new(MemorySessionStore::new())).build();
+    for (id, text) in [("t-1", "my name is Ada"), ("t-2", "what did I say first?")] {
+        let cx = Context::new()
+            .with_request_id(id)
+            .with_tenant("acme")
+            .with_session_id("s-9");
+        sessions
+            .execute(Invocation::text(text).with_context(cx))
+            .await
+            .unwrap();
+    }
+    // Read back from the file: what is replayed is what was stored.
+    let mut records = store.recent(None, 10).await.unwrap();
+    records.reverse();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(records.len(), 2);
+    records
+}
+
+/// Delegates to an agent, keeping the history each run was given.
+struct Histories {
+    agent: Agent,
+    seen: Mutex<Vec<Vec<String>>>,
+}
+
+impl Executor for Histories {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let history = invocation
+            .history
+            .iter()
+            .map(Message::text_content)
+            .collect();
+        self.seen.lock().unwrap().push(history);
+        self.agent.execute(invocation).await
+    }
+}
+
+#[tokio::test]
+async fn a_session_turn_replays_with_the_history_it_was_given() {
+    let records = session_records(|store| RecordLayer::new(store, "assistant", "1")).await;
+    let (first, second) = (&records[0], &records[1]);
+    assert_eq!((first.history_len, first.history.len()), (Some(0), 0));
+    assert_eq!(
+        second.history_len,
+        Some(2),
+        "the first turn's question and answer"
+    );
+    assert_eq!(second.history[0].text_content(), "my name is Ada");
+    assert_eq!(second.history[1].role, Role::Assistant);
+    assert_eq!(second.output.as_deref(), Some("you said: my name is Ada"));
+    assert!(!second.history_missing());
+
+    let candidate = Histories {
+        agent: demo(remembering()).build().unwrap(),
+        seen: Mutex::default(),
+    };
+    let options = ReplayOptions {
+        concurrency: 1,
+        ..ReplayOptions::default()
+    };
+    let report = replay(&records, &candidate, &options).await;
+    assert_eq!(report.changed().count(), 0, "{:#?}", report.cases);
+    let turn = &report.cases[1];
+    assert!(turn.session_turn && !turn.history_missing);
+    assert_eq!(
+        turn.after.output.as_deref(),
+        Some("you said: my name is Ada")
+    );
+    let seen = candidate.seen.lock().unwrap();
+    assert!(seen[0].is_empty(), "the first turn had no history");
+    assert_eq!(
+        seen[1],
+        [
+            second.history[0].text_content(),
+            second.history[1].text_content()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_record_without_its_history_says_so_and_replays_without_it() {
+    let records =
+        session_records(|store| RecordLayer::new(store, "assistant", "1").without_history()).await;
+    let second = &records[1];
+    assert!(second.history.is_empty());
+    assert_eq!(second.history_len, Some(2), "the count is kept");
+    assert!(second.history_missing() && !records[0].history_missing());
+
+    let candidate = demo(remembering()).build().unwrap();
+    let report = replay(&records, &candidate, &ReplayOptions::default()).await;
+    let turn = &report.cases[1];
+    assert!(turn.history_missing);
+    assert_eq!(
+        turn.changes,
+        [Change::Output],
+        "the candidate never saw the first turn"
+    );
+    assert_eq!(
+        turn.after.output.as_deref(),
+        Some("you said: what did I say first?")
+    );
+
+    // A record from before history was kept: a session turn with no count.
+    let mut old = serde_json::to_value(second).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    fields.remove("history_len");
+    assert!(
+        fields.get("history").is_none(),
+        "empty history is not written"
+    );
+    let old: RunRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(old.history_len, None);
+    assert!(old.history_missing());
+    let mut stateless = old.clone();
+    stateless.session_id = None;
+    assert!(
+        !stateless.history_missing(),
+        "a run outside a session had none"
+    );
 }

@@ -16,6 +16,7 @@ pub struct Recorded<E> {
     store: Arc<dyn RecordStore>,
     agent: Arc<str>,
     version: Arc<str>,
+    history: bool,
 }
 
 impl<E> std::fmt::Debug for Recorded<E> {
@@ -28,11 +29,17 @@ impl<E> std::fmt::Debug for Recorded<E> {
 }
 
 /// Applies [`Recorded`]; composes with `tower::ServiceBuilder`.
+///
+/// Placed under a [`SessionAgent`](crate::SessionAgent) (the layer wraps the agent, the
+/// session agent wraps the layer), each record keeps the history the turn was given, so that
+/// [`replay`](crate::replay) runs session turns as they ran. A record then grows with its
+/// conversation; [`without_history`](Self::without_history) keeps only the count.
 #[derive(Clone)]
 pub struct RecordLayer {
     store: Arc<dyn RecordStore>,
     agent: Arc<str>,
     version: Arc<str>,
+    history: bool,
 }
 
 impl std::fmt::Debug for RecordLayer {
@@ -50,7 +57,16 @@ impl RecordLayer {
             store,
             agent: agent.into(),
             version: version.into(),
+            history: true,
         }
+    }
+
+    /// Records how many messages of history each run was given, not the messages: smaller
+    /// records, but session turns replay without their conversation
+    /// ([`RunRecord::history_missing`]).
+    pub fn without_history(mut self) -> Self {
+        self.history = false;
+        self
     }
 }
 
@@ -63,6 +79,7 @@ impl<E> tower::Layer<E> for RecordLayer {
             store: self.store.clone(),
             agent: self.agent.clone(),
             version: self.version.clone(),
+            history: self.history,
         }
     }
 }
@@ -76,6 +93,12 @@ impl<E: Executor> Executor for Recorded<E> {
         let cx = invocation.context.clone();
         let input = invocation.input.clone();
         let metadata = invocation.metadata.clone();
+        let history_len = invocation.history.len();
+        let history = if self.history {
+            invocation.history.clone()
+        } else {
+            Vec::new()
+        };
         let outcome = self.inner.execute(invocation).await;
         let mut record = RunRecord {
             request_id: cx.request_id().to_owned(),
@@ -94,6 +117,8 @@ impl<E: Executor> Executor for Recorded<E> {
             error_code: None,
             started_at_ms,
             metadata,
+            history,
+            history_len: Some(history_len),
         };
         match &outcome {
             Ok(reply) => {

@@ -64,6 +64,28 @@ pub struct RunRecord {
     /// The caller's metadata (the agent's prompt variables), so that a replay asks the same.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The conversation before this turn, as the agent was given it (a session turn's stored
+    /// history, after the session's [`HistoryPolicy`](crate::HistoryPolicy)), so that a replay
+    /// gives the same. Empty when there was none, or when the layer leaves it out
+    /// ([`RecordLayer::without_history`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Message>,
+    /// How many messages of history the run was given, kept or not; `None` in records written
+    /// before agentkit kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_len: Option<usize>,
+}
+
+impl RunRecord {
+    /// The run was given history that this record does not keep, so a replay runs without
+    /// it: the layer left it out, or the record predates history being kept (a session turn
+    /// with no count).
+    pub fn history_missing(&self) -> bool {
+        match self.history_len {
+            Some(len) => self.history.len() < len,
+            None => self.session_id.is_some() && self.history.is_empty(),
+        }
+    }
 }
 
 /// Where run records go.

@@ -88,9 +88,14 @@ pub enum Change {
 pub struct ReplayCase {
     /// The recorded run's request id.
     pub request_id: String,
-    /// The recorded run was a session turn: it was replayed without the conversation before
-    /// it (records keep the turn's input only), so differences may come from that.
+    /// The recorded run was a session turn. It is replayed with the history its record keeps
+    /// (the candidate is given it as [`Invocation::history`]; the session store is not read
+    /// or written).
     pub session_turn: bool,
+    /// The recorded run was given history its record does not keep
+    /// ([`RunRecord::history_missing`]), so it was replayed without it: differences may
+    /// come from that.
+    pub history_missing: bool,
     /// What the recorded run did.
     pub before: Behaviour,
     /// What the candidate did.
@@ -176,8 +181,8 @@ impl ReplayReport {
 /// once, each in the recorded tenant, with [`Replaying`] in its context) and compares what it
 /// does with what was recorded: outcome, answer, tools, tokens, cost and latency.
 ///
-/// Records keep a run's input messages and prompt variables, not the conversation before a
-/// session turn: session turns are replayed without it (see [`ReplayCase::session_turn`]).
+/// Each run is given the recorded input, prompt variables and history (the conversation
+/// before a session turn, when the record keeps it: [`ReplayCase::history_missing`]).
 pub async fn replay<E: Executor>(
     records: &[RunRecord],
     candidate: &E,
@@ -205,6 +210,7 @@ async fn replay_one<E: Executor>(
         cx = cx.with_tenant(tenant.as_str());
     }
     let mut invocation = Invocation::new(record.input.clone());
+    invocation.history = record.history.clone();
     invocation.context = cx;
     invocation.metadata = record.metadata.clone();
     let started = Instant::now();
@@ -252,6 +258,7 @@ async fn replay_one<E: Executor>(
     ReplayCase {
         request_id: record.request_id.clone(),
         session_turn: record.session_id.is_some(),
+        history_missing: record.history_missing(),
         before,
         after,
         changes,
