@@ -13,6 +13,8 @@
 //! - [`Context`]: request id, tenant, user, session, deadline, cancellation, trace, extensions.
 //! - One [`Error`] whose [`ErrorKind`] says what the caller can do.
 //! - [`secret`]: secrets that are never printed and can rotate without a restart.
+//! - [`load`]: synthetic load for staging, at a set rate or concurrency, with latency
+//!   percentiles and errors by code.
 //!
 //! This crate names no database, queue, web framework or telemetry exporter.
 
@@ -23,6 +25,7 @@ pub mod demo;
 mod error;
 pub mod executor;
 mod hash;
+pub mod load;
 mod message;
 pub mod model;
 pub mod observer;

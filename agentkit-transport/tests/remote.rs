@@ -142,3 +142,52 @@ async fn remote_errors_come_back_as_their_kinds() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Timeout);
 }
+
+#[tokio::test]
+async fn load_over_http_counts_every_answer_and_every_refusal() {
+    use agentkit_core::load::{self, LoadLimits, LoadPlan, Prompts};
+
+    let seen: Seen = Arc::default();
+    let down = downstream(seen.clone()).await;
+    let remote = RemoteExecutor::builder(&down, "assistant")
+        .bearer("dummy-downstream-key")
+        .build()
+        .unwrap();
+    let plan = LoadPlan::concurrency(4)
+        .limit(40)
+        .timeout(std::time::Duration::from_secs(10));
+    let prompts = Prompts::new(["What is 2 + 3?", "hello"]);
+    let report = load::run(&remote, &plan, &prompts).await.unwrap();
+    assert_eq!(
+        (report.scheduled, report.succeeded, report.failed),
+        (40, 40, 0),
+        "{report:?}"
+    );
+    assert!(report.tokens > 0, "the service's usage comes back");
+    assert!(report.latency.p50_ms > 0.0 && report.latency.max_ms >= report.latency.p99_ms);
+    let ids: std::collections::BTreeSet<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(ids.len(), 40, "every request its own id");
+    assert!(ids.iter().all(|id| id.starts_with("load-")));
+
+    // A key the service does not know: every call refused, counted by its code.
+    let refused = RemoteExecutor::builder(&down, "assistant")
+        .bearer("dummy-unknown-key")
+        .build()
+        .unwrap();
+    let report = load::run(&refused, &plan.clone().limit(10), &prompts)
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.failed), (0, 10));
+    assert_eq!(
+        report.errors.get("unauthenticated"),
+        Some(&10),
+        "{report:?}"
+    );
+    let gate = LoadLimits::new().max_error_rate(0.01);
+    assert_eq!(report.check(&gate).len(), 1);
+}

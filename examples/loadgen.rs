@@ -1,0 +1,204 @@
+//! Synthetic load for staging: drives an agent at a set rate or concurrency, prints a JSON
+//! report (throughput, latency percentiles, errors by code, tokens, cost) and exits 1 when a
+//! gate given on the command line is broken, so a deploy pipeline can stop a release.
+//!
+//!     cargo run --example loadgen                        # the demo agent, in process
+//!     cargo run --example loadgen -- --url http://127.0.0.1:8080 --rate 50 --duration 30 \
+//!         --prompts prompts.txt --max-error-rate 0.01 --max-p99-ms 2000
+//!
+//! Options (all optional):
+//! - `--url URL`: the service to load (its `POST /v1/agents/{agent}/invoke`); without it the
+//!   demo agent runs in this process (`AGENTKIT_SCRIPTED_LATENCY_MS` makes it take time).
+//! - `--agent NAME` (default `assistant`).
+//! - `--rate N` (starts a second, open loop; the default, at 100) or `--concurrency N`
+//!   (callers, closed loop); `--duration SECONDS` (default 5); `--limit N` (at most N
+//!   invocations); `--max-in-flight N`; `--timeout SECONDS` (each invocation's deadline,
+//!   default 30).
+//! - `--prompts FILE`: one prompt a line, asked in turn (default: a sum and a greeting).
+//! - `--tenant NAME`; `--sessions N` (in process only: turns spread over N sessions, the agent
+//!   run as a session agent over an in-memory store).
+//! - Gates: `--max-error-rate SHARE`, `--max-p99-ms MS`, `--max-missed-rate SHARE`.
+//!
+//! The bearer token for `--url` (an API key or a JWT of the service) is read from the file
+//! named by `AGENTKIT_LOAD_TOKEN_FILE` or from `AGENTKIT_LOAD_TOKEN`, never from the command
+//! line, where other users of the machine could read it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkit::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts};
+use agentkit::store::{MemorySessionStore, SessionAgent};
+use agentkit::transport::RemoteExecutor;
+use agentkit::{Error, ExecutorExt};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("loadgen: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options).await {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report encodes")
+            );
+            let broken = report.check(&options.limits);
+            for line in &broken {
+                eprintln!("loadgen: gate broken: {line}");
+            }
+            if broken.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("loadgen: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(options: &Options) -> agentkit::Result<LoadReport> {
+    let mut prompts = Prompts::new(options.prompts.clone());
+    if let Some(tenant) = &options.tenant {
+        prompts = prompts.tenant(tenant.as_str());
+    }
+    if let Some(url) = &options.url {
+        if options.sessions.is_some() {
+            return Err(Error::invalid_input(
+                "--sessions loads an agent in process; a service's invoke route has no sessions",
+            ));
+        }
+        let mut remote = RemoteExecutor::builder(url.as_str(), options.agent.as_str())
+            .timeout(options.plan_timeout);
+        if let Some(token) = token()? {
+            remote = remote.bearer(token);
+        }
+        return load::run(&remote.build()?, &options.plan, &prompts).await;
+    }
+    let agent = agentkit::demo::assistant()?;
+    match options.sessions {
+        Some(sessions) => {
+            let agent = SessionAgent::builder(agent, Arc::new(MemorySessionStore::new())).build();
+            load::run(&agent, &options.plan, &prompts.sessions(sessions)).await
+        }
+        None => load::run(&agent.boxed(), &options.plan, &prompts).await,
+    }
+}
+
+/// The bearer token, from `AGENTKIT_LOAD_TOKEN_FILE` or `AGENTKIT_LOAD_TOKEN`.
+fn token() -> agentkit::Result<Option<String>> {
+    if let Some(path) = std::env::var_os("AGENTKIT_LOAD_TOKEN_FILE") {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::invalid_input(format!(
+                "cannot read AGENTKIT_LOAD_TOKEN_FILE {path:?}: {e}"
+            ))
+        })?;
+        return Ok(Some(text.trim().to_owned()));
+    }
+    Ok(std::env::var("AGENTKIT_LOAD_TOKEN").ok())
+}
+
+struct Options {
+    url: Option<String>,
+    agent: String,
+    plan: LoadPlan,
+    plan_timeout: Duration,
+    prompts: Vec<String>,
+    tenant: Option<String>,
+    sessions: Option<u64>,
+    limits: LoadLimits,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut url = None;
+        let mut agent = "assistant".to_owned();
+        let (mut rate, mut concurrency) = (None, None);
+        let mut duration = 5.0;
+        let mut timeout = 30.0;
+        let (mut limit, mut max_in_flight) = (None, None);
+        let mut prompts = vec!["What is 17 + 25?".to_owned(), "hello".to_owned()];
+        let (mut tenant, mut sessions) = (None, None);
+        let mut limits = LoadLimits::new();
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--url" => url = Some(value()?),
+                "--agent" => agent = value()?,
+                "--rate" => rate = Some(number(&flag, &value()?)?),
+                "--concurrency" => concurrency = Some(number(&flag, &value()?)? as usize),
+                "--duration" => duration = number(&flag, &value()?)?,
+                "--timeout" => timeout = number(&flag, &value()?)?,
+                "--limit" => limit = Some(number(&flag, &value()?)? as u64),
+                "--max-in-flight" => max_in_flight = Some(number(&flag, &value()?)? as usize),
+                "--prompts" => {
+                    let path = value()?;
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read --prompts {path}: {e}"))?;
+                    prompts = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if prompts.is_empty() {
+                        return Err(format!("--prompts {path} holds no prompt"));
+                    }
+                }
+                "--tenant" => tenant = Some(value()?),
+                "--sessions" => sessions = Some(number(&flag, &value()?)? as u64),
+                "--max-error-rate" => limits = limits.max_error_rate(number(&flag, &value()?)?),
+                "--max-p99-ms" => {
+                    let ms = number(&flag, &value()?)?;
+                    limits = limits.max_p99(Duration::from_secs_f64(ms / 1000.0));
+                }
+                "--max-missed-rate" => limits = limits.max_missed_rate(number(&flag, &value()?)?),
+                other => return Err(format!("unknown option {other:?} (see the file's header)")),
+            }
+        }
+        let mut plan = match (rate, concurrency) {
+            (Some(_), Some(_)) => return Err("give --rate or --concurrency, not both".into()),
+            (_, Some(callers)) => LoadPlan::concurrency(callers),
+            (rate, None) => LoadPlan::rate(rate.unwrap_or(100.0)),
+        };
+        let seconds = |what: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .map_err(|_| format!("{what} {value} is not a duration"))
+        };
+        let plan_timeout = seconds("--timeout", timeout)?;
+        plan = plan
+            .duration(seconds("--duration", duration)?)
+            .timeout(plan_timeout);
+        if let Some(limit) = limit {
+            plan = plan.limit(limit);
+        }
+        if let Some(max) = max_in_flight {
+            plan = plan.max_in_flight(max);
+        }
+        Ok(Self {
+            url,
+            agent,
+            plan,
+            plan_timeout,
+            prompts,
+            tenant,
+            sessions,
+            limits,
+        })
+    }
+}
+
+fn number(flag: &str, value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| format!("{flag} takes a number, not {value:?}"))
+}
