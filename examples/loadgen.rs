@@ -14,7 +14,10 @@
 //!   (callers, closed loop); `--duration SECONDS` (default 5); `--limit N` (at most N
 //!   invocations); `--max-in-flight N`; `--timeout SECONDS` (each invocation's deadline,
 //!   default 30).
-//! - `--prompts FILE`: one prompt a line, asked in turn (default: a sum and a greeting).
+//! - `--prompts FILE`: one prompt a line, asked in turn (default: a sum and a greeting); or
+//!   `--records FILE`: run records in JSON lines (`JsonlRecordStore`'s file), the agent's last
+//!   10,000 asked again in order, with their history, prompt variables and tenants: staging
+//!   gets production's shape of traffic.
 //! - `--tenant NAME`; `--sessions N` (in process only: turns spread over N sessions, the agent
 //!   run as a session agent over an in-memory store).
 //! - Gates: `--max-error-rate SHARE`, `--max-p99-ms MS`, `--max-missed-rate SHARE`.
@@ -28,7 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkit::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts};
-use agentkit::store::{MemorySessionStore, SessionAgent};
+use agentkit::store::{
+    JsonlRecordStore, MemorySessionStore, RecordStore, RecordedTraffic, SessionAgent,
+};
 use agentkit::transport::RemoteExecutor;
 use agentkit::{Error, ExecutorExt};
 
@@ -65,6 +70,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(options: &Options) -> agentkit::Result<LoadReport> {
+    if let Some(path) = &options.records {
+        let records = JsonlRecordStore::open(path)
+            .await?
+            .recent(Some(&options.agent), 10_000)
+            .await?;
+        if records.is_empty() {
+            return Err(Error::invalid_input(format!(
+                "{path} holds no record of the agent {:?}",
+                options.agent
+            )));
+        }
+        let traffic = RecordedTraffic::new(records.into_iter().rev().collect());
+        return match &options.url {
+            Some(url) => load::run(&remote(options, url)?, &options.plan, &traffic).await,
+            None => load::run(&agentkit::demo::assistant()?, &options.plan, &traffic).await,
+        };
+    }
     let mut prompts = Prompts::new(options.prompts.clone());
     if let Some(tenant) = &options.tenant {
         prompts = prompts.tenant(tenant.as_str());
@@ -75,12 +97,7 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
                 "--sessions loads an agent in process; a service's invoke route has no sessions",
             ));
         }
-        let mut remote = RemoteExecutor::builder(url.as_str(), options.agent.as_str())
-            .timeout(options.plan_timeout);
-        if let Some(token) = token()? {
-            remote = remote.bearer(token);
-        }
-        return load::run(&remote.build()?, &options.plan, &prompts).await;
+        return load::run(&remote(options, url)?, &options.plan, &prompts).await;
     }
     let agent = agentkit::demo::assistant()?;
     match options.sessions {
@@ -90,6 +107,16 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
         }
         None => load::run(&agent.boxed(), &options.plan, &prompts).await,
     }
+}
+
+/// The service at `url`, with the bearer token when one is given.
+fn remote(options: &Options, url: &str) -> agentkit::Result<RemoteExecutor> {
+    let mut remote =
+        RemoteExecutor::builder(url, options.agent.as_str()).timeout(options.plan_timeout);
+    if let Some(token) = token()? {
+        remote = remote.bearer(token);
+    }
+    remote.build()
 }
 
 /// The bearer token, from `AGENTKIT_LOAD_TOKEN_FILE` or `AGENTKIT_LOAD_TOKEN`.
@@ -111,6 +138,7 @@ struct Options {
     plan: LoadPlan,
     plan_timeout: Duration,
     prompts: Vec<String>,
+    records: Option<String>,
     tenant: Option<String>,
     sessions: Option<u64>,
     limits: LoadLimits,
@@ -125,7 +153,7 @@ impl Options {
         let mut timeout = 30.0;
         let (mut limit, mut max_in_flight) = (None, None);
         let mut prompts = vec!["What is 17 + 25?".to_owned(), "hello".to_owned()];
-        let (mut tenant, mut sessions) = (None, None);
+        let (mut tenant, mut sessions, mut records) = (None, None, None);
         let mut limits = LoadLimits::new();
         while let Some(flag) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -152,6 +180,7 @@ impl Options {
                         return Err(format!("--prompts {path} holds no prompt"));
                     }
                 }
+                "--records" => records = Some(value()?),
                 "--tenant" => tenant = Some(value()?),
                 "--sessions" => sessions = Some(number(&flag, &value()?)? as u64),
                 "--max-error-rate" => limits = limits.max_error_rate(number(&flag, &value()?)?),
@@ -188,6 +217,7 @@ impl Options {
             plan,
             plan_timeout,
             prompts,
+            records,
             tenant,
             sessions,
             limits,

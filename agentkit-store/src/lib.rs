@@ -26,8 +26,9 @@ mod pg_pool;
 mod redis_pool;
 
 pub use record::{
-    Behaviour, Change, JsonlRecordStore, Outcome, RecordLayer, RecordStore, Recorded, ReplayCase,
-    ReplayOptions, ReplayReport, ReplaySummary, Replaying, RunRecord, replay,
+    Behaviour, Change, JsonlRecordStore, Outcome, RecordLayer, RecordStore, Recorded,
+    RecordedTraffic, ReplayCase, ReplayOptions, ReplayReport, ReplaySummary, Replaying, RunRecord,
+    replay,
 };
 pub use session::{
     Lease, LeaseStore, MemorySessionStore, SaveOptions, Session, SessionPage, SessionStore,

@@ -332,3 +332,38 @@ async fn a_record_without_its_history_says_so_and_replays_without_it() {
         "a run outside a session had none"
     );
 }
+
+#[tokio::test]
+async fn recorded_traffic_is_load_shaped_like_production() {
+    use agentkit_core::load::{self, LoadPlan};
+    use agentkit_store::RecordedTraffic;
+
+    let records = recorded().await;
+    let candidate = Watching {
+        agent: demo(ScriptedModel::demo()).build().unwrap(),
+        seen: Mutex::default(),
+    };
+    let plan = LoadPlan::concurrency(2).limit(10);
+    let report = load::run(&candidate, &plan, &RecordedTraffic::new(records))
+        .await
+        .unwrap();
+    // Each of the five records asked twice; the empty one is refused both times.
+    assert_eq!((report.succeeded, report.failed), (8, 2), "{report:?}");
+    assert_eq!(report.errors.get("invalid_input"), Some(&2));
+    let seen = candidate.seen.lock().unwrap();
+    let mut customers: Vec<String> = seen
+        .iter()
+        .map(|(cx, metadata)| {
+            assert_eq!(cx.tenant(), Some("acme"), "the recorded tenant");
+            assert!(cx.request_id().starts_with("load-"));
+            metadata["customer"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    customers.sort();
+    customers.dedup();
+    assert_eq!(
+        customers,
+        ["c-r-bad", "c-r-echo", "c-r-sum", "c-r-sum-2", "c-r-turn"],
+        "the recorded prompt variables"
+    );
+}

@@ -6,6 +6,8 @@ mod layer;
 pub(crate) mod postgres;
 mod replay;
 
+use agentkit_core::executor::Invocation;
+use agentkit_core::load::Scenario;
 use agentkit_core::tool::ToolCallRecord;
 use agentkit_core::{Message, Result, Usage};
 use async_trait::async_trait;
@@ -77,6 +79,18 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// What the run was asked, to ask it again: its input, history and prompt variables, in
+    /// its tenant, with a fresh request id and no deadline.
+    pub fn invocation(&self) -> Invocation {
+        let mut invocation = Invocation::new(self.input.clone());
+        invocation.history = self.history.clone();
+        invocation.metadata = self.metadata.clone();
+        if let Some(tenant) = &self.tenant {
+            invocation.context = invocation.context.with_tenant(tenant.as_str());
+        }
+        invocation
+    }
+
     /// The run was given history that this record does not keep, so a replay runs without
     /// it: the layer left it out, or the record predates history being kept (a session turn
     /// with no count).
@@ -84,6 +98,44 @@ impl RunRecord {
         match self.history_len {
             Some(len) => self.history.len() < len,
             None => self.session_id.is_some() && self.history.is_empty(),
+        }
+    }
+}
+
+/// Recorded runs as a load [`Scenario`]: each invocation asks what a recorded run asked
+/// ([`RunRecord::invocation`]), the records in turn, so staging gets production's shape of
+/// traffic (its prompts, history lengths, tenants and prompt variables).
+///
+/// ```
+/// use agentkit_core::load::Scenario;
+/// use agentkit_store::RecordedTraffic;
+///
+/// let traffic = RecordedTraffic::new(Vec::new());
+/// assert!(traffic.is_empty());
+/// ```
+#[derive(Clone, Debug)]
+pub struct RecordedTraffic {
+    records: Vec<RunRecord>,
+}
+
+impl RecordedTraffic {
+    /// The records, asked again in this order.
+    pub fn new(records: Vec<RunRecord>) -> Self {
+        Self { records }
+    }
+
+    /// Whether there is no record (every invocation then asks an empty message, which
+    /// agents refuse).
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+impl Scenario for RecordedTraffic {
+    fn invocation(&self, index: u64) -> Invocation {
+        match self.records.len() {
+            0 => Invocation::default(),
+            n => self.records[(index % n as u64) as usize].invocation(),
         }
     }
 }

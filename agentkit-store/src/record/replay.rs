@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use agentkit_core::executor::{Executor, Invocation};
-use agentkit_core::{Context, generate_id};
+use agentkit_core::executor::Executor;
+use agentkit_core::generate_id;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -201,18 +201,14 @@ async fn replay_one<E: Executor>(
     candidate: &E,
     timeout: Duration,
 ) -> ReplayCase {
-    let mut cx = Context::for_request(format!("replay-{}", generate_id()))
+    let mut invocation = record.invocation();
+    invocation.context = invocation
+        .context
+        .with_request_id(format!("replay-{}", generate_id()))
         .with_timeout(timeout)
         .with_extension(Replaying {
             of: record.request_id.clone(),
         });
-    if let Some(tenant) = &record.tenant {
-        cx = cx.with_tenant(tenant.as_str());
-    }
-    let mut invocation = Invocation::new(record.input.clone());
-    invocation.history = record.history.clone();
-    invocation.context = cx;
-    invocation.metadata = record.metadata.clone();
     let started = Instant::now();
     let outcome = candidate.execute(invocation).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
