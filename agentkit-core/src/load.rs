@@ -238,8 +238,8 @@ pub struct Latency {
 /// What a load run did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LoadReport {
-    /// From the first start to the last answer.
-    #[serde(serialize_with = "seconds")]
+    /// From the first start to the last answer (`elapsed_s` in JSON, in seconds).
+    #[serde(rename = "elapsed_s", serialize_with = "seconds")]
     pub elapsed: Duration,
     /// Open loop: starts the schedule had; closed loop: invocations started.
     pub scheduled: u64,
@@ -251,7 +251,8 @@ pub struct LoadReport {
     pub missed: u64,
     /// Failures by error code (`timeout`, `rate_limited`, `unavailable`, ...).
     pub errors: BTreeMap<String, u64>,
-    /// Answers a second over the run.
+    /// Answers a second over the run (`throughput_per_s` in JSON).
+    #[serde(rename = "throughput_per_s")]
     pub throughput: f64,
     /// Of every invocation that ended, answered or failed.
     pub latency: Latency,

@@ -89,6 +89,12 @@ async fn a_closed_loop_keeps_its_callers_busy_and_no_more() {
     assert_eq!(report.throughput, 800.0);
     assert_eq!(report.tokens, 200);
     assert!((report.cost_usd - 0.04).abs() < 1e-9);
+    // What `loadgen` prints, with its units in the names.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["elapsed_s"], 0.05);
+    assert_eq!(json["throughput_per_s"], 800.0);
+    assert_eq!(json["latency"]["p99_ms"], 5.0);
+    assert_eq!(json["errors"], serde_json::json!({}));
 
     let seen = probe.seen();
     let ids: BTreeSet<&str> = seen.iter().map(Context::request_id).collect();

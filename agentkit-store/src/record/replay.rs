@@ -89,7 +89,7 @@ pub struct ReplayCase {
     /// The recorded run's request id.
     pub request_id: String,
     /// The recorded run was a session turn. It is replayed with the history its record keeps
-    /// (the candidate is given it as [`Invocation::history`]; the session store is not read
+    /// (the candidate is given it as [`Invocation::history`](agentkit_core::executor::Invocation::history); the session store is not read
     /// or written).
     pub session_turn: bool,
     /// The recorded run was given history its record does not keep
