@@ -13,7 +13,8 @@
 //! - `--rate N` (starts a second, open loop; the default, at 100) or `--concurrency N`
 //!   (callers, closed loop); `--duration SECONDS` (default 5); `--limit N` (at most N
 //!   invocations); `--max-in-flight N`; `--timeout SECONDS` (each invocation's deadline,
-//!   default 30).
+//!   default 30); `--stream` (read answers as they stream, SSE for `--url`, and report the
+//!   time to the first text as `first_token`).
 //! - `--prompts FILE`: one prompt a line, asked in turn (default: a sum and a greeting); or
 //!   `--records FILE`: run records in JSON lines (`JsonlRecordStore`'s file), the agent's last
 //!   10,000 asked again in order, with their history, prompt variables and tenants: staging
@@ -155,7 +156,12 @@ impl Options {
         let mut prompts = vec!["What is 17 + 25?".to_owned(), "hello".to_owned()];
         let (mut tenant, mut sessions, mut records) = (None, None, None);
         let mut limits = LoadLimits::new();
+        let mut stream = false;
         while let Some(flag) = args.next() {
+            if flag == "--stream" {
+                stream = true;
+                continue;
+            }
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--url" => url = Some(value()?),
@@ -210,6 +216,9 @@ impl Options {
         }
         if let Some(max) = max_in_flight {
             plan = plan.max_in_flight(max);
+        }
+        if stream {
+            plan = plan.stream();
         }
         Ok(Self {
             url,

@@ -15,6 +15,9 @@
 //! - **closed loop** (`concurrency`): a set number of callers, each starting its next
 //!   invocation when its last one ends.
 //!
+//! A plan that [streams](LoadPlan::stream) reads each answer as events and reports the time
+//! to its first text as well (`first_token`), the latency a user of a streamed answer feels.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -32,7 +35,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -40,7 +42,7 @@ use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::executor::{Executor, Invocation, Reply};
+use crate::executor::{AgentEvent, Executor, Invocation, Reply};
 use crate::{Error, Result};
 
 /// How invocations are started.
@@ -64,6 +66,7 @@ pub struct LoadPlan {
     limit: Option<u64>,
     max_in_flight: usize,
     timeout: Duration,
+    streaming: bool,
 }
 
 impl LoadPlan {
@@ -86,7 +89,16 @@ impl LoadPlan {
             limit: None,
             max_in_flight: 1024,
             timeout: Duration::from_secs(30),
+            streaming: false,
         }
+    }
+
+    /// Calls the executor's `stream` rather than `execute`, and times the first piece of each
+    /// answer's text too ([`LoadReport::first_token`]): what a user waiting on a streamed
+    /// answer feels.
+    pub fn stream(mut self) -> Self {
+        self.streaming = true;
+        self
     }
 
     /// How long invocations keep starting. Those in flight at the end are waited for, up to
@@ -256,6 +268,10 @@ pub struct LoadReport {
     pub throughput: f64,
     /// Of every invocation that ended, answered or failed.
     pub latency: Latency,
+    /// Streaming runs: from each start (as due) to the first piece of the answer's text, of
+    /// the invocations that sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token: Option<Latency>,
     /// Tokens the answers spent.
     pub tokens: u64,
     /// What the answers cost, in US dollars.
@@ -385,7 +401,13 @@ pub async fn run<E: Executor + ?Sized>(
             .context
             .with_request_id(format!("load-{run_id}-{index}"))
             .with_timeout(plan.timeout);
-        timed(executor.execute(invocation), scheduled, plan.timeout)
+        invoke(
+            executor,
+            invocation,
+            plan.streaming,
+            scheduled,
+            plan.timeout,
+        )
     };
     match plan.pace {
         Pace::Concurrency(callers) => {
@@ -432,23 +454,53 @@ pub async fn run<E: Executor + ?Sized>(
     Ok(tally.report(start.elapsed()))
 }
 
-/// One invocation's end: its latency from its scheduled start, and its reply or error.
-type Ended = (Duration, Result<Reply>);
+/// One invocation's end: its latency from its scheduled start (and, streaming, that of its
+/// first text), and its reply or error.
+struct Ended {
+    latency: Duration,
+    first_token: Option<Duration>,
+    outcome: Result<Reply>,
+}
 
-/// Runs `execute`, at most `timeout` (an executor that ignores its context's deadline still
-/// ends there), timing it from `scheduled`.
-async fn timed(
-    execute: impl Future<Output = Result<Reply>>,
+/// Runs one invocation (streamed or not), at most `timeout`: an executor that ignores its
+/// context's deadline still ends there. Times it from `scheduled`.
+async fn invoke<E: Executor + ?Sized>(
+    executor: &E,
+    invocation: Invocation,
+    streaming: bool,
     scheduled: Instant,
     timeout: Duration,
 ) -> Ended {
-    let outcome = match tokio::time::timeout(timeout, execute).await {
+    let mut first_token = None;
+    let work = async {
+        if !streaming {
+            return executor.execute(invocation).await;
+        }
+        let mut events = executor.stream(invocation).await?;
+        while let Some(event) = events.next().await {
+            match event? {
+                AgentEvent::TextDelta { text } if first_token.is_none() && !text.is_empty() => {
+                    first_token = Some(scheduled.elapsed());
+                }
+                AgentEvent::Done(reply) => return Ok(*reply),
+                _ => {}
+            }
+        }
+        Err(Error::unavailable(
+            "the event stream ended without an answer",
+        ))
+    };
+    let outcome = match tokio::time::timeout(timeout, work).await {
         Ok(outcome) => outcome,
         Err(_) => Err(Error::timeout(
             "the invocation did not answer by its deadline",
         )),
     };
-    (scheduled.elapsed(), outcome)
+    Ended {
+        latency: scheduled.elapsed(),
+        first_token,
+        outcome,
+    }
 }
 
 /// Counts as invocations end.
@@ -460,13 +512,24 @@ struct Tally {
     missed: u64,
     errors: BTreeMap<String, u64>,
     latency: Histogram,
+    first_token: Option<Histogram>,
     tokens: u64,
     cost_usd: f64,
 }
 
 impl Tally {
-    fn add(&mut self, (latency, outcome): Ended) {
+    fn add(&mut self, ended: Ended) {
+        let Ended {
+            latency,
+            first_token,
+            outcome,
+        } = ended;
         self.latency.record(latency);
+        if let Some(first) = first_token {
+            self.first_token
+                .get_or_insert_with(Histogram::default)
+                .record(first);
+        }
         match outcome {
             Ok(reply) => {
                 self.succeeded += 1;
@@ -495,6 +558,7 @@ impl Tally {
                 0.0
             },
             latency: self.latency.summary(),
+            first_token: self.first_token.as_ref().map(Histogram::summary),
             tokens: self.tokens,
             cost_usd: self.cost_usd,
         }

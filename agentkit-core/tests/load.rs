@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agentkit_core::executor::Reply;
+use futures::StreamExt;
+
+use agentkit_core::executor::{AgentEvent, EventStream, Reply};
 use agentkit_core::load::{self, LoadLimits, LoadPlan, Prompts};
 use agentkit_core::{Context, Error, Executor, Invocation, Result, Usage};
 
@@ -230,4 +232,75 @@ async fn a_plan_that_cannot_run_is_an_invalid_input_error() {
         .unwrap_err();
     assert_eq!(error.code(), "invalid_input");
     assert!(probe.seen().is_empty());
+}
+
+/// Streams an answer: its first text after 5 ms, the rest and the end 20 ms later; or, for
+/// the text "cut", a stream that stops before its answer.
+struct Streaming;
+
+impl Executor for Streaming {
+    async fn execute(&self, _invocation: Invocation) -> Result<Reply> {
+        unreachable!("a streaming plan calls stream")
+    }
+
+    async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
+        let cut = invocation.input[0].text_content() == "cut";
+        let events = async_stream_of(cut);
+        Ok(Box::pin(events))
+    }
+}
+
+fn async_stream_of(cut: bool) -> impl futures::Stream<Item = Result<AgentEvent>> + Send {
+    let steps: Vec<(u64, Option<AgentEvent>)> = vec![
+        (5, Some(AgentEvent::TextDelta { text: "he".into() })),
+        (20, Some(AgentEvent::TextDelta { text: "llo".into() })),
+        (
+            0,
+            (!cut).then(|| {
+                AgentEvent::Done(Box::new(Reply {
+                    output: "hello".into(),
+                    ..Reply::default()
+                }))
+            }),
+        ),
+    ];
+    futures::stream::iter(steps).filter_map(|(ms, event)| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        event.map(Ok)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_plan_times_the_first_text_too() {
+    let plan = LoadPlan::concurrency(2).limit(6).stream();
+    let report = load::run(&Streaming, &plan, &Prompts::new(["hello", "hello", "cut"]))
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.failed), (4, 2));
+    assert_eq!(
+        report.errors.get("unavailable"),
+        Some(&2),
+        "a stream cut short"
+    );
+    let first = report
+        .first_token
+        .expect("streamed answers have a first token");
+    assert_eq!((first.p50_ms, first.max_ms), (5.0, 5.0));
+    assert_eq!(report.latency.max_ms, 25.0);
+
+    // Not streaming: no first-token figures, in the report or its JSON.
+    let report = load::run(
+        &Probe::new(Duration::from_millis(1)),
+        &LoadPlan::concurrency(1).limit(2),
+        &Prompts::new(["a"]),
+    )
+    .await
+    .unwrap();
+    assert!(report.first_token.is_none());
+    assert!(
+        serde_json::to_value(&report)
+            .unwrap()
+            .get("first_token")
+            .is_none()
+    );
 }

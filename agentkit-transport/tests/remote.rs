@@ -174,6 +174,14 @@ async fn load_over_http_counts_every_answer_and_every_refusal() {
     assert_eq!(ids.len(), 40, "every request its own id");
     assert!(ids.iter().all(|id| id.starts_with("load-")));
 
+    // Streamed over SSE: the first text comes no later than the whole answer.
+    let report = load::run(&remote, &plan.clone().limit(12).stream(), &prompts)
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.failed), (12, 0), "{report:?}");
+    let first = report.first_token.expect("the answers' text was streamed");
+    assert!(first.max_ms <= report.latency.max_ms);
+
     // A key the service does not know: every call refused, counted by its code.
     let refused = RemoteExecutor::builder(&down, "assistant")
         .bearer("dummy-unknown-key")
