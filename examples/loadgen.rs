@@ -13,8 +13,10 @@
 //! - `--rate N` (starts a second, open loop; the default, at 100) or `--concurrency N`
 //!   (callers, closed loop); `--duration SECONDS` (default 5); `--limit N` (at most N
 //!   invocations); `--max-in-flight N`; `--timeout SECONDS` (each invocation's deadline,
-//!   default 30); `--stream` (read answers as they stream, SSE for `--url`, and report the
-//!   time to the first text as `first_token`).
+//!   default 30); `--ramp SECONDS` (open loop: the rate rises from nothing over that long);
+//!   `--stream` (read answers as they stream, SSE for `--url`, and report the time to the
+//!   first text as `first_token`); `--progress SECONDS` (a line on stderr that often with the
+//!   figures so far; default 5, 0 for none).
 //! - `--prompts FILE`: one prompt a line, asked in turn (default: a sum and a greeting); or
 //!   `--records FILE`: run records in JSON lines (`JsonlRecordStore`'s file), the agent's last
 //!   10,000 asked again in order, with their history, prompt variables and tenants: staging
@@ -31,12 +33,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkit::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts};
+use agentkit::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts, Scenario};
 use agentkit::store::{
     JsonlRecordStore, MemorySessionStore, RecordStore, RecordedTraffic, SessionAgent,
 };
 use agentkit::transport::RemoteExecutor;
-use agentkit::{Error, ExecutorExt};
+use agentkit::{Error, Executor, ExecutorExt};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -84,8 +86,8 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
         }
         let traffic = RecordedTraffic::new(records.into_iter().rev().collect());
         return match &options.url {
-            Some(url) => load::run(&remote(options, url)?, &options.plan, &traffic).await,
-            None => load::run(&agentkit::demo::assistant()?, &options.plan, &traffic).await,
+            Some(url) => drive(&remote(options, url)?, options, &traffic).await,
+            None => drive(&agentkit::demo::assistant()?, options, &traffic).await,
         };
     }
     let mut prompts = Prompts::new(options.prompts.clone());
@@ -98,16 +100,42 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
                 "--sessions loads an agent in process; a service's invoke route has no sessions",
             ));
         }
-        return load::run(&remote(options, url)?, &options.plan, &prompts).await;
+        return drive(&remote(options, url)?, options, &prompts).await;
     }
     let agent = agentkit::demo::assistant()?;
     match options.sessions {
         Some(sessions) => {
             let agent = SessionAgent::builder(agent, Arc::new(MemorySessionStore::new())).build();
-            load::run(&agent, &options.plan, &prompts.sessions(sessions)).await
+            drive(&agent, options, &prompts.sessions(sessions)).await
         }
-        None => load::run(&agent.boxed(), &options.plan, &prompts).await,
+        None => drive(&agent.boxed(), options, &prompts).await,
     }
+}
+
+/// Runs the plan, with a progress line on stderr every `--progress` seconds.
+async fn drive<E: Executor + ?Sized>(
+    executor: &E,
+    options: &Options,
+    scenario: &dyn Scenario,
+) -> agentkit::Result<LoadReport> {
+    load::run_reporting(
+        executor,
+        &options.plan,
+        scenario,
+        options.progress,
+        |so_far| {
+            eprintln!(
+                "loadgen: {:.0} s: {} answered, {} failed, {} missed; p50 {:.1} ms, p99 {:.1} ms",
+                so_far.elapsed.as_secs_f64(),
+                so_far.succeeded,
+                so_far.failed,
+                so_far.missed,
+                so_far.latency.p50_ms,
+                so_far.latency.p99_ms,
+            );
+        },
+    )
+    .await
 }
 
 /// The service at `url`, with the bearer token when one is given.
@@ -143,6 +171,7 @@ struct Options {
     tenant: Option<String>,
     sessions: Option<u64>,
     limits: LoadLimits,
+    progress: Option<Duration>,
 }
 
 impl Options {
@@ -157,6 +186,7 @@ impl Options {
         let (mut tenant, mut sessions, mut records) = (None, None, None);
         let mut limits = LoadLimits::new();
         let mut stream = false;
+        let (mut ramp, mut progress) = (0.0, 5.0);
         while let Some(flag) = args.next() {
             if flag == "--stream" {
                 stream = true;
@@ -170,6 +200,8 @@ impl Options {
                 "--concurrency" => concurrency = Some(number(&flag, &value()?)? as usize),
                 "--duration" => duration = number(&flag, &value()?)?,
                 "--timeout" => timeout = number(&flag, &value()?)?,
+                "--ramp" => ramp = number(&flag, &value()?)?,
+                "--progress" => progress = number(&flag, &value()?)?,
                 "--limit" => limit = Some(number(&flag, &value()?)? as u64),
                 "--max-in-flight" => max_in_flight = Some(number(&flag, &value()?)? as usize),
                 "--prompts" => {
@@ -220,6 +252,8 @@ impl Options {
         if stream {
             plan = plan.stream();
         }
+        plan = plan.ramp(seconds("--ramp", ramp)?);
+        let progress = Some(seconds("--progress", progress)?).filter(|p| !p.is_zero());
         Ok(Self {
             url,
             agent,
@@ -230,6 +264,7 @@ impl Options {
             tenant,
             sessions,
             limits,
+            progress,
         })
     }
 }

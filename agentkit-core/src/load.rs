@@ -67,6 +67,7 @@ pub struct LoadPlan {
     max_in_flight: usize,
     timeout: Duration,
     streaming: bool,
+    ramp: Duration,
 }
 
 impl LoadPlan {
@@ -90,7 +91,15 @@ impl LoadPlan {
             max_in_flight: 1024,
             timeout: Duration::from_secs(30),
             streaming: false,
+            ramp: Duration::ZERO,
         }
+    }
+
+    /// Open loop: the rate rises linearly from nothing over `ramp`, then holds (a service
+    /// that scales out, and its caches, get to warm up as they would in production).
+    pub fn ramp(mut self, ramp: Duration) -> Self {
+        self.ramp = ramp;
+        self
     }
 
     /// Calls the executor's `stream` rather than `execute`, and times the first piece of each
@@ -387,6 +396,18 @@ pub async fn run<E: Executor + ?Sized>(
     plan: &LoadPlan,
     scenario: &dyn Scenario,
 ) -> Result<LoadReport> {
+    run_reporting(executor, plan, scenario, None, |_| {}).await
+}
+
+/// [`run`], handing `progress` the report so far every `every` (a long staging run shows its
+/// drift as it goes, not only at the end).
+pub async fn run_reporting<E: Executor + ?Sized>(
+    executor: &E,
+    plan: &LoadPlan,
+    scenario: &dyn Scenario,
+    every: Option<Duration>,
+    mut progress: impl FnMut(&LoadReport),
+) -> Result<LoadReport> {
     plan.validate()?;
     let run_id = crate::generate_id();
     let start = Instant::now();
@@ -409,49 +430,93 @@ pub async fn run<E: Executor + ?Sized>(
             plan.timeout,
         )
     };
-    match plan.pace {
+    // Open loop: every start the schedule holds, whatever happens to the answers.
+    let schedule = match plan.pace {
+        Pace::Rate(rate) => Some(Schedule::new(rate, plan.ramp, plan.duration, limit)),
         Pace::Concurrency(callers) => {
             while next < limit && running.len() < callers && Instant::now() < stop {
                 running.push(call(next, Instant::now()));
                 next += 1;
             }
-            while let Some(ended) = running.next().await {
+            None
+        }
+    };
+    let every = every.filter(|every| !every.is_zero());
+    let mut report_at = every.map(|every| start + every);
+    loop {
+        let due = schedule
+            .as_ref()
+            .filter(|schedule| next < schedule.starts)
+            .map(|schedule| start + schedule.due(next));
+        if running.is_empty() && due.is_none() {
+            break;
+        }
+        // (A disabled branch's future is made all the same, so each has an instant.)
+        tokio::select! {
+            biased;
+            Some(ended) = running.next(), if !running.is_empty() => {
                 tally.add(ended);
-                if next < limit && Instant::now() < stop {
+                if schedule.is_none() && next < limit && Instant::now() < stop {
                     running.push(call(next, Instant::now()));
                     next += 1;
                 }
             }
-            tally.scheduled = next;
-        }
-        Pace::Rate(rate) => {
-            let period = Duration::from_secs_f64(1.0 / rate);
-            // Every start the run's duration holds, whatever happens to the answers.
-            // (Less a hair, so that 0.3 s at 10 a second is 3 starts, not 4.)
-            let scheduled =
-                ((plan.duration.as_secs_f64() * rate - 1e-9).ceil().max(1.0) as u64).min(limit);
-            while next < scheduled {
-                let due = start + period.mul_f64(next as f64);
-                tokio::select! {
-                    biased;
-                    Some(ended) = running.next(), if !running.is_empty() => tally.add(ended),
-                    () = tokio::time::sleep_until(due) => {
-                        if running.len() < plan.max_in_flight {
-                            running.push(call(next, due));
-                        } else {
-                            tally.missed += 1;
-                        }
-                        next += 1;
-                    }
+            () = tokio::time::sleep_until(due.unwrap_or(start)), if due.is_some() => {
+                let due = due.unwrap_or(start);
+                if running.len() < plan.max_in_flight {
+                    running.push(call(next, due));
+                } else {
+                    tally.missed += 1;
                 }
+                next += 1;
             }
-            while let Some(ended) = running.next().await {
-                tally.add(ended);
+            () = tokio::time::sleep_until(report_at.unwrap_or(start)), if report_at.is_some() => {
+                let mut so_far = tally.report(start.elapsed());
+                so_far.scheduled = next;
+                progress(&so_far);
+                report_at = report_at.zip(every).map(|(at, every)| at + every);
             }
-            tally.scheduled = scheduled;
         }
     }
+    tally.scheduled = schedule.map_or(next, |schedule| schedule.starts);
     Ok(tally.report(start.elapsed()))
+}
+
+/// An open loop's starts: evenly spaced at the rate, or, while ramping, spaced so that the
+/// rate rises linearly from nothing.
+struct Schedule {
+    rate: f64,
+    ramp: f64,
+    /// How many starts the run holds.
+    starts: u64,
+}
+
+impl Schedule {
+    fn new(rate: f64, ramp: Duration, duration: Duration, limit: u64) -> Self {
+        let (ramp, duration) = (ramp.as_secs_f64(), duration.as_secs_f64());
+        // Starts due by `t` seconds in: the area under the rate.
+        let by = |t: f64| {
+            if t < ramp {
+                rate * t * t / (2.0 * ramp)
+            } else {
+                rate * (t - ramp / 2.0)
+            }
+        };
+        // (Less a hair, so that 0.3 s at 10 a second is 3 starts, not 4.)
+        let starts = ((by(duration) - 1e-9).ceil().max(1.0) as u64).min(limit);
+        Self { rate, ramp, starts }
+    }
+
+    /// When start `k` (from 0) is due, from the run's start.
+    fn due(&self, k: u64) -> Duration {
+        let k = k as f64;
+        let seconds = if k < self.rate * self.ramp / 2.0 {
+            (2.0 * k * self.ramp / self.rate).sqrt()
+        } else {
+            k / self.rate + self.ramp / 2.0
+        };
+        Duration::from_secs_f64(seconds)
+    }
 }
 
 /// One invocation's end: its latency from its scheduled start (and, streaming, that of its
@@ -543,7 +608,7 @@ impl Tally {
         }
     }
 
-    fn report(self, elapsed: Duration) -> LoadReport {
+    fn report(&self, elapsed: Duration) -> LoadReport {
         let seconds = elapsed.as_secs_f64();
         LoadReport {
             elapsed,
@@ -551,7 +616,7 @@ impl Tally {
             succeeded: self.succeeded,
             failed: self.failed,
             missed: self.missed,
-            errors: self.errors,
+            errors: self.errors.clone(),
             throughput: if seconds > 0.0 {
                 self.succeeded as f64 / seconds
             } else {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use agentkit_core::executor::{AgentEvent, EventStream, Reply};
-use agentkit_core::load::{self, LoadLimits, LoadPlan, Prompts};
+use agentkit_core::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts};
 use agentkit_core::{Context, Error, Executor, Invocation, Result, Usage};
 
 /// Answers after `delay` (refusing the text "bad"), keeping what it was given and how many
@@ -19,6 +19,7 @@ struct Probe {
     in_flight: AtomicUsize,
     most: AtomicUsize,
     seen: Mutex<Vec<Context>>,
+    started: Mutex<Vec<tokio::time::Instant>>,
 }
 
 impl Probe {
@@ -28,6 +29,7 @@ impl Probe {
             in_flight: AtomicUsize::new(0),
             most: AtomicUsize::new(0),
             seen: Mutex::default(),
+            started: Mutex::default(),
         }
     }
 
@@ -45,6 +47,10 @@ impl Executor for Probe {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
         self.seen.lock().unwrap().push(invocation.context.clone());
+        self.started
+            .lock()
+            .unwrap()
+            .push(tokio::time::Instant::now());
         tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let text = invocation.input[0].text_content();
@@ -303,4 +309,52 @@ async fn a_streaming_plan_times_the_first_text_too() {
             .get("first_token")
             .is_none()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramp_raises_the_rate_from_nothing() {
+    // 100 a second reached after a second, held for another: half a second's worth of
+    // starts while ramping, then a second's.
+    let probe = Probe::new(Duration::from_millis(1));
+    let plan = LoadPlan::rate(100.0)
+        .ramp(Duration::from_secs(1))
+        .duration(Duration::from_secs(2));
+    let begun = tokio::time::Instant::now();
+    let report = load::run(&probe, &plan, &Prompts::new(["hello"]))
+        .await
+        .unwrap();
+    assert_eq!((report.scheduled, report.succeeded), (150, 150));
+    let started = probe.started.lock().unwrap().clone();
+    let within = |from: u64, to: u64| {
+        started
+            .iter()
+            .filter(|at| {
+                let ms = at.duration_since(begun).as_millis() as u64;
+                (from..to).contains(&ms)
+            })
+            .count()
+    };
+    assert_eq!(within(0, 1000), 50, "the ramp's area: 100/s × 1 s / 2");
+    assert_eq!(within(1000, 2000), 100);
+    assert!(within(0, 500) < within(500, 1000), "rising");
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_is_reported_as_the_run_goes() {
+    let probe = Probe::new(Duration::from_millis(10));
+    let plan = LoadPlan::concurrency(1).duration(Duration::from_millis(100));
+    let mut seen: Vec<LoadReport> = Vec::new();
+    let report = load::run_reporting(
+        &probe,
+        &plan,
+        &Prompts::new(["hello"]),
+        Some(Duration::from_millis(30)),
+        |so_far| seen.push(so_far.clone()),
+    )
+    .await
+    .unwrap();
+    let answered: Vec<u64> = seen.iter().map(|r| r.succeeded).collect();
+    assert_eq!(answered, [3, 6, 9], "at 30, 60 and 90 ms");
+    assert_eq!(seen[0].elapsed, Duration::from_millis(30));
+    assert_eq!(report.succeeded, 10);
 }
