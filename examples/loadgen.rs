@@ -7,8 +7,11 @@
 //!         --prompts prompts.txt --max-error-rate 0.01 --max-p99-ms 2000
 //!
 //! Options (all optional):
-//! - `--url URL`: the service to load (its `POST /v1/agents/{agent}/invoke`); without it the
-//!   demo agent runs in this process (`AGENTKIT_SCRIPTED_LATENCY_MS` makes it take time).
+//! - `--url URL`: the service to load (its `POST /v1/agents/{agent}/invoke`); or `--jobs`:
+//!   each invocation submitted as a job on the queue `REDIS_URL` or `NATS_URL` names (and
+//!   `AGENTKIT_QUEUE`), its result awaited, so the queue and its workers (`cargo run --example
+//!   worker`) are what is loaded; without either the demo agent runs in this process
+//!   (`AGENTKIT_SCRIPTED_LATENCY_MS` makes it take time).
 //! - `--agent NAME` (default `assistant`).
 //! - `--rate N` (starts a second, open loop; the default, at 100) or `--concurrency N`
 //!   (callers, closed loop); `--duration SECONDS` (default 5); `--limit N` (at most N
@@ -37,7 +40,8 @@ use agentkit::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts, Scenario};
 use agentkit::store::{
     JsonlRecordStore, MemorySessionStore, RecordStore, RecordedTraffic, SessionAgent,
 };
-use agentkit::transport::RemoteExecutor;
+use agentkit::transport::jobs::QueueExecutor;
+use agentkit::transport::{RemoteExecutor, ServiceConfig};
 use agentkit::{Error, Executor, ExecutorExt};
 
 #[tokio::main]
@@ -93,6 +97,18 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
     let mut prompts = Prompts::new(options.prompts.clone());
     if let Some(tenant) = &options.tenant {
         prompts = prompts.tenant(tenant.as_str());
+    }
+    if options.jobs {
+        let queue = ServiceConfig::from_env()?
+            .job_queue()
+            .await?
+            .ok_or_else(|| {
+                Error::invalid_input(
+                    "--jobs needs REDIS_URL or NATS_URL: the queue the workers read",
+                )
+            })?;
+        let jobs = QueueExecutor::new(queue, options.agent.as_str());
+        return drive(&jobs, options, &prompts).await;
     }
     if let Some(url) = &options.url {
         if options.sessions.is_some() {
@@ -163,6 +179,7 @@ fn token() -> agentkit::Result<Option<String>> {
 
 struct Options {
     url: Option<String>,
+    jobs: bool,
     agent: String,
     plan: LoadPlan,
     plan_timeout: Duration,
@@ -185,12 +202,19 @@ impl Options {
         let mut prompts = vec!["What is 17 + 25?".to_owned(), "hello".to_owned()];
         let (mut tenant, mut sessions, mut records) = (None, None, None);
         let mut limits = LoadLimits::new();
-        let mut stream = false;
+        let (mut stream, mut jobs) = (false, false);
         let (mut ramp, mut progress) = (0.0, 5.0);
         while let Some(flag) = args.next() {
-            if flag == "--stream" {
-                stream = true;
-                continue;
+            match flag.as_str() {
+                "--stream" => {
+                    stream = true;
+                    continue;
+                }
+                "--jobs" => {
+                    jobs = true;
+                    continue;
+                }
+                _ => {}
             }
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
@@ -230,6 +254,9 @@ impl Options {
                 other => return Err(format!("unknown option {other:?} (see the file's header)")),
             }
         }
+        if jobs && url.is_some() {
+            return Err("give --url or --jobs, not both".into());
+        }
         let mut plan = match (rate, concurrency) {
             (Some(_), Some(_)) => return Err("give --rate or --concurrency, not both".into()),
             (_, Some(callers)) => LoadPlan::concurrency(callers),
@@ -256,6 +283,7 @@ impl Options {
         let progress = Some(seconds("--progress", progress)?).filter(|p| !p.is_zero());
         Ok(Self {
             url,
+            jobs,
             agent,
             plan,
             plan_timeout,
