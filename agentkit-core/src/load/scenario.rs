@@ -50,7 +50,7 @@ impl Prompts {
         }
     }
 
-    /// Spreads the invocations over `sessions` sessions.
+    /// Spreads the invocations over `sessions` sessions (at least one).
     #[must_use]
     pub fn sessions(mut self, sessions: u64) -> Self {
         self.sessions = Some(sessions.max(1));
