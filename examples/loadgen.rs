@@ -24,8 +24,10 @@
 //!   `--records FILE`: run records in JSON lines (`JsonlRecordStore`'s file), the agent's last
 //!   10,000 asked again in order, with their history, prompt variables and tenants: staging
 //!   gets production's shape of traffic.
-//! - `--tenant NAME`; `--sessions N` (in process only: turns spread over N sessions, the agent
-//!   run as a session agent over an in-memory store).
+//! - `--tenant NAME`; `--sessions N`: turns spread over N sessions (`load-0`, ...), each a
+//!   next message of its session: against `--url`, the service's session route; with
+//!   `--jobs`, session jobs; in process, the agent run as a session agent over an in-memory
+//!   store.
 //! - Gates: `--max-error-rate SHARE`, `--max-p99-ms MS`, `--max-missed-rate SHARE`.
 //!
 //! The bearer token for `--url` (an API key or a JWT of the service) is read from the file
@@ -98,6 +100,9 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
     if let Some(tenant) = &options.tenant {
         prompts = prompts.tenant(tenant.as_str());
     }
+    if let Some(sessions) = options.sessions {
+        prompts = prompts.sessions(sessions);
+    }
     if options.jobs {
         let queue = ServiceConfig::from_env()?
             .job_queue()
@@ -111,21 +116,14 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
         return drive(&jobs, options, &prompts).await;
     }
     if let Some(url) = &options.url {
-        if options.sessions.is_some() {
-            return Err(Error::invalid_input(
-                "--sessions loads an agent in process; a service's invoke route has no sessions",
-            ));
-        }
         return drive(&remote(options, url)?, options, &prompts).await;
     }
     let agent = agentkit::demo::assistant()?;
-    match options.sessions {
-        Some(sessions) => {
-            let agent = SessionAgent::builder(agent, Arc::new(MemorySessionStore::new())).build();
-            drive(&agent, options, &prompts.sessions(sessions)).await
-        }
-        None => drive(&agent.boxed(), options, &prompts).await,
+    if options.sessions.is_some() {
+        let agent = SessionAgent::builder(agent, Arc::new(MemorySessionStore::new())).build();
+        return drive(&agent, options, &prompts).await;
     }
+    drive(&agent.boxed(), options, &prompts).await
 }
 
 /// Runs the plan, with a progress line on stderr every `--progress` seconds.
@@ -158,6 +156,9 @@ async fn drive<E: Executor + ?Sized>(
 fn remote(options: &Options, url: &str) -> agentkit::Result<RemoteExecutor> {
     let mut remote =
         RemoteExecutor::builder(url, options.agent.as_str()).timeout(options.plan_timeout);
+    if options.sessions.is_some() {
+        remote = remote.sessions();
+    }
     if let Some(token) = token()? {
         remote = remote.bearer(token);
     }

@@ -18,10 +18,13 @@ use crate::events;
 
 struct Inner {
     client: reqwest::Client,
+    /// `{base}`, parsed.
+    base: reqwest::Url,
     endpoint: String,
     agent: String,
     bearer: Option<HeaderValue>,
     timeout: Duration,
+    sessions: bool,
 }
 
 /// Calls `POST {base}/v1/agents/{agent}/invoke` of another agentkit service, so one agent can
@@ -58,6 +61,7 @@ pub struct RemoteExecutorBuilder {
     agent: String,
     bearer: Option<String>,
     timeout: Duration,
+    sessions: bool,
 }
 
 impl fmt::Debug for RemoteExecutorBuilder {
@@ -77,6 +81,7 @@ impl RemoteExecutor {
             agent: agent.into(),
             bearer: None,
             timeout: Duration::from_secs(120),
+            sessions: false,
         }
     }
 }
@@ -94,11 +99,26 @@ impl RemoteExecutorBuilder {
         self
     }
 
+    /// A context's session id names a session of the remote service: such a turn goes to
+    /// `POST {base}/v1/agents/{agent}/sessions/{session_id}/messages`, where the remote keeps
+    /// the history (the invocation's own history is not sent). Without this (the default),
+    /// every call is a stateless invoke carrying the invocation's history, whatever its
+    /// context names.
+    pub fn sessions(mut self) -> Self {
+        self.sessions = true;
+        self
+    }
+
     /// Validates the URL and builds.
     pub fn build(self) -> Result<RemoteExecutor> {
         let base = self.base.trim_end_matches('/');
-        reqwest::Url::parse(base)
+        let parsed = reqwest::Url::parse(base)
             .map_err(|e| Error::invalid_input(format!("invalid base URL {base:?}: {e}")))?;
+        if parsed.cannot_be_a_base() {
+            return Err(Error::invalid_input(format!(
+                "invalid base URL {base:?}: it cannot hold a path"
+            )));
+        }
         let bearer = self
             .bearer
             .map(|t| {
@@ -116,10 +136,12 @@ impl RemoteExecutorBuilder {
         Ok(RemoteExecutor {
             inner: Arc::new(Inner {
                 client,
+                base: parsed,
                 endpoint: format!("{base}/v1/agents/{}/invoke", self.agent),
                 agent: self.agent,
                 bearer,
                 timeout: self.timeout,
+                sessions: self.sessions,
             }),
         })
     }
@@ -168,6 +190,23 @@ async fn remote_error(response: reqwest::Response) -> Error {
 }
 
 impl RemoteExecutor {
+    /// `{base}/v1/agents/{agent}/sessions/{session}/messages`, each part encoded as a path
+    /// segment.
+    fn session_endpoint(&self, session: &str) -> String {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend([
+                "v1",
+                "agents",
+                &self.inner.agent,
+                "sessions",
+                session,
+                "messages",
+            ]);
+        }
+        url.into()
+    }
+
     async fn post(&self, invocation: &Invocation, stream: bool) -> Result<reqwest::Response> {
         let cx: &Context = &invocation.context;
         let wait = cx
@@ -176,15 +215,25 @@ impl RemoteExecutor {
         if wait.is_zero() {
             return Err(Error::timeout("the request deadline passed"));
         }
+        let session = cx.session_id().filter(|_| self.inner.sessions);
         let body = Body {
             input: &invocation.input,
-            history: &invocation.history,
+            // A remote session keeps its own history.
+            history: if session.is_some() {
+                &[]
+            } else {
+                &invocation.history
+            },
             metadata: &invocation.metadata,
+        };
+        let endpoint = match session {
+            Some(session) => self.session_endpoint(session),
+            None => self.inner.endpoint.clone(),
         };
         let mut request = self
             .inner
             .client
-            .post(&self.inner.endpoint)
+            .post(endpoint)
             .header("x-request-id", cx.request_id())
             .json(&body);
         if let Some(trace) = cx.trace() {

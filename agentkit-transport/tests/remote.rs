@@ -199,3 +199,61 @@ async fn load_over_http_counts_every_answer_and_every_refusal() {
     let gate = LoadLimits::new().max_error_rate(0.01);
     assert_eq!(report.check(&gate).len(), 1);
 }
+
+#[tokio::test]
+async fn a_remote_session_keeps_its_own_history() {
+    let seen: Seen = Arc::default();
+    let down = downstream(seen.clone()).await;
+    let remote = RemoteExecutor::builder(&down, "assistant")
+        .bearer("dummy-downstream-key")
+        .sessions()
+        .build()
+        .unwrap();
+    let turn = |text: &str, session: &str| {
+        let mut invocation =
+            Invocation::text(text).with_context(Context::new().with_session_id(session));
+        // Sent only to stateless invokes: the remote session has its own.
+        invocation.history = vec![agentkit_core::Message::user("not part of the session")];
+        invocation
+    };
+    let first = remote.execute(turn("hello", "s 1/a")).await.unwrap();
+    let second = remote.execute(turn("again", "s 1/a")).await.unwrap();
+    let session = second
+        .session
+        .expect("a session turn says where it was saved");
+    assert_eq!(first.session.unwrap().version, 1);
+    assert_eq!(session.version, 2, "the second turn of the same session");
+    assert_eq!(
+        session.id, "s 1/a",
+        "the id went through as one path segment"
+    );
+    let other = remote.execute(turn("hi", "s-2")).await.unwrap();
+    assert_eq!(other.session.unwrap().version, 1);
+
+    // The remote's stored history: the two turns, not the history sent along.
+    let stored: Value = client()
+        .get(format!("{down}/v1/agents/assistant/sessions/s%201%2Fa"))
+        .bearer_auth("dummy-downstream-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = stored["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"][0]["text"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(texts, ["hello", "again"], "{stored}");
+
+    // Without `sessions()`, the same invocation is a stateless invoke.
+    let stateless = RemoteExecutor::builder(&down, "assistant")
+        .bearer("dummy-downstream-key")
+        .build()
+        .unwrap();
+    let reply = stateless.execute(turn("hello", "s 1/a")).await.unwrap();
+    assert!(reply.session.is_none());
+}
