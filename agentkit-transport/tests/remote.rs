@@ -44,14 +44,16 @@ async fn downstream(seen: Seen) -> String {
     format!("http://{addr}")
 }
 
+/// A client of the downstream's `assistant` with its API key.
+fn keyed(down: &str) -> agentkit_transport::RemoteExecutorBuilder {
+    RemoteExecutor::builder(down, "assistant").bearer("dummy-downstream-key")
+}
+
 #[tokio::test]
 async fn an_agent_delegates_to_another_service() {
     let seen: Seen = Arc::default();
     let down = downstream(seen.clone()).await;
-    let remote = RemoteExecutor::builder(&down, "assistant")
-        .bearer("dummy-downstream-key")
-        .build()
-        .unwrap();
+    let remote = keyed(&down).build().unwrap();
     let upstream = serve(
         Api::builder()
             .agent("delegate", remote.clone())
@@ -149,10 +151,7 @@ async fn load_over_http_counts_every_answer_and_every_refusal() {
 
     let seen: Seen = Arc::default();
     let down = downstream(seen.clone()).await;
-    let remote = RemoteExecutor::builder(&down, "assistant")
-        .bearer("dummy-downstream-key")
-        .build()
-        .unwrap();
+    let remote = keyed(&down).build().unwrap();
     let plan = LoadPlan::concurrency(4)
         .limit(40)
         .timeout(std::time::Duration::from_secs(10));
@@ -204,11 +203,7 @@ async fn load_over_http_counts_every_answer_and_every_refusal() {
 async fn a_remote_session_keeps_its_own_history() {
     let seen: Seen = Arc::default();
     let down = downstream(seen.clone()).await;
-    let remote = RemoteExecutor::builder(&down, "assistant")
-        .bearer("dummy-downstream-key")
-        .sessions()
-        .build()
-        .unwrap();
+    let remote = keyed(&down).sessions().build().unwrap();
     let turn = |text: &str, session: &str| {
         let mut invocation =
             Invocation::text(text).with_context(Context::new().with_session_id(session));
@@ -250,10 +245,7 @@ async fn a_remote_session_keeps_its_own_history() {
     assert_eq!(texts, ["hello", "again"], "{stored}");
 
     // Without `sessions()`, the same invocation is a stateless invoke.
-    let stateless = RemoteExecutor::builder(&down, "assistant")
-        .bearer("dummy-downstream-key")
-        .build()
-        .unwrap();
+    let stateless = keyed(&down).build().unwrap();
     let reply = stateless.execute(turn("hello", "s 1/a")).await.unwrap();
     assert!(reply.session.is_none());
 }
