@@ -1,0 +1,292 @@
+//! [`Pool`]: instances of one agent behind one executor, with session affinity.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{EventStream, Executor, Invocation, Reply};
+use crate::{Error, ErrorKind, Result, stable_hash};
+
+/// Instances of one agent (typically `agentkit_transport::RemoteExecutor`s, one per
+/// instance) behind one executor. A session's turns all go to the instance that owns it, by
+/// rendezvous hashing of the session id over the instances that are up: every caller with
+/// the same members agrees on the owner without talking to the others, and when an instance
+/// goes down only its own sessions move (each to its next choice), and come back when it
+/// does. Invocations without a session take the instances in turn.
+///
+/// An instance is down after [`mark_down_after`](PoolBuilder::mark_down_after) invocations
+/// in a row fail as [`Unavailable`](ErrorKind::Unavailable) (it cannot be reached, or
+/// answers 5xx); other errors are the agent's, not the instance's. After
+/// [`cooldown`](PoolBuilder::cooldown) it is tried again: an answer brings it back, a failure
+/// marks it down for another cooldown. The invocation that failed is not sent elsewhere: whether
+/// it ran is unknown, and the caller decides whether to try again (which lands on the next
+/// owner). When every instance is down, all of them are tried rather than none.
+///
+/// The instances should share their session store, and keep a lease on each session
+/// ([`LeaseStore`](https://docs.rs/agentkit-store) in `SessionAgentBuilder::leasing`): while
+/// callers disagree about which instances are up, a session still has one writer, and the
+/// instance that takes over a session loads all its history, so no message is lost.
+///
+/// ```
+/// use agentkit_core::executor::Pool;
+/// use agentkit_core::model::ScriptedModel;
+/// use agentkit_core::{Agent, Context, Executor, Invocation};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let instance = || Agent::builder().model(ScriptedModel::demo()).build().unwrap();
+/// let pool = Pool::builder()
+///     .member("a", instance())
+///     .member("b", instance())
+///     .build()?;
+/// let owner = pool.owner("s-42").unwrap().to_owned();
+/// let turn = Invocation::text("hello").with_context(Context::new().with_session_id("s-42"));
+/// pool.execute(turn).await?;
+/// assert_eq!(pool.owner("s-42"), Some(owner.as_str()), "the same instance, turn after turn");
+/// # Ok::<_, agentkit_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct Pool<E> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E> Clone for Pool<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for Pool<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let members: Vec<(&str, bool)> = (self.inner.members.iter())
+            .map(|m| (m.name.as_str(), m.is_up(self.inner.now_ms())))
+            .collect();
+        f.debug_struct("Pool").field("members", &members).finish()
+    }
+}
+
+struct Inner<E> {
+    members: Vec<Member<E>>,
+    failures_to_down: u32,
+    cooldown: Duration,
+    /// The next member for invocations without a session.
+    turn: AtomicUsize,
+    epoch: Instant,
+}
+
+struct Member<E> {
+    name: String,
+    /// Mixed into every session's hash for this member.
+    key: u64,
+    executor: E,
+    /// `Unavailable` failures in a row.
+    failures: AtomicU32,
+    /// Milliseconds since the pool's epoch until which it is down; 0 when up.
+    down_until: AtomicU64,
+}
+
+impl<E> Member<E> {
+    fn is_up(&self, now_ms: u64) -> bool {
+        self.down_until.load(Ordering::Relaxed) <= now_ms
+    }
+}
+
+/// Builds a [`Pool`].
+#[must_use]
+pub struct PoolBuilder<E> {
+    members: Vec<(String, E)>,
+    failures_to_down: u32,
+    cooldown: Duration,
+}
+
+impl<E> std::fmt::Debug for PoolBuilder<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.members.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("PoolBuilder")
+            .field("members", &names)
+            .field("failures_to_down", &self.failures_to_down)
+            .field("cooldown", &self.cooldown)
+            .finish()
+    }
+}
+
+impl<E> Default for PoolBuilder<E> {
+    fn default() -> Self {
+        Self {
+            members: Vec::new(),
+            failures_to_down: 3,
+            cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+impl<E: Executor> Pool<E> {
+    /// A builder with no members, marking one down after 3 failures in a row for 10 s.
+    pub fn builder() -> PoolBuilder<E> {
+        PoolBuilder::default()
+    }
+
+    /// The instance that owns `session` now (among those up), by name.
+    pub fn owner(&self, session: &str) -> Option<&str> {
+        let index = self.inner.pick(Some(session))?;
+        Some(&self.inner.members[index].name)
+    }
+
+    /// The instances that are up now, by name.
+    pub fn up(&self) -> Vec<&str> {
+        let now = self.inner.now_ms();
+        (self.inner.members.iter())
+            .filter(|m| m.is_up(now))
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+}
+
+impl<E> PoolBuilder<E> {
+    /// Adds an instance named `name` (stable across restarts and the same for every
+    /// caller: it decides which sessions the instance owns).
+    pub fn member(mut self, name: impl Into<String>, executor: E) -> Self {
+        self.members.push((name.into(), executor));
+        self
+    }
+
+    /// Marks an instance down after this many `Unavailable` failures in a row (default 3).
+    pub fn mark_down_after(mut self, failures: u32) -> Self {
+        self.failures_to_down = failures;
+        self
+    }
+
+    /// How long an instance stays down before one invocation tries it again (default 10 s).
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Checks the members (at least one, names unique and not empty) and builds.
+    pub fn build(self) -> Result<Pool<E>> {
+        if self.members.is_empty() {
+            return Err(Error::invalid_input("a pool needs at least one member"));
+        }
+        if self.failures_to_down == 0 {
+            return Err(Error::invalid_input("mark_down_after must be at least 1"));
+        }
+        let mut names: Vec<&str> = self.members.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        if let Some(name) = names.iter().find(|name| name.is_empty()) {
+            return Err(Error::invalid_input(format!(
+                "a pool member needs a name, not {name:?}"
+            )));
+        }
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(Error::invalid_input(format!(
+                "two pool members are named {:?}",
+                pair[0]
+            )));
+        }
+        let members = (self.members.into_iter())
+            .map(|(name, executor)| Member {
+                key: stable_hash(name.bytes()),
+                name,
+                executor,
+                failures: AtomicU32::new(0),
+                down_until: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                members,
+                failures_to_down: self.failures_to_down,
+                cooldown: self.cooldown,
+                turn: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            }),
+        })
+    }
+}
+
+/// A 64-bit finalizer (SplitMix64's): spreads a session's hash mixed with a member's key.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl<E> Inner<E> {
+    fn now_ms(&self) -> u64 {
+        // At least 1: 0 means "up" in `down_until`.
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// The member for an invocation: a session's owner among the members up (all of them
+    /// when none is), or the next in turn.
+    fn pick(&self, session: Option<&str>) -> Option<usize> {
+        let now = self.now_ms();
+        let any_up = self.members.iter().any(|m| m.is_up(now));
+        let candidates = (0..self.members.len()).filter(|&i| !any_up || self.members[i].is_up(now));
+        match session {
+            Some(session) => {
+                let hash = stable_hash(session.bytes());
+                candidates.max_by_key(|&i| (mix(hash ^ self.members[i].key), i))
+            }
+            None => {
+                let candidates: Vec<usize> = candidates.collect();
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                candidates.get(turn % candidates.len().max(1)).copied()
+            }
+        }
+    }
+
+    /// Counts how the member's invocation went.
+    fn observe<T>(&self, index: usize, outcome: &Result<T>) {
+        let member = &self.members[index];
+        match outcome {
+            Err(error) if error.kind() == ErrorKind::Unavailable => {
+                let failures = member.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= self.failures_to_down {
+                    let until = self.now_ms() + self.cooldown.as_millis() as u64;
+                    if member.down_until.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                        tracing::warn!(
+                            target: "agentkit::pool",
+                            member = %member.name,
+                            failures,
+                            cooldown_ms = self.cooldown.as_millis() as u64,
+                            %error,
+                            "pool member down: its sessions go to their next owner"
+                        );
+                    }
+                }
+            }
+            _ => {
+                member.failures.store(0, Ordering::Relaxed);
+                if member.down_until.swap(0, Ordering::Relaxed) != 0 {
+                    tracing::info!(
+                        target: "agentkit::pool",
+                        member = %member.name,
+                        "pool member up again: its sessions come back"
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl<E: Executor> Executor for Pool<E> {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let inner = &*self.inner;
+        let index = (inner.pick(invocation.context.session_id()))
+            .ok_or_else(|| Error::unavailable("the pool has no member"))?;
+        let outcome = inner.members[index].executor.execute(invocation).await;
+        inner.observe(index, &outcome);
+        outcome
+    }
+
+    async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
+        let inner = &*self.inner;
+        let index = (inner.pick(invocation.context.session_id()))
+            .ok_or_else(|| Error::unavailable("the pool has no member"))?;
+        let outcome = inner.members[index].executor.stream(invocation).await;
+        inner.observe(index, &outcome);
+        outcome
+    }
+}

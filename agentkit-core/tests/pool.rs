@@ -1,0 +1,244 @@
+//! `Pool`: session affinity by rendezvous hashing, members marked down and back up, turns
+//! without a session taken in turn.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agentkit_core::executor::{Pool, Reply};
+use agentkit_core::{Context, Error, ErrorKind, Executor, Invocation, Result};
+
+/// An instance: answers with its name, or fails as unreachable while `dead`.
+#[derive(Clone)]
+struct Instance {
+    name: &'static str,
+    dead: Arc<AtomicBool>,
+}
+
+impl Instance {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            dead: Arc::default(),
+        }
+    }
+
+    fn kill(&self, dead: bool) {
+        self.dead.store(dead, Ordering::SeqCst);
+    }
+}
+
+impl Executor for Instance {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(format!("cannot reach {}", self.name)));
+        }
+        if invocation.input[0].text_content() == "bad" {
+            return Err(Error::invalid_input("bad"));
+        }
+        Ok(Reply {
+            output: self.name.to_owned(),
+            ..Reply::default()
+        })
+    }
+}
+
+fn pool(instances: &[Instance], down_after: u32, cooldown: Duration) -> Pool<Instance> {
+    let mut builder = Pool::builder()
+        .mark_down_after(down_after)
+        .cooldown(cooldown);
+    for instance in instances {
+        builder = builder.member(instance.name, instance.clone());
+    }
+    builder.build().unwrap()
+}
+
+fn turn(session: &str, text: &str) -> Invocation {
+    Invocation::text(text).with_context(Context::new().with_session_id(session))
+}
+
+/// Who answered each session's turn.
+async fn owners(pool: &Pool<Instance>, sessions: &[String]) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    for session in sessions {
+        let reply = pool.execute(turn(session, "hello")).await.unwrap();
+        owners.insert(session.clone(), reply.output);
+    }
+    owners
+}
+
+fn sessions(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("session-{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_sessions_turns_stay_on_one_instance_and_sessions_spread() {
+    let instances = [Instance::new("a"), Instance::new("b"), Instance::new("c")];
+    let pool = pool(&instances, 3, Duration::from_secs(10));
+    let sessions = sessions(300);
+    let first = owners(&pool, &sessions).await;
+    let second = owners(&pool, &sessions).await;
+    assert_eq!(
+        first, second,
+        "every session on the same instance, turn after turn"
+    );
+    for (session, owner) in &first {
+        assert_eq!(pool.owner(session), Some(owner.as_str()));
+    }
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    for owner in first.values() {
+        *load.entry(owner.as_str()).or_default() += 1;
+    }
+    assert_eq!(load.len(), 3, "{load:?}");
+    assert!(load.values().all(|&n| (60..=140).contains(&n)), "{load:?}");
+
+    // Another pool with the same members, built apart (another caller): the same owners.
+    let elsewhere = pool_of_same(&instances);
+    for (session, owner) in &first {
+        assert_eq!(elsewhere.owner(session), Some(owner.as_str()));
+    }
+}
+
+fn pool_of_same(instances: &[Instance]) -> Pool<Instance> {
+    // Members added in another order: ownership depends on names, not on order.
+    let mut reversed = instances.to_vec();
+    reversed.reverse();
+    pool(&reversed, 3, Duration::from_secs(10))
+}
+
+#[tokio::test]
+async fn only_a_downed_instances_sessions_move_and_they_come_back() {
+    let instances = [Instance::new("a"), Instance::new("b"), Instance::new("c")];
+    let pool = pool(&instances, 2, Duration::from_millis(200));
+    let sessions = sessions(120);
+    let before = owners(&pool, &sessions).await;
+    let on_b: Vec<&String> = (before.iter())
+        .filter(|(_, owner)| *owner == "b")
+        .map(|(session, _)| session)
+        .collect();
+    assert!(!on_b.is_empty());
+
+    instances[1].kill(true);
+    // Two failures in a row mark it down; the failed turns are not sent elsewhere.
+    for session in &on_b[..2] {
+        let error = pool.execute(turn(session, "hello")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+    }
+    assert_eq!(pool.up(), ["a", "c"]);
+    let during = owners(&pool, &sessions).await;
+    for (session, owner) in &before {
+        if owner == "b" {
+            assert_ne!(during[session], "b", "{session} moved to its next choice");
+        } else {
+            assert_eq!(&during[session], owner, "{session} stayed where it was");
+        }
+    }
+
+    // Back after the cooldown: the first answer brings it up, and its sessions return.
+    instances[1].kill(false);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let after = owners(&pool, &sessions).await;
+    assert_eq!(after, before);
+    assert_eq!(pool.up(), ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn a_failure_after_the_cooldown_marks_it_down_again() {
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = pool(&instances, 1, Duration::from_millis(100));
+    instances[0].kill(true);
+    let on_a = sessions(40)
+        .into_iter()
+        .find(|s| pool.owner(s) == Some("a"))
+        .unwrap();
+    assert!(pool.execute(turn(&on_a, "hello")).await.is_err());
+    assert_eq!(pool.up(), ["b"]);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(pool.up(), ["a", "b"], "tried again after the cooldown");
+    assert!(pool.execute(turn(&on_a, "hello")).await.is_err());
+    assert_eq!(pool.up(), ["b"], "still dead: down for another cooldown");
+    assert_eq!(
+        pool.execute(turn(&on_a, "hello")).await.unwrap().output,
+        "b"
+    );
+}
+
+#[tokio::test]
+async fn the_agents_own_errors_do_not_mark_an_instance_down() {
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = pool(&instances, 1, Duration::from_secs(10));
+    for session in sessions(20) {
+        let error = pool.execute(turn(&session, "bad")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    }
+    assert_eq!(pool.up(), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn turns_without_a_session_take_the_instances_up_in_turn() {
+    let instances = [Instance::new("a"), Instance::new("b"), Instance::new("c")];
+    let pool = pool(&instances, 1, Duration::from_secs(10));
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        answered.push(pool.execute(Invocation::text("hi")).await.unwrap().output);
+    }
+    assert_eq!(answered, ["a", "b", "c", "a", "b", "c"]);
+
+    instances[2].kill(true);
+    let mut seen = BTreeSet::new();
+    for _ in 0..6 {
+        if let Ok(reply) = pool.execute(Invocation::text("hi")).await {
+            seen.insert(reply.output);
+        }
+    }
+    assert_eq!(pool.up(), ["a", "b"]);
+    assert_eq!(seen, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+}
+
+#[tokio::test]
+async fn with_every_instance_down_all_are_still_tried() {
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = pool(&instances, 1, Duration::from_secs(60));
+    for instance in &instances {
+        instance.kill(true);
+    }
+    for session in sessions(10) {
+        let _ = pool.execute(turn(&session, "hello")).await;
+    }
+    assert!(pool.up().is_empty());
+    instances[0].kill(false);
+    let answered: BTreeSet<String> =
+        futures::future::join_all(sessions(10).iter().map(|s| pool.execute(turn(s, "hello"))))
+            .await
+            .into_iter()
+            .filter_map(|r| r.ok().map(|reply| reply.output))
+            .collect();
+    assert_eq!(
+        answered,
+        BTreeSet::from(["a".to_owned()]),
+        "the live one answers"
+    );
+    assert_eq!(pool.up(), ["a"]);
+}
+
+#[test]
+fn a_pool_that_cannot_work_is_refused() {
+    let refused = [
+        Pool::<Instance>::builder().build().err(),
+        Pool::builder()
+            .member("a", Instance::new("a"))
+            .member("a", Instance::new("a"))
+            .build()
+            .err(),
+        Pool::builder().member("", Instance::new("a")).build().err(),
+        Pool::builder()
+            .member("a", Instance::new("a"))
+            .mark_down_after(0)
+            .build()
+            .err(),
+    ];
+    for error in refused {
+        assert_eq!(error.unwrap().kind(), ErrorKind::InvalidInput);
+    }
+}
