@@ -10,6 +10,7 @@ mod guard;
 mod health;
 mod pool;
 mod retry;
+mod router;
 mod service;
 mod timeout;
 
@@ -31,6 +32,7 @@ pub use guard::{Guard, GuardLayer, Redactor};
 pub use health::{Alert, AlertRule, AlertRules, HealthWatch, Watched};
 pub use pool::{Pool, PoolBuilder};
 pub use retry::{Retry, RetryLayer};
+pub use router::{Route, Router, RouterBuilder};
 pub use service::{ExecutorService, ServiceExecutor};
 pub use timeout::{Timeout, TimeoutLayer};
 
