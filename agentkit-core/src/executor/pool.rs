@@ -223,16 +223,17 @@ impl<E> Inner<E> {
     fn pick(&self, session: Option<&str>) -> Option<usize> {
         let now = self.now_ms();
         let any_up = self.members.iter().any(|m| m.is_up(now));
-        let candidates = (0..self.members.len()).filter(|&i| !any_up || self.members[i].is_up(now));
+        let mut candidates =
+            (0..self.members.len()).filter(|&i| !any_up || self.members[i].is_up(now));
         match session {
             Some(session) => {
                 let hash = stable_hash(session.bytes());
                 candidates.max_by_key(|&i| (mix(hash ^ self.members[i].key), i))
             }
             None => {
-                let candidates: Vec<usize> = candidates.collect();
+                let count = candidates.clone().count();
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-                candidates.get(turn % candidates.len().max(1)).copied()
+                candidates.nth(turn % count.max(1))
             }
         }
     }
