@@ -142,6 +142,10 @@ pub trait Observer: Send + Sync {
     /// A queue holds `depth` jobs waiting (reported periodically by workers).
     fn queue_depth(&self, _queue: &str, _depth: u64) {}
 
+    /// A [`Pool`](crate::executor::Pool)'s member is up or down (reported when it is built and
+    /// at each change).
+    fn pool_member(&self, _pool: &str, _member: &str, _up: bool) {}
+
     /// A session save lost a compare-and-set race.
     fn session_conflict(&self) {}
 

@@ -61,6 +61,12 @@ pub(crate) struct QueueLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PoolLabels {
+    pub(crate) pool: String,
+    pub(crate) member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AlertLabels {
     pub(crate) watch: String,
     pub(crate) rule: &'static str,
@@ -91,6 +97,7 @@ pub(crate) struct Metrics {
     pub(crate) cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub(crate) inflight: Family<AgentLabel, InflightGauge>,
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
+    pub(crate) pool_members: Family<PoolLabels, Gauge>,
     pub(crate) alerts: Family<AlertLabels, Gauge>,
     pub(crate) session_conflicts: Counter,
     /// Records the telemetry thread never got (it was behind or stopped).
@@ -307,6 +314,12 @@ impl Metrics {
             "Jobs waiting in a queue",
             queue_depth.clone(),
         );
+        let pool_members = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "agentkit_pool_member_up",
+            "1 while a pool's member takes its sessions, 0 while it is down",
+            pool_members.clone(),
+        );
         let alerts = Family::<AlertLabels, Gauge>::default();
         registry.register(
             "agentkit_alerts_firing",
@@ -335,6 +348,7 @@ impl Metrics {
             cost,
             inflight,
             queue_depth,
+            pool_members,
             alerts,
             session_conflicts,
             telemetry_dropped,

@@ -20,7 +20,8 @@ use tracing::Dispatch;
 use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
 use crate::metrics::{
-    AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, QueueLabel, ToolMetrics,
+    AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, PoolLabels, QueueLabel,
+    ToolMetrics,
 };
 use crate::semconv::Names;
 use crate::spans::{Batch, Clock, Ended, OpenSpan, Sampling, Stamp};
@@ -489,6 +490,18 @@ impl Observer for AgentObserver {
                     queue: queue.to_owned(),
                 })
                 .set(depth.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    fn pool_member(&self, pool: &str, member: &str, up: bool) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics
+                .pool_members
+                .get_or_create(&PoolLabels {
+                    pool: pool.to_owned(),
+                    member: member.to_owned(),
+                })
+                .set(i64::from(up));
         }
     }
 
@@ -1515,6 +1528,73 @@ mod tests {
             2,
             "fired, resolved"
         );
+    }
+
+    /// An instance of a pool that cannot be reached while `dead`.
+    struct Instance(Arc<std::sync::atomic::AtomicBool>);
+
+    impl agentkit_core::Executor for Instance {
+        async fn execute(
+            &self,
+            _invocation: agentkit_core::Invocation,
+        ) -> agentkit_core::Result<agentkit_core::executor::Reply> {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::unavailable("cannot reach the instance"));
+            }
+            Ok(agentkit_core::executor::Reply::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_members_are_kept_as_a_gauge() {
+        use agentkit_core::executor::Pool;
+        use agentkit_core::{Executor, Invocation};
+
+        let telemetry = crate::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .metrics(true)
+            .init()
+            .unwrap();
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pool = Pool::builder()
+            .name("assistants")
+            .observer(telemetry.observer())
+            .member("a", Instance(Arc::default()))
+            .member("b", Instance(dead.clone()))
+            .mark_down_after(1)
+            .cooldown(std::time::Duration::ZERO)
+            .build()
+            .unwrap();
+        let gauge = |member: &str| {
+            let line =
+                format!(r#"agentkit_pool_member_up{{pool="assistants",member="{member}"}} "#);
+            let text = telemetry.metrics().unwrap().render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            (gauge("a").as_deref(), gauge("b").as_deref()),
+            (Some("1"), Some("1"))
+        );
+        let on_b = (0..50)
+            .map(|i| format!("s-{i}"))
+            .find(|s| pool.owner(s) == Some("b"))
+            .unwrap();
+        let turn = || {
+            Invocation::text("hi")
+                .with_context(agentkit_core::Context::new().with_session_id(on_b.as_str()))
+        };
+        dead.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(pool.execute(turn()).await.is_err());
+        assert_eq!(gauge("b").as_deref(), Some("0"), "down");
+        dead.store(false, std::sync::atomic::Ordering::SeqCst);
+        // With no cooldown it is tried at once; its answer brings it back.
+        pool.execute(turn()).await.unwrap();
+        assert_eq!(gauge("b").as_deref(), Some("1"), "up again");
+        assert_eq!(gauge("a").as_deref(), Some("1"));
     }
 
     /// Samples the traces of one agent only, by the attribute a run's span starts with.

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{EventStream, Executor, Invocation, Reply};
+use crate::observer::Observer;
 use crate::{Error, ErrorKind, Result, stable_hash};
 
 /// Instances of one agent (typically `agentkit_transport::RemoteExecutor`s, one per
@@ -21,6 +22,10 @@ use crate::{Error, ErrorKind, Result, stable_hash};
 /// marks it down for another cooldown. The invocation that failed is not sent elsewhere: whether
 /// it ran is unknown, and the caller decides whether to try again (which lands on the next
 /// owner). When every instance is down, all of them are tried rather than none.
+///
+/// Members going down and coming back are `warn` and `info` log lines (target
+/// `agentkit::pool`) and, with an [`Observer`] (the process-wide one unless
+/// [`PoolBuilder::observer`] names one), the gauge `agentkit_pool_member_up{pool,member}`.
 ///
 /// The instances should share their session store, and keep a lease on each session
 /// ([`LeaseStore`](https://docs.rs/agentkit-store) in `SessionAgentBuilder::leasing`): while
@@ -67,6 +72,8 @@ impl<E> std::fmt::Debug for Pool<E> {
 }
 
 struct Inner<E> {
+    name: String,
+    observer: Option<Arc<dyn Observer>>,
     members: Vec<Member<E>>,
     failures_to_down: u32,
     cooldown: Duration,
@@ -95,6 +102,8 @@ impl<E> Member<E> {
 /// Builds a [`Pool`].
 #[must_use]
 pub struct PoolBuilder<E> {
+    name: String,
+    observer: Option<Arc<dyn Observer>>,
     members: Vec<(String, E)>,
     failures_to_down: u32,
     cooldown: Duration,
@@ -104,6 +113,7 @@ impl<E> std::fmt::Debug for PoolBuilder<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.members.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("PoolBuilder")
+            .field("name", &self.name)
             .field("members", &names)
             .field("failures_to_down", &self.failures_to_down)
             .field("cooldown", &self.cooldown)
@@ -114,6 +124,8 @@ impl<E> std::fmt::Debug for PoolBuilder<E> {
 impl<E> Default for PoolBuilder<E> {
     fn default() -> Self {
         Self {
+            name: "pool".to_owned(),
+            observer: None,
             members: Vec::new(),
             failures_to_down: 3,
             cooldown: Duration::from_secs(10),
@@ -144,6 +156,19 @@ impl<E: Executor> Pool<E> {
 }
 
 impl<E> PoolBuilder<E> {
+    /// The pool's name in its metric (default `pool`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Tells `observer` of members going down and coming back (default: the process-wide
+    /// one, if installed when the pool is built).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Adds an instance named `name` (stable across restarts and the same for every
     /// caller: it decides which sessions the instance owns).
     pub fn member(mut self, name: impl Into<String>, executor: E) -> Self {
@@ -184,7 +209,7 @@ impl<E> PoolBuilder<E> {
                 pair[0]
             )));
         }
-        let members = (self.members.into_iter())
+        let members: Vec<Member<E>> = (self.members.into_iter())
             .map(|(name, executor)| Member {
                 key: stable_hash(name.bytes()),
                 name,
@@ -193,8 +218,16 @@ impl<E> PoolBuilder<E> {
                 down_until: AtomicU64::new(0),
             })
             .collect();
+        let observer = (self.observer).or_else(|| crate::observer::global_observer().cloned());
+        if let Some(observer) = &observer {
+            for member in &members {
+                observer.pool_member(&self.name, &member.name, true);
+            }
+        }
         Ok(Pool {
             inner: Arc::new(Inner {
+                name: self.name,
+                observer,
                 members,
                 failures_to_down: self.failures_to_down,
                 cooldown: self.cooldown,
@@ -238,6 +271,13 @@ impl<E> Inner<E> {
         }
     }
 
+    /// Tells the observer, if any, that `member` went up or down.
+    fn tell(&self, member: &Member<E>, up: bool) {
+        if let Some(observer) = &self.observer {
+            observer.pool_member(&self.name, &member.name, up);
+        }
+    }
+
     /// Counts how the member's invocation went.
     fn observe<T>(&self, index: usize, outcome: &Result<T>) {
         let member = &self.members[index];
@@ -247,6 +287,7 @@ impl<E> Inner<E> {
                 if failures >= self.failures_to_down {
                     let until = self.now_ms() + self.cooldown.as_millis() as u64;
                     if member.down_until.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                        self.tell(member, false);
                         tracing::warn!(
                             target: "agentkit::pool",
                             member = %member.name,
@@ -261,6 +302,7 @@ impl<E> Inner<E> {
             _ => {
                 member.failures.store(0, Ordering::Relaxed);
                 if member.down_until.swap(0, Ordering::Relaxed) != 0 {
+                    self.tell(member, true);
                     tracing::info!(
                         target: "agentkit::pool",
                         member = %member.name,
