@@ -1477,6 +1477,26 @@ mod tests {
             .map(|kv| kv.value.clone())
     }
 
+    /// Telemetry with metrics alone, not installed process-wide.
+    fn metrics_only() -> crate::Telemetry {
+        crate::ObserveBuilder::from_env()
+            .unwrap()
+            .global(false)
+            .logs(false)
+            .metrics(true)
+            .init()
+            .unwrap()
+    }
+
+    /// The value of the series `name{labels}` on `/metrics`, if it is there.
+    fn series(telemetry: &crate::Telemetry, series: &str) -> Option<String> {
+        let text = telemetry.metrics().unwrap().render();
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .map(str::to_owned)
+    }
+
     /// A health watch reported through telemetry keeps `agentkit_alerts_firing` at 1 while
     /// a rule fires and 0 once it resolves, beside the callbacks given before.
     #[tokio::test]
@@ -1484,13 +1504,7 @@ mod tests {
         use agentkit_core::executor::{AlertRules, HealthWatch};
         use std::time::Duration;
 
-        let telemetry = crate::ObserveBuilder::from_env()
-            .unwrap()
-            .global(false)
-            .logs(false)
-            .metrics(true)
-            .init()
-            .unwrap();
+        let telemetry = metrics_only();
         let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = told.clone();
         let rules = AlertRules {
@@ -1503,26 +1517,25 @@ mod tests {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         let watch = telemetry.report_alerts(watch);
-        let gauge = |text: &str| {
-            let line = r#"agentkit_alerts_firing{watch="billing",rule="error_burst"} "#;
-            text.lines()
-                .find_map(|l| l.strip_prefix(line))
-                .map(str::to_owned)
+        let gauge = || {
+            series(
+                &telemetry,
+                r#"agentkit_alerts_firing{watch="billing",rule="error_burst"}"#,
+            )
         };
-        let render = || telemetry.metrics().unwrap().render();
-        assert_eq!(gauge(&render()), None, "no series before an alert");
+        assert_eq!(gauge(), None, "no series before an alert");
 
         for _ in 0..2 {
             watch.record(Duration::from_millis(5), true, 0);
         }
         assert_eq!(watch.alerts().len(), 1);
-        assert_eq!(gauge(&render()).as_deref(), Some("1"));
+        assert_eq!(gauge().as_deref(), Some("1"));
 
         for _ in 0..3 {
             watch.record(Duration::from_millis(5), false, 10);
         }
         assert!(watch.alerts().is_empty());
-        assert_eq!(gauge(&render()).as_deref(), Some("0"));
+        assert_eq!(gauge().as_deref(), Some("0"));
         assert_eq!(
             told.load(std::sync::atomic::Ordering::SeqCst),
             2,
@@ -1550,13 +1563,7 @@ mod tests {
         use agentkit_core::executor::Pool;
         use agentkit_core::{Executor, Invocation};
 
-        let telemetry = crate::ObserveBuilder::from_env()
-            .unwrap()
-            .global(false)
-            .logs(false)
-            .metrics(true)
-            .init()
-            .unwrap();
+        let telemetry = metrics_only();
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pool = Pool::builder()
             .name("assistants")
@@ -1568,12 +1575,10 @@ mod tests {
             .build()
             .unwrap();
         let gauge = |member: &str| {
-            let line =
-                format!(r#"agentkit_pool_member_up{{pool="assistants",member="{member}"}} "#);
-            let text = telemetry.metrics().unwrap().render();
-            text.lines()
-                .find_map(|l| l.strip_prefix(line.as_str()))
-                .map(str::to_owned)
+            series(
+                &telemetry,
+                &format!(r#"agentkit_pool_member_up{{pool="assistants",member="{member}"}}"#),
+            )
         };
         assert_eq!(
             (gauge("a").as_deref(), gauge("b").as_deref()),
