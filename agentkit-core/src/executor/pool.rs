@@ -285,8 +285,9 @@ impl<E> Inner<E> {
             Err(error) if error.kind() == ErrorKind::Unavailable => {
                 let failures = member.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures >= self.failures_to_down {
-                    let until = self.now_ms() + self.cooldown.as_millis() as u64;
-                    if member.down_until.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                    let now = self.now_ms();
+                    let until = now + self.cooldown.as_millis() as u64;
+                    if member.down_until.swap(until, Ordering::Relaxed) <= now {
                         self.tell(member, false);
                         tracing::warn!(
                             target: "agentkit::pool",
