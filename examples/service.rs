@@ -4,7 +4,9 @@
 //!
 //! Serves on 127.0.0.1:8080 (`AGENTKIT_ADDR`) with the scripted model and in-memory sessions.
 //! `REDIS_URL` / `DATABASE_URL` keep sessions in Redis / PostgreSQL (with `DATABASE_URL`, run
-//! records go to PostgreSQL too); `OPENAI_API_KEY` (+ `OPENAI_BASE_URL`, `AGENTKIT_MODEL`)
+//! records go to PostgreSQL too), with a lease per session (`AGENTKIT_SESSION_LEASE_MS`,
+//! `AGENTKIT_INSTANCE_ID`) so that instances sharing the store take a session's turns one at a
+//! time; `OPENAI_API_KEY` (+ `OPENAI_BASE_URL`, `AGENTKIT_MODEL`)
 //! switches to a real model; `AGENTKIT_API_KEYS` / `AGENTKIT_JWT_SECRET` (or their `_FILE`
 //! forms, which rotate) require credentials;
 //! `AGENTKIT_RATE_LIMIT` limits each tenant. Logs are JSON lines on stdout (`RUST_LOG`,
@@ -22,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentkit::executor::{AlertRules, HealthWatch};
-use agentkit::store::{RecordLayer, RecordStore, SessionStore};
+use agentkit::store::{LeaseStore, RecordLayer, RecordStore, SessionStore};
 use agentkit::transport::jobs::{JobQueue, MemoryJobQueue, Worker};
 use agentkit::transport::{Api, ServiceConfig};
 use agentkit::{BoxExecutor, ExecutorExt};
@@ -39,18 +41,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn sessions(config: &ServiceConfig) -> agentkit::Result<Arc<dyn SessionStore>> {
+/// Where sessions live, and the lease store when they live in a server: instances of this
+/// service sharing that store then run each session's turns one at a time between them.
+async fn sessions(
+    config: &ServiceConfig,
+) -> agentkit::Result<(Arc<dyn SessionStore>, Option<Arc<dyn LeaseStore>>)> {
     if let Some(url) = &config.redis_url {
-        return Ok(Arc::new(
-            agentkit::store::redis::RedisSessionStore::connect(url)?,
-        ));
+        let store = Arc::new(agentkit::store::redis::RedisSessionStore::connect(url)?);
+        return Ok((store.clone(), Some(store)));
     }
     if let Some(url) = &config.database_url {
-        return Ok(Arc::new(
-            agentkit::store::postgres::PostgresSessionStore::connect(url).await?,
-        ));
+        let store = Arc::new(agentkit::store::postgres::PostgresSessionStore::connect(url).await?);
+        return Ok((store.clone(), Some(store)));
     }
-    Ok(Arc::new(agentkit::store::MemorySessionStore::new()))
+    Ok((Arc::new(agentkit::store::MemorySessionStore::new()), None))
 }
 
 async fn run() -> agentkit::Result<()> {
@@ -89,17 +93,21 @@ async fn run() -> agentkit::Result<()> {
             queue
         }
     };
+    let (store, leases) = sessions(&config).await?;
     let mut api = Api::builder()
         .agent("assistant", executor)
         .jobs(queue)
         .allow_private_callbacks(config.webhook_allow_private)
-        .session_store(sessions(&config).await?)
+        .session_store(store)
         .auth(config.auth.clone())
         .request_timeout(config.request_timeout)
         .body_limit(config.body_limit)
         .metrics(telemetry.metrics_renderer());
     if let Some(limits) = config.rate_limits.clone() {
         api = api.rate_limits(limits);
+    }
+    if let (Some(leases), Some(ttl)) = (leases, config.session_lease) {
+        api = api.session_leases(leases, &config.instance_id, ttl);
     }
     let api = api.build()?;
 

@@ -1,88 +1,15 @@
 //! The bundled service as a real process: SIGTERM stops accepting, lets the request and the
 //! stream in flight finish, and the process exits 0.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
-/// The example binary cargo built next to this test (`target/<profile>/examples/NAME`).
-pub fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo test builds examples",
-        path.display()
-    );
-    path
-}
-
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(envs: &[(&str, &str)]) -> Service {
-    let mut command = Command::new(example("service"));
-    command
-        .env("AGENTKIT_ADDR", "127.0.0.1:0")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("AGENTKIT_API_KEYS")
-        .env_remove("AGENTKIT_JWT_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in envs {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("the service starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    // Log lines (JSON) may come first; the address line is plain text.
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the service printed its address")
-            .unwrap();
-        if let Some(base) = line.strip_prefix("listening on ") {
-            break base.to_owned();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    std::mem::forget(rx);
-    Service { child, base }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
+use support::process::Service;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_then_exits_zero() {
-    let mut service = start(&[
+    let mut service = Service::start(&[
         ("AGENTKIT_SCRIPTED_LATENCY_MS", "400"),
         ("AGENTKIT_DRAIN_TIMEOUT_MS", "10000"),
     ]);
@@ -125,7 +52,7 @@ async fn sigterm_drains_in_flight_work_then_exits_zero() {
         }
     });
     tokio::time::sleep(Duration::from_millis(250)).await;
-    sigterm(&service.child);
+    service.sigterm();
     tokio::time::sleep(Duration::from_millis(150)).await;
     let refused = reqwest::Client::new()
         .get(format!("{}/healthz", service.base))

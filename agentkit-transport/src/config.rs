@@ -30,6 +30,8 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_WEBHOOK_SECRET` | HMAC secret for job webhooks | none (no webhooks) |
 /// | `AGENTKIT_WEBHOOK_SECRET_FILE` | a file holding it instead, read again every 30 s (rotation without a restart) | none |
 /// | `AGENTKIT_WEBHOOK_ALLOW_PRIVATE` | `true`: webhooks may call loopback and private addresses | `false` |
+/// | `AGENTKIT_SESSION_LEASE_MS` | with sessions in Redis or PostgreSQL, how long a session's lease lasts (renewed while a turn runs; an instance that dies mid-turn holds its sessions this long); `0` turns leases off | 30000 |
+/// | `AGENTKIT_INSTANCE_ID` | this instance's name as a lease owner, unique in the fleet | `{HOSTNAME}-{pid}-{random}` |
 #[derive(Clone)]
 pub struct ServiceConfig {
     /// Bind address.
@@ -60,6 +62,10 @@ pub struct ServiceConfig {
     pub webhook_secret_file: Option<std::path::PathBuf>,
     /// Whether webhooks may call loopback and private addresses.
     pub webhook_allow_private: bool,
+    /// How long a session lease lasts, when sessions are kept in a server; `None`: no leases.
+    pub session_lease: Option<Duration>,
+    /// This instance's name as a lease owner.
+    pub instance_id: String,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -82,6 +88,8 @@ impl fmt::Debug for ServiceConfig {
                 &self.webhook_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("session_lease", &self.session_lease)
+            .field("instance_id", &self.instance_id)
             .finish()
     }
 }
@@ -118,6 +126,23 @@ fn millis(name: &str, default: u64) -> Result<Duration> {
     }
 }
 
+/// `{HOSTNAME}-{pid}-{random}`: the random part makes each start of a process a new owner,
+/// so a restarted container (same host name, often the same pid) never passes for the
+/// instance that died holding a lease.
+fn default_instance_id() -> String {
+    let host = var("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().chars().take(64).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agentkit".to_owned());
+    let random = agentkit_core::generate_id();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &random[..8.min(random.len())]
+    )
+}
+
 impl ServiceConfig {
     /// Reads the environment; an error names the variable that is wrong.
     pub fn from_env() -> Result<Self> {
@@ -149,6 +174,22 @@ impl ServiceConfig {
             })?,
             None => 1 << 20,
         };
+        let session_lease =
+            Some(millis("AGENTKIT_SESSION_LEASE_MS", 30_000)?).filter(|lease| !lease.is_zero());
+        if session_lease.is_some_and(|lease| lease < Duration::from_millis(100)) {
+            return Err(Error::invalid_input(
+                "AGENTKIT_SESSION_LEASE_MS must be 0 (no leases) or at least 100",
+            ));
+        }
+        let instance_id = match var("AGENTKIT_INSTANCE_ID") {
+            Some(id) if id.trim().len() > 128 => {
+                return Err(Error::invalid_input(
+                    "AGENTKIT_INSTANCE_ID must be at most 128 characters",
+                ));
+            }
+            Some(id) => id.trim().to_owned(),
+            None => default_instance_id(),
+        };
         Ok(Self {
             addr,
             redis_url: var("REDIS_URL"),
@@ -172,6 +213,8 @@ impl ServiceConfig {
                     )));
                 }
             },
+            session_lease,
+            instance_id,
         })
     }
 

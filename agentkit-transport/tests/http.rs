@@ -255,6 +255,92 @@ async fn a_busy_session_under_reject_answers_409() {
 }
 
 #[tokio::test]
+async fn session_leases_keep_one_turn_at_a_time_across_instances() {
+    // Two instances of the service share a store and its leases: a message that reaches the
+    // second while the first runs a turn of the same session is refused under `Reject`
+    // (without leases, each instance would only know its own turns).
+    let store = Arc::new(agentkit_store::MemorySessionStore::new());
+    let instance = |owner: &str| {
+        Api::builder()
+            .agent_with(
+                "assistant",
+                slow_agent(Duration::from_millis(300)),
+                AgentOptions {
+                    policy: TurnPolicy::Reject,
+                    ..AgentOptions::default()
+                },
+            )
+            .session_store(store.clone())
+            .session_leases(store.clone(), owner, Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (serve(instance("one")).await, serve(instance("two")).await);
+    let path = "/v1/agents/assistant/sessions/s/messages";
+    let c = client();
+    let first = tokio::spawn({
+        let (c, url) = (c.clone(), format!("{}{path}", one.base));
+        async move {
+            c.post(url)
+                .json(&json!({"input": "one"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = c
+        .post(format!("{}{path}", two.base))
+        .json(&json!({"input": "two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 409);
+    let refused: Value = second.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "session_busy");
+    // Refused at once by the lease, not after running the turn and losing the save.
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("another instance"), "{message}");
+    assert_eq!(first.await.unwrap(), 200);
+    // The lease went back with the turn: the other instance takes the next one.
+    let third: Value = c
+        .post(format!("{}{path}", two.base))
+        .json(&json!({"input": "three"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(third["version"], 2, "{third}");
+}
+
+#[test]
+fn session_leases_need_an_owner_and_a_lease_long_enough_to_renew() {
+    let store = Arc::new(agentkit_store::MemorySessionStore::new());
+    let build = |owner: &str, ttl: Duration| {
+        with_demo()
+            .session_leases(store.clone(), owner, ttl)
+            .build()
+            .map(|_| ())
+    };
+    assert!(build("node-1", Duration::from_secs(30)).is_ok());
+    for (owner, ttl) in [
+        ("", Duration::from_secs(30)),
+        ("node-1", Duration::from_millis(10)),
+        ("node-1", Duration::ZERO),
+    ] {
+        let error = build(owner, ttl).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            agentkit_core::ErrorKind::InvalidInput,
+            "{owner:?} {ttl:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_rate_limit_answers_429_with_retry_after() {
     let served = serve(
         with_demo()

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod process;
+
 use std::sync::{Arc, Mutex};
 
 use agentkit::transport::Api;

@@ -28,9 +28,11 @@ use crate::{Error, ErrorKind, Result, stable_hash};
 /// [`PoolBuilder::observer`] names one), the gauge `agentkit_pool_member_up{pool,member}`.
 ///
 /// The instances should share their session store, and keep a lease on each session
-/// ([`LeaseStore`](https://docs.rs/agentkit-store) in `SessionAgentBuilder::leasing`): while
-/// callers disagree about which instances are up, a session still has one writer, and the
-/// instance that takes over a session loads all its history, so no message is lost.
+/// (`ApiBuilder::session_leases` in agentkit-transport, or `SessionAgentBuilder::lease` in
+/// agentkit-store; the bundled service does so with sessions in Redis or PostgreSQL): while
+/// callers disagree about which instances are up, a session still has one writer; an
+/// instance that dies mid-turn keeps its sessions until its lease expires, and the instance
+/// that takes one over then loads all its history, so no message is lost.
 ///
 /// ```
 /// use agentkit_core::executor::Pool;

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use agentkit_core::observer::Observer;
 use agentkit_core::{BoxExecutor, Error, ErrorKind, Executor, Result};
-use agentkit_store::{HistoryPolicy, MemorySessionStore, SessionAgent, SessionStore, TurnPolicy};
+use agentkit_store::{
+    HistoryPolicy, LeaseStore, MemorySessionStore, SessionAgent, SessionStore, TurnPolicy,
+};
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -249,6 +251,7 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub struct ApiBuilder {
     agents: Vec<(String, BoxExecutor, AgentOptions)>,
     store: Option<Arc<dyn SessionStore>>,
+    leases: Option<SessionLeases>,
     auth: Authenticator,
     limits: Option<RateLimits>,
     request_timeout: Duration,
@@ -260,11 +263,22 @@ pub struct ApiBuilder {
     observer: Option<Arc<dyn Observer>>,
 }
 
+/// The shortest session lease [`ApiBuilder::session_leases`] takes.
+const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
+/// See [`ApiBuilder::session_leases`].
+struct SessionLeases {
+    store: Arc<dyn LeaseStore>,
+    owner: String,
+    ttl: Duration,
+}
+
 impl Default for ApiBuilder {
     fn default() -> Self {
         Self {
             agents: Vec::new(),
             store: None,
+            leases: None,
             auth: Authenticator::none(),
             limits: None,
             request_timeout: Duration::from_secs(120),
@@ -307,6 +321,31 @@ impl ApiBuilder {
     /// Where sessions live (default: in memory).
     pub fn session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Serializes each session's turns across instances of this service with a lease in
+    /// `store` (typically the session store itself: Redis and PostgreSQL keep both), held by
+    /// `owner` (this instance's id, unique in the fleet) for `ttl` and renewed while a turn
+    /// runs. Saves carry the lease's fencing token, so an instance that lost its lease
+    /// (paused, partitioned) cannot overwrite the turn of the one that took over. When an
+    /// instance dies mid-turn, its lease expires after `ttl` and the next message of the
+    /// session waits for that (within the request's deadline) and then runs on the stored
+    /// history. Default: no leases; turns of one session are serialized within this
+    /// instance only, and concurrent turns on two instances are settled by the store's
+    /// versions (the loser's turn runs again on the fresh history). [`build`](Self::build)
+    /// refuses an empty owner and a `ttl` under 100 ms.
+    pub fn session_leases(
+        mut self,
+        store: Arc<dyn LeaseStore>,
+        owner: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
+        self.leases = Some(SessionLeases {
+            store,
+            owner: owner.into(),
+            ttl,
+        });
         self
     }
 
@@ -375,6 +414,18 @@ impl ApiBuilder {
         if self.agents.is_empty() {
             return Err(Error::invalid_input("an API needs at least one agent"));
         }
+        if let Some(leases) = &self.leases {
+            if leases.owner.is_empty() || leases.owner.len() > 128 {
+                return Err(Error::invalid_input(
+                    "a session lease owner must be 1-128 characters",
+                ));
+            }
+            if leases.ttl < MIN_LEASE_TTL {
+                return Err(Error::invalid_input(format!(
+                    "a session lease must last at least {MIN_LEASE_TTL:?} (it is renewed every third of it)"
+                )));
+            }
+        }
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemorySessionStore::new()));
@@ -395,6 +446,9 @@ impl ApiBuilder {
                 .history(options.history);
             if let Some(ttl) = options.session_ttl {
                 sessions = sessions.ttl(ttl);
+            }
+            if let Some(leases) = &self.leases {
+                sessions = sessions.lease(leases.store.clone(), &leases.owner, leases.ttl);
             }
             let mounted = Mounted {
                 executor,

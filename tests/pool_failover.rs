@@ -1,0 +1,168 @@
+//! A `Pool` over two `service` processes that keep sessions in Redis with leases: one is
+//! killed with SIGKILL in the middle of a turn. Its lease outlives it; the next message of that
+//! session runs on the other instance once the lease has expired, on the stored history; every
+//! acknowledged message is in the history once, and the killed turn left nothing behind.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use agentkit::executor::Pool;
+use agentkit::store::redis::RedisSessionStore;
+use agentkit::store::{LeaseStore, SessionStore};
+use agentkit::transport::RemoteExecutor;
+use agentkit::{Context, ErrorKind, Executor, Invocation, Role};
+use support::process::Service;
+
+/// The lease the instances take on each session.
+const LEASE: Duration = Duration::from_millis(2_000);
+
+fn member(service: &Service) -> RemoteExecutor {
+    RemoteExecutor::builder(&service.base, "assistant")
+        .sessions()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+fn turn(session: &str, text: &str) -> Invocation {
+    Invocation::text(text).with_context(Context::new().with_session_id(session))
+}
+
+/// The store's id of `session` of the agent: the service keeps each agent's sessions apart.
+fn stored_id(session: &str) -> String {
+    format!("assistant/{session}")
+}
+
+/// The user messages of a stored session, in order.
+async fn said(store: &RedisSessionStore, session: &str) -> Vec<String> {
+    let stored = (store.load("default", &stored_id(session)).await)
+        .unwrap()
+        .unwrap();
+    stored
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.text_content())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
+    let Some(url) = agentkit_testkit::services::redis_url() else {
+        return;
+    };
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("AGENTKIT_SESSION_LEASE_MS", "2000"),
+        // Each model call takes this long, so a turn can be caught midway.
+        ("AGENTKIT_SCRIPTED_LATENCY_MS", "150"),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut a = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "pool-test-a")]].concat());
+    let b = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "pool-test-b")]].concat());
+    let pool = Pool::builder()
+        .member("a", member(&a))
+        .member("b", member(&b))
+        .mark_down_after(1)
+        .cooldown(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let store = RedisSessionStore::connect(&url).unwrap();
+
+    // Two turns for each of eight sessions, the sessions side by side.
+    let run = agentkit_testkit::unique("pool");
+    let sessions: Vec<String> = (0..8).map(|i| format!("{run}-{i}")).collect();
+    let first = ["What is 1 + 1?", "hello"];
+    futures::future::join_all(sessions.iter().map(|session| {
+        let pool = pool.clone();
+        async move {
+            for text in first {
+                pool.execute(turn(session, text)).await.unwrap();
+            }
+        }
+    }))
+    .await;
+    let on_a: Vec<&String> = (sessions.iter())
+        .filter(|s| pool.owner(s) == Some("a"))
+        .collect();
+    assert!(
+        !on_a.is_empty() && on_a.len() < sessions.len(),
+        "sessions on both"
+    );
+
+    // A turn of one of `a`'s sessions starts; once `a` holds the session's lease (the key
+    // `{prefix}:l:{tag}` the store documents), `a` is killed midway through the turn.
+    let victim = on_a[0].clone();
+    let started = Instant::now();
+    let in_flight = tokio::spawn({
+        let (pool, victim) = (pool.clone(), victim.clone());
+        async move { pool.execute(turn(&victim, "What is 3 + 4?")).await }
+    });
+    let lease_key = format!("agentkit:l:{{7:default:{}}}", stored_id(&victim));
+    let redis = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    loop {
+        let held: bool = redis::cmd("EXISTS")
+            .arg(&lease_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if held {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "`a` never leased the session"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.kill();
+    let error = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert_eq!(pool.up(), ["b"]);
+
+    // The dead instance's lease outlives it: nobody else can take the session yet.
+    let probe = store
+        .acquire(
+            "default",
+            &stored_id(&victim),
+            "pool-test-probe",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(probe.is_none(), "the lease died with its owner");
+
+    // The caller tries again; `b` waits for the lease to expire, then runs the turn on the
+    // stored history (two turns: the killed one saved nothing).
+    let reply = pool.execute(turn(&victim, "What is 3 + 4?")).await.unwrap();
+    assert!(
+        started.elapsed() >= LEASE,
+        "the turn ran before the dead owner's lease expired ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(reply.output, "3 + 4 = 7");
+    assert_eq!(reply.session.unwrap().version, 3);
+
+    // Every session goes on, on `b` for those of `a`, from its whole history.
+    let mut versions = BTreeMap::new();
+    for session in &sessions {
+        let reply = pool.execute(turn(session, "What is 5 + 6?")).await.unwrap();
+        versions.insert(session.as_str(), reply.session.unwrap().version);
+    }
+    for session in &sessions {
+        let expected: Vec<&str> = if *session == victim {
+            vec![first[0], first[1], "What is 3 + 4?", "What is 5 + 6?"]
+        } else {
+            vec![first[0], first[1], "What is 5 + 6?"]
+        };
+        assert_eq!(said(&store, session).await, expected, "session {session}");
+        assert_eq!(versions[session.as_str()], expected.len() as u64);
+    }
+
+    for session in &sessions {
+        store.delete("default", &stored_id(session)).await.unwrap();
+    }
+}
