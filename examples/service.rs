@@ -24,11 +24,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentkit::executor::{AlertRules, HealthWatch};
-use agentkit::store::{LeaseStore, RecordLayer, RecordStore, SessionStore};
+use agentkit::store::{MemorySessionStore, RecordLayer, RecordStore, SessionStore};
 use agentkit::transport::jobs::{JobQueue, MemoryJobQueue, Worker};
 use agentkit::transport::{Api, ServiceConfig};
 use agentkit::{BoxExecutor, ExecutorExt};
 use tower::Layer;
+
+mod common;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -39,22 +41,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Where sessions live, and the lease store when they live in a server: instances of this
-/// service sharing that store then run each session's turns one at a time between them.
-async fn sessions(
-    config: &ServiceConfig,
-) -> agentkit::Result<(Arc<dyn SessionStore>, Option<Arc<dyn LeaseStore>>)> {
-    if let Some(url) = &config.redis_url {
-        let store = Arc::new(agentkit::store::redis::RedisSessionStore::connect(url)?);
-        return Ok((store.clone(), Some(store)));
-    }
-    if let Some(url) = &config.database_url {
-        let store = Arc::new(agentkit::store::postgres::PostgresSessionStore::connect(url).await?);
-        return Ok((store.clone(), Some(store)));
-    }
-    Ok((Arc::new(agentkit::store::MemorySessionStore::new()), None))
 }
 
 async fn run() -> agentkit::Result<()> {
@@ -79,12 +65,23 @@ async fn run() -> agentkit::Result<()> {
         }
         None => agent.boxed(),
     };
+    let shared = common::shared_sessions(&config).await?;
+    let store: Arc<dyn SessionStore> = match &shared {
+        Some(shared) => shared.store.clone(),
+        None => Arc::new(MemorySessionStore::new()),
+    };
     let queue: Arc<dyn JobQueue> = match config.job_queue().await? {
         Some(queue) => queue,
         None => {
-            // Embedded default: the queue and a worker live in this process.
+            // Embedded default: the queue and a worker live in this process, and session jobs
+            // are turns of the sessions this service keeps.
             let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
-            let mut worker = Worker::builder(queue.clone()).agent("assistant", executor.clone());
+            let mut worker = Worker::builder(queue.clone())
+                .agent("assistant", executor.clone())
+                .sessions(store.clone());
+            if let (Some(shared), Some(ttl)) = (&shared, config.session_lease) {
+                worker = worker.session_leases(shared.leases.clone(), &config.instance_id, ttl);
+            }
             if let Some(webhooks) = config.webhooks()? {
                 worker = worker.webhooks(webhooks);
             }
@@ -93,7 +90,6 @@ async fn run() -> agentkit::Result<()> {
             queue
         }
     };
-    let (store, leases) = sessions(&config).await?;
     let mut api = Api::builder()
         .agent("assistant", executor)
         .jobs(queue)
@@ -106,8 +102,8 @@ async fn run() -> agentkit::Result<()> {
     if let Some(limits) = config.rate_limits.clone() {
         api = api.rate_limits(limits);
     }
-    if let (Some(leases), Some(ttl)) = (leases, config.session_lease) {
-        api = api.session_leases(leases, &config.instance_id, ttl);
+    if let (Some(shared), Some(ttl)) = (shared, config.session_lease) {
+        api = api.session_leases(shared.leases, &config.instance_id, ttl);
     }
     let api = api.build()?;
 

@@ -5,17 +5,18 @@
 //!
 //! Runs `assistant` jobs (the demo agent; `AGENTKIT_SCRIPTED_LATENCY_MS` makes them take time)
 //! from the queue `AGENTKIT_QUEUE` (default `agentkit`), session jobs against the same Redis or
-//! `DATABASE_URL`, and signs webhooks with `AGENTKIT_WEBHOOK_SECRET`. SIGTERM stops claiming,
+//! `DATABASE_URL` (under the service's session leases: `AGENTKIT_SESSION_LEASE_MS`,
+//! `AGENTKIT_INSTANCE_ID`), and signs webhooks with `AGENTKIT_WEBHOOK_SECRET`. SIGTERM stops claiming,
 //! lets running jobs finish (up to `AGENTKIT_DRAIN_TIMEOUT_MS`) and hands back the rest. Error
 //! bursts, latency spikes and token surges of its runs are `warn` log lines (`agentkit::alert`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use agentkit::executor::{AlertRules, HealthWatch};
-use agentkit::store::SessionStore;
 use agentkit::transport::ServiceConfig;
 use agentkit::transport::jobs::Worker;
+
+mod common;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -44,19 +45,12 @@ async fn run() -> agentkit::Result<()> {
         .agent("assistant", agent)
         .drain(config.drain_timeout)
         .heartbeat(config.visibility / 3);
-    let sessions: Option<Arc<dyn SessionStore>> = if let Some(url) = &config.redis_url {
-        Some(Arc::new(
-            agentkit::store::redis::RedisSessionStore::connect(url)?,
-        ))
-    } else if let Some(url) = &config.database_url {
-        Some(Arc::new(
-            agentkit::store::postgres::PostgresSessionStore::connect(url).await?,
-        ))
-    } else {
-        None
-    };
-    if let Some(store) = sessions {
-        worker = worker.sessions(store);
+    // Session jobs are turns of the sessions the service keeps, under the same leases.
+    if let Some(shared) = common::shared_sessions(&config).await? {
+        worker = worker.sessions(shared.store);
+        if let Some(ttl) = config.session_lease {
+            worker = worker.session_leases(shared.leases, &config.instance_id, ttl);
+        }
     }
     if let Some(webhooks) = config.webhooks()? {
         worker = worker.webhooks(webhooks);

@@ -85,3 +85,52 @@ async fn sigterm_drains_in_flight_work_then_exits_zero() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_job_runs_on_the_embedded_worker_as_a_turn() {
+    let service = Service::start(&[]);
+    let client = reqwest::Client::new();
+    let accepted: serde_json::Value = client
+        .post(format!("{}/v1/agents/assistant/jobs", service.base))
+        .json(&serde_json::json!({"input": "What is 6 + 7?", "session_id": "job-chat"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_url = format!(
+        "{}/v1/jobs/{}",
+        service.base,
+        accepted["job_id"].as_str().unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let doc: serde_json::Value = client
+            .get(&job_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if doc["status"] != "queued" && doc["status"] != "running" {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {doc}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    let session: serde_json::Value = client
+        .get(format!(
+            "{}/v1/agents/assistant/sessions/job-chat",
+            service.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["version"], 1, "{session}");
+}

@@ -13,6 +13,7 @@ mod config;
 mod error;
 pub mod events;
 pub mod jobs;
+mod leases;
 mod limit;
 mod remote;
 mod server;

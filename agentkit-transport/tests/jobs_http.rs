@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentkit_core::{Backoff, Executor, Invocation, Reply, Result};
+use agentkit_store::{LeaseStore, SessionStore};
 use agentkit_testkit::jobs::RunningWorker;
 use agentkit_transport::jobs::{
     JobQueue, MemoryJobQueue, QueueExecutor, SIGNATURE_HEADER, WebhookSender, Worker, verify,
@@ -486,4 +487,161 @@ async fn agents_call_each_other_over_the_queue() {
     let missing = QueueExecutor::new(s.queue.clone(), "nobody");
     let error = missing.execute(Invocation::text("hi")).await.unwrap_err();
     assert_eq!(error.kind(), agentkit_core::ErrorKind::NotFound);
+}
+
+/// An API and a worker sharing a job queue and a session store, as the bundled service runs
+/// them by default.
+async fn session_setup() -> (Served, RunningWorker) {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let store = Arc::new(agentkit_store::MemorySessionStore::new());
+    let api = Api::builder()
+        .agent("assistant", demo_agent())
+        .auth(Authenticator::none().with_api_key("acme", "dummy-key-acme"))
+        .session_store(store.clone())
+        .jobs(queue.clone())
+        .build()
+        .unwrap();
+    let worker = Worker::builder(queue)
+        .agent("assistant", demo_agent())
+        .sessions(store)
+        .build()
+        .unwrap();
+    (serve(api).await, RunningWorker::spawn(worker))
+}
+
+#[tokio::test]
+async fn a_session_job_is_a_turn_of_the_session() {
+    let (served, _worker) = session_setup().await;
+    let base = &served.base;
+    let accepted: Value = submit(
+        base,
+        "dummy-key-acme",
+        json!({"input": "What is 2 + 3?", "session_id": "chat-9"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let doc = wait_done(base, "dummy-key-acme", accepted["job_id"].as_str().unwrap()).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["result"]["output"], "2 + 3 = 5");
+
+    // The job's turn is in the session, and the next message (over HTTP) goes on from it.
+    let session = |c: reqwest::Client| async move {
+        c.get(format!("{base}/v1/agents/assistant/sessions/chat-9"))
+            .header("authorization", "Bearer dummy-key-acme")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let after_job = session(client()).await;
+    assert_eq!(after_job["version"], 1, "{after_job}");
+    let next: Value = client()
+        .post(format!(
+            "{base}/v1/agents/assistant/sessions/chat-9/messages"
+        ))
+        .header("authorization", "Bearer dummy-key-acme")
+        .json(&json!({"input": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(next["version"], 2, "{next}");
+    let texts: Vec<String> = session(client()).await["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| {
+            m["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["What is 2 + 3?", "hello"]);
+}
+
+#[tokio::test]
+async fn a_session_job_waits_for_the_lease_another_instance_holds() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let store = Arc::new(agentkit_store::MemorySessionStore::new());
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", demo_agent())
+        .sessions(store.clone())
+        .session_leases(store.clone(), "worker-1", Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+
+    // A service instance is running a turn of the session (the API keeps an agent's sessions
+    // under `{agent}/{id}`).
+    let held = store
+        .acquire(
+            "acme",
+            "assistant/chat-l",
+            "instance-1",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    let job = queue
+        .enqueue(agentkit_transport::jobs::JobSpec {
+            agent: "assistant".into(),
+            input: vec![agentkit_core::Message::user("What is 4 + 4?")],
+            session_id: Some("chat-l".into()),
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .job_id;
+    let status = || async { queue.get(&job).await.unwrap().unwrap().status };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !status().await.is_terminal(),
+        "the job ran while another instance held the session"
+    );
+
+    // The instance's turn ends: the job's turn runs.
+    store.release(&held).await.unwrap();
+    for _ in 0..200 {
+        if status().await.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let doc = queue.get(&job).await.unwrap().unwrap();
+    assert_eq!(
+        doc.status,
+        agentkit_transport::jobs::JobStatus::Succeeded,
+        "{doc:?}"
+    );
+    let session = store
+        .load("acme", "assistant/chat-l")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.version, 1);
+}
+
+#[test]
+fn a_workers_session_leases_need_an_owner() {
+    let store = Arc::new(agentkit_store::MemorySessionStore::new());
+    let built = Worker::builder(Arc::new(MemoryJobQueue::new()))
+        .agent("assistant", demo_agent())
+        .sessions(store.clone())
+        .session_leases(store, "", Duration::from_secs(5))
+        .build();
+    assert_eq!(
+        built.unwrap_err().kind(),
+        agentkit_core::ErrorKind::InvalidInput
+    );
 }

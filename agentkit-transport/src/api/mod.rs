@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::leases::SessionLeases;
 use agentkit_core::observer::Observer;
 use agentkit_core::{BoxExecutor, Error, ErrorKind, Executor, Result};
 use agentkit_store::{
@@ -263,16 +264,6 @@ pub struct ApiBuilder {
     observer: Option<Arc<dyn Observer>>,
 }
 
-/// The shortest session lease [`ApiBuilder::session_leases`] takes.
-const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
-
-/// See [`ApiBuilder::session_leases`].
-struct SessionLeases {
-    store: Arc<dyn LeaseStore>,
-    owner: String,
-    ttl: Duration,
-}
-
 impl Default for ApiBuilder {
     fn default() -> Self {
         Self {
@@ -341,11 +332,7 @@ impl ApiBuilder {
         owner: impl Into<String>,
         ttl: Duration,
     ) -> Self {
-        self.leases = Some(SessionLeases {
-            store,
-            owner: owner.into(),
-            ttl,
-        });
+        self.leases = Some(SessionLeases::new(store, owner, ttl));
         self
     }
 
@@ -414,18 +401,6 @@ impl ApiBuilder {
         if self.agents.is_empty() {
             return Err(Error::invalid_input("an API needs at least one agent"));
         }
-        if let Some(leases) = &self.leases {
-            if leases.owner.is_empty() || leases.owner.len() > 128 {
-                return Err(Error::invalid_input(
-                    "a session lease owner must be 1-128 characters",
-                ));
-            }
-            if leases.ttl < MIN_LEASE_TTL {
-                return Err(Error::invalid_input(format!(
-                    "a session lease must last at least {MIN_LEASE_TTL:?} (it is renewed every third of it)"
-                )));
-            }
-        }
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemorySessionStore::new()));
@@ -448,7 +423,7 @@ impl ApiBuilder {
                 sessions = sessions.ttl(ttl);
             }
             if let Some(leases) = &self.leases {
-                sessions = sessions.lease(leases.store.clone(), &leases.owner, leases.ttl);
+                sessions = leases.apply(sessions)?;
             }
             let mounted = Mounted {
                 executor,

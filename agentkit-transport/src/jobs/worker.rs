@@ -12,13 +12,14 @@ use agentkit_core::{
     Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply, Result,
     TraceContext, generate_id,
 };
-use agentkit_store::{SessionAgent, SessionStore};
+use agentkit_store::{LeaseStore, SessionAgent, SessionStore};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::WebhookSender;
 use super::{Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, RESERVED_KEY_PREFIX};
+use crate::leases::SessionLeases;
 
 /// The agent of webhook deliveries. A job's callback travels as a job of its own, enqueued
 /// before the job is finished: a worker that dies after finishing (or while the receiver is
@@ -92,6 +93,7 @@ pub struct WorkerBuilder {
     queue: Arc<dyn JobQueue>,
     agents: Vec<(String, BoxExecutor)>,
     store: Option<Arc<dyn SessionStore>>,
+    leases: Option<SessionLeases>,
     id: Option<String>,
     concurrency: usize,
     max_attempts: u32,
@@ -118,6 +120,7 @@ impl Worker {
             queue,
             agents: Vec::new(),
             store: None,
+            leases: None,
             id: None,
             concurrency: 8,
             max_attempts: 5,
@@ -148,6 +151,22 @@ impl WorkerBuilder {
     /// Runs session jobs as turns of sessions in `store`.
     pub fn sessions(mut self, store: Arc<dyn SessionStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Runs session jobs under a lease per session in `store`, held by `owner` for `ttl` and
+    /// renewed while the turn runs, as the service's instances do
+    /// ([`ApiBuilder::session_leases`](crate::ApiBuilder::session_leases)): a session job
+    /// then waits for a turn another instance or worker is running on its session instead of
+    /// racing it. Give the workers and the service the same lease store. [`build`](Self::build)
+    /// refuses an empty owner and a `ttl` under 100 ms.
+    pub fn session_leases(
+        mut self,
+        store: Arc<dyn LeaseStore>,
+        owner: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
+        self.leases = Some(SessionLeases::new(store, owner, ttl));
         self
     }
 
@@ -215,10 +234,11 @@ impl WorkerBuilder {
         let mut sessions = HashMap::new();
         for (name, executor) in self.agents {
             if let Some(store) = &self.store {
-                sessions.insert(
-                    name.clone(),
-                    SessionAgent::builder(executor.clone(), store.clone()).build(),
-                );
+                let mut session = SessionAgent::builder(executor.clone(), store.clone());
+                if let Some(leases) = &self.leases {
+                    session = leases.apply(session)?;
+                }
+                sessions.insert(name.clone(), session.build());
             }
             if agents.insert(name.clone(), executor).is_some() {
                 return Err(Error::invalid_input(format!(
