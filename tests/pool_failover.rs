@@ -1,7 +1,8 @@
 //! A `Pool` over two `service` processes that keep sessions in Redis with leases: one is
-//! killed with SIGKILL in the middle of a turn. Its lease outlives it; the next message of that
-//! session runs on the other instance once the lease has expired, on the stored history; every
-//! acknowledged message is in the history once, and the killed turn left nothing behind.
+//! killed with SIGKILL in the middle of a keyed turn. Its lease outlives it; the pool sends the
+//! turn on to the other instance, which runs it once the lease has expired, on the stored
+//! history, and the caller sees no error. Every acknowledged message is in the history once,
+//! and the killed attempt left nothing behind.
 
 mod support;
 
@@ -12,7 +13,7 @@ use agentkit::executor::Pool;
 use agentkit::store::redis::RedisSessionStore;
 use agentkit::store::{LeaseStore, SessionStore};
 use agentkit::transport::RemoteExecutor;
-use agentkit::{Context, ErrorKind, Executor, Invocation, Role};
+use agentkit::{Context, Executor, IdempotencyKey, Invocation, Role};
 use support::process::Service;
 
 /// The lease the instances take on each session.
@@ -92,13 +93,19 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
         "sessions on both"
     );
 
-    // A turn of one of `a`'s sessions starts; once `a` holds the session's lease (the key
-    // `{prefix}:l:{tag}` the store documents), `a` is killed midway through the turn.
+    // A turn of one of `a`'s sessions starts, keyed (the caller's idempotency key); once `a`
+    // holds the session's lease (the key `{prefix}:l:{tag}` the store documents), `a` is
+    // killed midway through the turn.
     let victim = on_a[0].clone();
     let started = Instant::now();
     let in_flight = tokio::spawn({
         let (pool, victim) = (pool.clone(), victim.clone());
-        async move { pool.execute(turn(&victim, "What is 3 + 4?")).await }
+        async move {
+            let keyed = turn(&victim, "What is 3 + 4?");
+            let cx = (keyed.context.clone())
+                .with_extension(IdempotencyKey::new("pool-test-3-plus-4").unwrap());
+            pool.execute(keyed.with_context(cx)).await
+        }
     });
     let lease_key = format!("agentkit:l:{{7:default:{}}}", stored_id(&victim));
     let redis = redis::Client::open(url.as_str()).unwrap();
@@ -119,9 +126,6 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     a.kill();
-    let error = in_flight.await.unwrap().unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
-    assert_eq!(pool.up(), ["b"]);
 
     // The dead instance's lease outlives it: nobody else can take the session yet.
     let probe = store
@@ -135,9 +139,10 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
         .unwrap();
     assert!(probe.is_none(), "the lease died with its owner");
 
-    // The caller tries again; `b` waits for the lease to expire, then runs the turn on the
-    // stored history (two turns: the killed one saved nothing).
-    let reply = pool.execute(turn(&victim, "What is 3 + 4?")).await.unwrap();
+    // The pool sends the keyed turn on to `b`, which waits for the lease to expire, then runs
+    // it on the stored history (two turns: the killed one saved nothing). The caller sees
+    // no error.
+    let reply = in_flight.await.unwrap().unwrap();
     assert!(
         started.elapsed() >= LEASE,
         "the turn ran before the dead owner's lease expired ({:?})",
@@ -145,8 +150,10 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
     );
     assert_eq!(reply.output, "3 + 4 = 7");
     assert_eq!(reply.session.unwrap().version, 3);
+    assert_eq!(pool.up(), ["b"]);
 
-    // Every session goes on, on `b` for those of `a`, from its whole history.
+    // Every session goes on, on `b` for those of `a` (already known to be down), from its
+    // whole history.
     let mut versions = BTreeMap::new();
     for session in &sessions {
         let reply = pool.execute(turn(session, "What is 5 + 6?")).await.unwrap();

@@ -307,6 +307,55 @@ impl fmt::Debug for Extensions {
     }
 }
 
+/// The caller's key for one invocation, the same on every retry of it (an `Idempotency-Key`
+/// header at the edge), kept in the [`Context`] as an extension.
+///
+/// What honours it: a session turn whose key its session already holds returns the recorded
+/// reply instead of running again (`SessionAgent` in agentkit-store), `RemoteExecutor` sends
+/// it on as `Idempotency-Key`, and [`Pool`](crate::executor::Pool) resends a keyed invocation
+/// to the next instance when the first could not be reached, since running it twice is then
+/// harmless.
+///
+/// ```
+/// use agentkit_core::{Context, IdempotencyKey};
+///
+/// let cx = Context::new().with_extension(IdempotencyKey::new("order-17-confirm")?);
+/// assert_eq!(cx.extension::<IdempotencyKey>().unwrap().as_str(), "order-17-confirm");
+/// assert!(IdempotencyKey::new("").is_err());
+/// # Ok::<_, agentkit_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(Arc<str>);
+
+impl IdempotencyKey {
+    /// The longest key taken, in bytes.
+    pub const MAX_LEN: usize = 256;
+
+    /// `key`, when it is 1-256 bytes without control characters; an invalid-input error
+    /// otherwise.
+    pub fn new(key: &str) -> crate::Result<Self> {
+        let valid =
+            !key.is_empty() && key.len() <= Self::MAX_LEN && !key.chars().any(char::is_control);
+        if !valid {
+            return Err(crate::Error::invalid_input(
+                "an idempotency key must be 1 to 256 bytes long, without control characters",
+            ));
+        }
+        Ok(Self(key.into()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A random 128-bit identifier as 32 lowercase hex digits.
 ///
 /// Good for request, job and call ids (unique, not secret); not for tokens.

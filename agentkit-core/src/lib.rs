@@ -36,7 +36,7 @@ pub mod trace;
 
 pub use agent::{Agent, AgentBuilder, Limits, PromptTemplate, Structured};
 pub use backoff::Backoff;
-pub use context::{Context, Extensions, generate_id};
+pub use context::{Context, Extensions, IdempotencyKey, generate_id};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use executor::{
     AgentEvent, BoxExecutor, EventStream, Executor, ExecutorExt, Invocation, Reply, SessionState,

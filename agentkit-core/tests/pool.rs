@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agentkit_core::executor::{Pool, Reply};
-use agentkit_core::{Context, Error, ErrorKind, Executor, Invocation, Result};
+use agentkit_core::{Context, Error, ErrorKind, Executor, IdempotencyKey, Invocation, Result};
 
 /// An instance: answers with its name, or fails as unreachable while `dead`.
 #[derive(Clone)]
@@ -141,6 +141,55 @@ async fn only_a_downed_instances_sessions_move_and_they_come_back() {
     let after = owners(&pool, &sessions).await;
     assert_eq!(after, before);
     assert_eq!(pool.up(), ["a", "b", "c"]);
+}
+
+fn keyed(session: &str, key: &str) -> Invocation {
+    Invocation::text("hello").with_context(
+        Context::new()
+            .with_session_id(session)
+            .with_extension(IdempotencyKey::new(key).unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn a_keyed_turn_goes_on_to_the_next_instance_when_its_owner_is_unreachable() {
+    let instances = [Instance::new("a"), Instance::new("b"), Instance::new("c")];
+    let pool = pool(&instances, 3, Duration::from_secs(60));
+    let sessions = sessions(60);
+    let before = owners(&pool, &sessions).await;
+    let on_b: Vec<&String> = (before.iter())
+        .filter(|(_, owner)| *owner == "b")
+        .map(|(session, _)| session)
+        .collect();
+    instances[1].kill(true);
+
+    // Unkeyed, the failure goes back to the caller; keyed, the turn lands on the session's
+    // next choice, the owner it will have once `b` is down.
+    let error = pool.execute(turn(on_b[0], "hello")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    let reply = pool.execute(keyed(on_b[1], "k-1")).await.unwrap();
+    assert_ne!(reply.output, "b");
+    assert_eq!(pool.up(), ["a", "b", "c"], "two failures of three");
+    pool.execute(turn(on_b[2], "hello")).await.unwrap_err();
+    assert_eq!(pool.up(), ["a", "c"]);
+    assert_eq!(pool.owner(on_b[1]), Some(reply.output.as_str()));
+
+    // With every instance unreachable, each is tried once and the error comes back.
+    instances[0].kill(true);
+    instances[2].kill(true);
+    let error = pool.execute(keyed(on_b[3], "k-2")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    // The agent's own errors are not sent on.
+    instances[0].kill(false);
+    let bad = Invocation::text("bad").with_context(
+        Context::new()
+            .with_session_id(on_b[3].as_str())
+            .with_extension(IdempotencyKey::new("k-3").unwrap()),
+    );
+    assert_eq!(
+        pool.execute(bad).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 #[tokio::test]

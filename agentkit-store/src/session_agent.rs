@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use agentkit_core::executor::{AgentEvent, EventStream, Executor, Invocation, Reply, SessionState};
 use agentkit_core::tool::JobId;
-use agentkit_core::{CancellationToken, Context, Error, ErrorKind, Message, Result, Role};
+use agentkit_core::{
+    CancellationToken, Context, Error, ErrorKind, IdempotencyKey, Message, Result, Role,
+};
 use futures::StreamExt;
 use tokio::sync::{OwnedMutexGuard, mpsc};
 
@@ -322,13 +324,25 @@ impl<E> SessionAgentBuilder<E> {
     }
 }
 
-/// The session metadata key listing the last job turns applied to a session (job id, output,
-/// messages added), so that a job delivered again after its worker saved the turn and died
-/// before finishing the job gets that turn back instead of appending it twice.
+/// The session metadata key listing the last keyed turns applied to a session (the job id or
+/// `key:{idempotency key}`, output, messages added), so that a job delivered again after its
+/// worker saved the turn and died before finishing the job, or a message sent again with the
+/// same [`IdempotencyKey`] after its answer was lost, gets that turn back instead of
+/// appending it twice.
 pub const JOB_TURNS_KEY: &str = "agentkit.job_turns";
 
-/// How many job turns a session remembers.
+/// How many keyed turns a session remembers.
 const JOB_TURNS_KEPT: usize = 16;
+
+/// What identifies a turn across deliveries and retries: its job, else the caller's
+/// idempotency key (prefixed, so that it never names a job).
+fn turn_id(cx: &Context) -> Option<Arc<str>> {
+    if let Some(job) = cx.extension::<JobId>() {
+        return Some(job.0.clone());
+    }
+    let key = cx.extension::<IdempotencyKey>()?;
+    Some(format!("key:{key}").into())
+}
 
 /// The reply `job`'s turn left in `session`, if the session holds it already.
 fn applied_turn(session: &Session, job: &str) -> Option<Reply> {
@@ -636,14 +650,14 @@ impl<E: Executor + 'static> SessionAgent<E> {
         if let Some((_, token)) = &turn.token {
             invocation.context = invocation.context.with_cancellation(token.clone());
         }
-        let job = invocation.context.extension::<JobId>().map(|j| j.0.clone());
+        let job = turn_id(&invocation.context);
         let mut attempt = 0;
         loop {
             let session = self.load(&turn.key).await?;
             if let Some(job) = &job
                 && let Some(mut reply) = applied_turn(&session, job)
             {
-                tracing::info!(session = %turn.key.1, %job, "the job's turn is already in the session; not running it again");
+                tracing::info!(session = %turn.key.1, turn = %job, "the turn is already in the session; not running it again");
                 reply.session = Some(SessionState {
                     id: turn.key.1.clone(),
                     version: session.version,
@@ -705,16 +719,33 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
         if let Some((_, token)) = &turn.token {
             invocation.context = invocation.context.with_cancellation(token.clone());
         }
-        let job = invocation.context.extension::<JobId>().map(|j| j.0.clone());
+        let job = turn_id(&invocation.context);
         let opened = async {
             let session = self.load(&turn.key).await?;
+            // A keyed turn the session holds already: its reply, as the stream's one event.
+            if let Some(job) = &job
+                && let Some(mut reply) = applied_turn(&session, job)
+            {
+                reply.session = Some(SessionState {
+                    id: turn.key.1.clone(),
+                    version: session.version,
+                });
+                return Ok(Err(reply));
+            }
             invocation.history = session.messages.clone();
             let events = self.inner.executor.stream(invocation).await?;
-            Ok::<_, Error>((session, events))
+            Ok::<_, Error>(Ok((session, events)))
         }
         .await;
         let (session, mut events) = match opened {
-            Ok(opened) => opened,
+            Ok(Ok(opened)) => opened,
+            Ok(Err(applied)) => {
+                self.release(&mut turn).await;
+                let done: EventStream = Box::pin(futures::stream::once(async {
+                    Ok(AgentEvent::Done(Box::new(applied)))
+                }));
+                return Ok(done);
+            }
             Err(error) => {
                 self.release(&mut turn).await;
                 return Err(error);
@@ -870,6 +901,75 @@ mod tests {
         assert!(late.messages.is_empty());
         let session = store.load("acme", "s-1").await.unwrap().unwrap();
         assert_eq!(session.messages.len(), 4, "two turns of two messages");
+    }
+
+    /// A message sent again with the same idempotency key (its answer was lost) gets the
+    /// recorded turn back, streamed or not; the executor does not run again. Keys never match
+    /// jobs, and another key is another turn.
+    #[tokio::test]
+    async fn a_keyed_message_is_applied_once() {
+        use agentkit_core::model::ScriptedModel;
+        /// Counts its runs.
+        #[derive(Clone)]
+        struct Counted(agentkit_core::Agent, Arc<AtomicUsize>);
+        impl Executor for Counted {
+            async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+                self.1.fetch_add(1, Ordering::SeqCst);
+                self.0.execute(invocation).await
+            }
+            async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
+                self.1.fetch_add(1, Ordering::SeqCst);
+                self.0.stream(invocation).await
+            }
+        }
+        let agent = agentkit_core::Agent::builder()
+            .model(ScriptedModel::demo())
+            .build()
+            .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let store: Arc<dyn SessionStore> = Arc::new(crate::MemorySessionStore::new());
+        let sessions = SessionAgent::builder(Counted(agent, runs.clone()), store.clone()).build();
+        let keyed = |key: &str, text: &str| {
+            Invocation::text(text).with_context(
+                Context::new()
+                    .with_tenant("acme")
+                    .with_session_id("s-1")
+                    .with_extension(IdempotencyKey::new(key).unwrap()),
+            )
+        };
+        let first = sessions.execute(keyed("k-1", "hello")).await.unwrap();
+        let again = sessions.execute(keyed("k-1", "hello")).await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "not run again");
+        assert_eq!(again.output, first.output);
+        assert_eq!(again.session, first.session, "nothing saved");
+
+        let mut streamed = sessions.stream(keyed("k-1", "hello")).await.unwrap();
+        let mut events = Vec::new();
+        while let Some(event) = streamed.next().await {
+            events.push(event.unwrap());
+        }
+        match events.as_slice() {
+            [AgentEvent::Done(reply)] => {
+                assert_eq!(reply.output, first.output);
+                assert_eq!(reply.session, first.session);
+            }
+            other => panic!("one done event, got {other:?}"),
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "not streamed again");
+
+        // A job named like the key is not the keyed turn, and another key is another turn.
+        let job = Invocation::text("hello").with_context(
+            Context::new()
+                .with_tenant("acme")
+                .with_session_id("s-1")
+                .with_extension(JobId("k-1".into())),
+        );
+        let as_job = sessions.execute(job).await.unwrap();
+        assert_eq!(as_job.session.unwrap().version, 2);
+        let other = sessions.execute(keyed("k-2", "hello")).await.unwrap();
+        assert_eq!(other.session.unwrap().version, 3);
+        let session = store.load("acme", "s-1").await.unwrap().unwrap();
+        assert_eq!(session.messages.len(), 6, "three turns of two messages");
     }
 
     /// Runs the slow demo agent to the end whatever happens to the request: an executor that

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkit_core::{
-    AgentEvent, Context, Error, ErrorKind, EventStream, Executor, Invocation, Message, Reply,
-    Result,
+    AgentEvent, Context, Error, ErrorKind, EventStream, Executor, IdempotencyKey, Invocation,
+    Message, Reply, Result,
 };
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -103,7 +103,8 @@ impl RemoteExecutorBuilder {
     /// `POST {base}/v1/agents/{agent}/sessions/{session_id}/messages`, where the remote keeps
     /// the history (the invocation's own history is not sent). Without this (the default),
     /// every call is a stateless invoke carrying the invocation's history, whatever its
-    /// context names.
+    /// context names. A session turn whose context carries an [`IdempotencyKey`] sends it as
+    /// `Idempotency-Key`, so that a retry gets the remote's recorded turn back.
     pub fn sessions(mut self) -> Self {
         self.sessions = true;
         self
@@ -244,6 +245,12 @@ impl RemoteExecutor {
         }
         if let Some(bearer) = &self.inner.bearer {
             request = request.header(AUTHORIZATION, bearer.clone());
+        }
+        // The remote session recognises a retried turn by it.
+        if session.is_some()
+            && let Some(key) = cx.extension::<IdempotencyKey>()
+        {
+            request = request.header("idempotency-key", key.as_str());
         }
         if stream {
             request = request.header(ACCEPT, "text/event-stream");

@@ -255,6 +255,61 @@ async fn a_busy_session_under_reject_answers_409() {
 }
 
 #[tokio::test]
+async fn a_session_message_sent_again_with_its_key_gets_the_same_turn() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let url = format!(
+        "{}/v1/agents/assistant/sessions/keyed/messages",
+        served.base
+    );
+    let c = client();
+    let send = |key: &str, input: &str| {
+        c.post(&url)
+            .header("idempotency-key", key)
+            .json(&json!({"input": input}))
+            .send()
+    };
+    let first: Value = send("m-1", "What is 2 + 2?")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["version"], 1);
+    let again: Value = send("m-1", "What is 2 + 2?")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["output"], first["output"]);
+    assert_eq!(again["version"], 1, "not appended again: {again}");
+    // Streamed, the retry is the recorded turn's `done` event.
+    let events = c
+        .post(&url)
+        .header("idempotency-key", "m-1")
+        .header("accept", "text/event-stream")
+        .json(&json!({"input": "What is 2 + 2?"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let done = parse_sse(&events)
+        .into_iter()
+        .find(|(name, _)| name == "done")
+        .expect("a done event");
+    assert_eq!(done.1["output"], first["output"], "{events}");
+    assert_eq!(done.1["version"], 1, "{events}");
+    let next: Value = send("m-2", "hello").await.unwrap().json().await.unwrap();
+    assert_eq!(next["version"], 2);
+
+    let long = "k".repeat(300);
+    let refused = send(&long, "hello").await.unwrap();
+    assert_eq!(error_code(refused, 400).await, "invalid_input");
+}
+
+#[tokio::test]
 async fn session_leases_keep_one_turn_at_a_time_across_instances() {
     // Two instances of the service share a store and its leases: a message that reaches the
     // second while the first runs a turn of the same session is refused under `Reject`

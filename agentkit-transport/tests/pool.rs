@@ -5,14 +5,16 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agentkit_core::executor::Pool;
-use agentkit_core::{Context, ErrorKind, Executor, Invocation};
+use agentkit_core::{Context, ErrorKind, Executor, IdempotencyKey, Invocation};
 use agentkit_store::{MemorySessionStore, SessionStore};
 use agentkit_transport::{Api, Authenticator, RemoteExecutor};
 use axum::extract::Request;
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use support::demo_agent;
 
 /// The session ids an instance served.
@@ -23,6 +25,9 @@ type Served = Arc<Mutex<Vec<String>>>;
 struct Instance {
     base: String,
     served: Served,
+    /// While set, the instance runs each request and then answers 502, as a proxy in front
+    /// of it might when the connection drops after the work was done.
+    lose_answers: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -30,6 +35,8 @@ struct Instance {
 impl Instance {
     fn start(store: Arc<dyn SessionStore>) -> Self {
         let served = Served::default();
+        let lose_answers = Arc::new(AtomicBool::new(false));
+        let losing = lose_answers.clone();
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let seen = served.clone();
@@ -52,7 +59,14 @@ impl Instance {
                         if let Some(id) = path.get(5) {
                             seen.lock().unwrap().push((*id).to_owned());
                         }
-                        next.run(request)
+                        let losing = losing.clone();
+                        async move {
+                            let response = next.run(request).await;
+                            if losing.load(Ordering::SeqCst) {
+                                return axum::http::StatusCode::BAD_GATEWAY.into_response();
+                            }
+                            response
+                        }
                     },
                 ));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,6 +81,7 @@ impl Instance {
         Self {
             base: format!("http://{address}"),
             served,
+            lose_answers,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -156,4 +171,56 @@ async fn a_dead_instances_sessions_go_on_elsewhere_with_their_history() {
         on_a.iter().all(|s| now_on_b.contains(s)),
         "a's sessions moved to b"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_turn_whose_answer_was_lost_is_not_run_twice() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::new());
+    let instances = [
+        Instance::start(store.clone()),
+        Instance::start(store.clone()),
+    ];
+    let pool = Pool::builder()
+        .member("a", client(&instances[0]))
+        .member("b", client(&instances[1]))
+        .build()
+        .unwrap();
+    let session = (0..100)
+        .map(|i| format!("lost-{i}"))
+        .find(|s| pool.owner(s) == Some("a"))
+        .unwrap();
+    pool.execute(turn(&session, "hello")).await.unwrap();
+
+    // `a` runs the turn and saves it, but its answer never reaches the caller. The pool sends
+    // the keyed turn on to `b`, which finds it in the session and answers with it.
+    instances[0].lose_answers.store(true, Ordering::SeqCst);
+    let keyed = Invocation::text("What is 20 + 22?").with_context(
+        Context::new()
+            .with_session_id(session.as_str())
+            .with_extension(IdempotencyKey::new("order-17-confirm").unwrap()),
+    );
+    let reply = pool.execute(keyed.clone()).await.unwrap();
+    assert_eq!(reply.output, "20 + 22 = 42");
+    assert_eq!(
+        reply.session.as_ref().unwrap().version,
+        2,
+        "saved once, by `a`"
+    );
+    assert_eq!(instances[1].sessions().len(), 1, "`b` answered");
+
+    // Sent again by the caller later, to whichever instance: the same turn, not a new one.
+    instances[0].lose_answers.store(false, Ordering::SeqCst);
+    let again = pool.execute(keyed).await.unwrap();
+    assert_eq!(again.output, reply.output);
+    assert_eq!(again.session.unwrap().version, 2);
+    let stored = store
+        .load("acme", &format!("assistant/{session}"))
+        .await
+        .unwrap()
+        .unwrap();
+    let asked: Vec<String> = (stored.messages.iter())
+        .filter(|m| m.role == agentkit_core::Role::User)
+        .map(|m| m.text_content())
+        .collect();
+    assert_eq!(asked, ["hello", "What is 20 + 22?"]);
 }

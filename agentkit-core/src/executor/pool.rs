@@ -1,12 +1,13 @@
 //! [`Pool`]: instances of one agent behind one executor, with session affinity.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{EventStream, Executor, Invocation, Reply};
 use crate::observer::Observer;
-use crate::{Error, ErrorKind, Result, stable_hash};
+use crate::{Error, ErrorKind, IdempotencyKey, Result, stable_hash};
 
 /// Instances of one agent (typically `agentkit_transport::RemoteExecutor`s, one per
 /// instance) behind one executor. A session's turns all go to the instance that owns it, by
@@ -19,9 +20,15 @@ use crate::{Error, ErrorKind, Result, stable_hash};
 /// in a row fail as [`Unavailable`](ErrorKind::Unavailable) (it cannot be reached, or
 /// answers 5xx); other errors are the agent's, not the instance's. After
 /// [`cooldown`](PoolBuilder::cooldown) it is tried again: an answer brings it back, a failure
-/// marks it down for another cooldown. The invocation that failed is not sent elsewhere: whether
-/// it ran is unknown, and the caller decides whether to try again (which lands on the next
-/// owner). When every instance is down, all of them are tried rather than none.
+/// marks it down for another cooldown. When every instance is down, all of them are tried
+/// rather than none.
+///
+/// An invocation that finds its instance unreachable is sent to the next one only when its
+/// context carries an [`IdempotencyKey`]: whether the first instance ran it is unknown, and
+/// only a keyed turn is safe to run twice (the session returns the recorded turn if it was
+/// saved). It goes from instance to instance until one answers, each was tried once, or its
+/// deadline passes. Without a key, the error goes back to the caller, who decides whether to
+/// try again (which lands on the next owner).
 ///
 /// Members going down and coming back are `warn` and `info` log lines (target
 /// `agentkit::pool`) and, with an [`Observer`] (the process-wide one unless
@@ -143,7 +150,7 @@ impl<E: Executor> Pool<E> {
 
     /// The instance that owns `session` now (among those up), by name.
     pub fn owner(&self, session: &str) -> Option<&str> {
-        let index = self.inner.pick(Some(session))?;
+        let index = self.inner.pick(Some(session), &[])?;
         Some(&self.inner.members[index].name)
     }
 
@@ -254,12 +261,16 @@ impl<E> Inner<E> {
     }
 
     /// The member for an invocation: a session's owner among the members up (all of them
-    /// when none is), or the next in turn.
-    fn pick(&self, session: Option<&str>) -> Option<usize> {
+    /// when none is), or the next in turn; members in `tried` are left out.
+    fn pick(&self, session: Option<&str>, tried: &[usize]) -> Option<usize> {
         let now = self.now_ms();
-        let any_up = self.members.iter().any(|m| m.is_up(now));
-        let mut candidates =
-            (0..self.members.len()).filter(|&i| !any_up || self.members[i].is_up(now));
+        let untried = |i: &usize| !tried.contains(i);
+        let any_up = (0..self.members.len())
+            .filter(untried)
+            .any(|i| self.members[i].is_up(now));
+        let mut candidates = (0..self.members.len())
+            .filter(untried)
+            .filter(|&i| !any_up || self.members[i].is_up(now));
         match session {
             Some(session) => {
                 let hash = stable_hash(session.bytes());
@@ -317,22 +328,55 @@ impl<E> Inner<E> {
     }
 }
 
+impl<E: Executor> Pool<E> {
+    /// Calls `call` on the invocation's member. An invocation with an [`IdempotencyKey`] that
+    /// finds its member unreachable goes to the next one (running it twice is harmless), until
+    /// one answers, every member was tried, or its deadline passed.
+    async fn call<'a, T, F, Fut>(&'a self, invocation: Invocation, call: F) -> Result<T>
+    where
+        F: Fn(&'a E, Invocation) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let inner = &*self.inner;
+        let session = invocation.context.session_id().map(str::to_owned);
+        let keyed = invocation.context.extension::<IdempotencyKey>().is_some();
+        let mut tried = Vec::new();
+        let mut invocation = invocation;
+        loop {
+            let index = (inner.pick(session.as_deref(), &tried))
+                .ok_or_else(|| Error::unavailable("the pool has no member"))?;
+            tried.push(index);
+            let spare = (keyed && tried.len() < inner.members.len()).then(|| invocation.clone());
+            let member = &inner.members[index];
+            let outcome = call(&member.executor, invocation).await;
+            inner.observe(index, &outcome);
+            match (outcome, spare) {
+                (Err(error), Some(spare))
+                    if error.kind() == ErrorKind::Unavailable
+                        && spare.context.remaining() != Some(Duration::ZERO) =>
+                {
+                    tracing::info!(
+                        target: "agentkit::pool",
+                        member = %member.name,
+                        %error,
+                        "keyed invocation sent to the next member"
+                    );
+                    invocation = spare;
+                }
+                (outcome, _) => return outcome,
+            }
+        }
+    }
+}
+
 impl<E: Executor> Executor for Pool<E> {
     async fn execute(&self, invocation: Invocation) -> Result<Reply> {
-        let inner = &*self.inner;
-        let index = (inner.pick(invocation.context.session_id()))
-            .ok_or_else(|| Error::unavailable("the pool has no member"))?;
-        let outcome = inner.members[index].executor.execute(invocation).await;
-        inner.observe(index, &outcome);
-        outcome
+        self.call(invocation, |member, invocation| member.execute(invocation))
+            .await
     }
 
     async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
-        let inner = &*self.inner;
-        let index = (inner.pick(invocation.context.session_id()))
-            .ok_or_else(|| Error::unavailable("the pool has no member"))?;
-        let outcome = inner.members[index].executor.stream(invocation).await;
-        inner.observe(index, &outcome);
-        outcome
+        self.call(invocation, |member, invocation| member.stream(invocation))
+            .await
     }
 }

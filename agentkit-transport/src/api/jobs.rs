@@ -121,11 +121,7 @@ pub(crate) async fn submit(
 ) -> Result<Response, ApiError> {
     state.agent(&agent, &principal)?;
     let queue = queue(&state)?;
-    let header_key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned))
-        .transpose()
-        .map_err(|_| Error::invalid_input("the Idempotency-Key header is not text"))?;
+    let header_key = crate::api::idempotency_header(&headers)?;
     let idempotency_key = match (request.idempotency_key, header_key) {
         (Some(body), Some(header)) if body != header => {
             return Err(Error::invalid_input(

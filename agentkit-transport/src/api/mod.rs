@@ -499,6 +499,15 @@ pub(crate) fn ok_json<T: serde::Serialize>(value: T) -> Response {
     }
 }
 
+/// The `Idempotency-Key` header, if sent; an error when it is not text.
+pub(crate) fn idempotency_header(headers: &axum::http::HeaderMap) -> Result<Option<String>> {
+    headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| Error::invalid_input("the Idempotency-Key header is not text"))
+}
+
 pub(crate) fn wants_event_stream(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get_all(axum::http::header::ACCEPT)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentkit_core::{Context, Error, Executor};
+use agentkit_core::{Context, Error, Executor, IdempotencyKey};
 use agentkit_store::validate_key;
 use axum::Extension;
 use axum::extract::State;
@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::dto::{ErrorBody, InvokeRequest, InvokeResponse, SessionDoc};
 use crate::api::invoke::invocation;
-use crate::api::{ApiJson, ApiPath, AppState, ok_json, wants_event_stream};
+use crate::api::{ApiJson, ApiPath, AppState, idempotency_header, ok_json, wants_event_stream};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::events::{Origin, sse_response};
@@ -29,7 +29,9 @@ pub(crate) fn stored_id(agent: &str, session_id: &str) -> Result<String, Error> 
     Ok(id)
 }
 
-/// Sends one message to a session and runs the turn.
+/// Sends one message to a session and runs the turn. With an `Idempotency-Key`, a message
+/// sent again after its answer was lost gets the recorded turn back (the session remembers its
+/// last 16 keyed turns) instead of running and appending it twice.
 #[utoipa::path(
     post,
     path = "/v1/agents/{agent}/sessions/{session_id}/messages",
@@ -37,6 +39,7 @@ pub(crate) fn stored_id(agent: &str, session_id: &str) -> Result<String, Error> 
     params(
         ("agent" = String, Path, description = "The agent's name"),
         ("session_id" = String, Path, description = "The session id (chosen by the caller)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same on every retry of this message (1-256 bytes): a retry gets the recorded turn back"),
     ),
     request_body = InvokeRequest,
     responses(
@@ -63,7 +66,11 @@ pub(crate) async fn post_message(
     let mounted = state.agent(&agent, &principal)?;
     let stored = stored_id(&agent, &session_id)?;
     let request_id = cx.request_id().to_owned();
-    let mut invocation = invocation(request, cx.with_session_id(stored))?;
+    let mut cx = cx.with_session_id(stored);
+    if let Some(key) = idempotency_header(&headers)? {
+        cx = cx.with_extension(IdempotencyKey::new(&key)?);
+    }
+    let mut invocation = invocation(request, cx)?;
     // A session's history comes from the store, never from the request.
     invocation.history.clear();
     if wants_event_stream(&headers) {
