@@ -193,6 +193,24 @@ async fn a_keyed_turn_goes_on_to_the_next_instance_when_its_owner_is_unreachable
 }
 
 #[tokio::test]
+async fn a_keyed_invocation_without_a_session_is_not_sent_on() {
+    // Nothing would apply it once: run twice, it would run twice.
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = pool(&instances, 3, Duration::from_secs(60));
+    instances[0].kill(true);
+    let stateless = Invocation::text("hello")
+        .with_context(Context::new().with_extension(IdempotencyKey::new("k-0").unwrap()));
+    let mut failed = 0;
+    for _ in 0..4 {
+        if let Err(error) = pool.execute(stateless.clone()).await {
+            assert_eq!(error.kind(), ErrorKind::Unavailable);
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 2, "the turns that went to `a` failed back");
+}
+
+#[tokio::test]
 async fn a_failure_after_the_cooldown_marks_it_down_again() {
     let instances = [Instance::new("a"), Instance::new("b")];
     let pool = pool(&instances, 1, Duration::from_millis(100));

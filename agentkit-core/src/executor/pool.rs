@@ -23,10 +23,10 @@ use crate::{Error, ErrorKind, IdempotencyKey, Result, stable_hash};
 /// marks it down for another cooldown. When every instance is down, all of them are tried
 /// rather than none.
 ///
-/// An invocation that finds its instance unreachable is sent to the next one only when its
-/// context carries an [`IdempotencyKey`]: whether the first instance ran it is unknown, and
-/// only a keyed turn is safe to run twice (the session returns the recorded turn if it was
-/// saved). It goes from instance to instance until one answers, each was tried once, or its
+/// An invocation that finds its instance unreachable is sent to the next one only when it is
+/// a session turn whose context carries an [`IdempotencyKey`]: whether the first instance ran
+/// it is unknown, and only a keyed turn is safe to send twice (the session returns the
+/// recorded turn if it was saved). It goes from instance to instance until one answers, each was tried once, or its
 /// deadline passes. Without a key, the error goes back to the caller, who decides whether to
 /// try again (which lands on the next owner).
 ///
@@ -329,8 +329,8 @@ impl<E> Inner<E> {
 }
 
 impl<E: Executor> Pool<E> {
-    /// Calls `call` on the invocation's member. An invocation with an [`IdempotencyKey`] that
-    /// finds its member unreachable goes to the next one (running it twice is harmless), until
+    /// Calls `call` on the invocation's member. A session turn with an [`IdempotencyKey`] that
+    /// finds its member unreachable goes to the next one (its session applies it once), until
     /// one answers, every member was tried, or its deadline passed.
     async fn call<'a, T, F, Fut>(&'a self, invocation: Invocation, call: F) -> Result<T>
     where
@@ -339,7 +339,8 @@ impl<E: Executor> Pool<E> {
     {
         let inner = &*self.inner;
         let session = invocation.context.session_id().map(str::to_owned);
-        let keyed = invocation.context.extension::<IdempotencyKey>().is_some();
+        // Only a session records keyed turns; a stateless invocation run twice runs twice.
+        let keyed = session.is_some() && invocation.context.extension::<IdempotencyKey>().is_some();
         let mut tried = Vec::new();
         let mut invocation = invocation;
         loop {
