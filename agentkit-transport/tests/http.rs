@@ -304,6 +304,26 @@ async fn a_session_message_sent_again_with_its_key_gets_the_same_turn() {
     let next: Value = send("m-2", "hello").await.unwrap().json().await.unwrap();
     assert_eq!(next["version"], 2);
 
+    // The key may come in the body instead; both, they must agree.
+    let in_body: Value = c
+        .post(&url)
+        .json(&json!({"input": "hello", "idempotency_key": "m-2"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(in_body["version"], 2, "{in_body}");
+    let differ = c
+        .post(&url)
+        .header("idempotency-key", "m-3")
+        .json(&json!({"input": "hello", "idempotency_key": "m-4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(differ, 400).await, "invalid_input");
+
     let long = "k".repeat(300);
     let refused = send(&long, "hello").await.unwrap();
     assert_eq!(error_code(refused, 400).await, "invalid_input");

@@ -159,3 +159,31 @@ async fn browsers_authenticate_with_a_subprotocol() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_frame_sent_again_on_a_new_socket_with_its_key_gets_the_same_turn() {
+    // The socket dropped before the answer arrived; the client reconnects and sends the frame
+    // again with the same key.
+    let served = serve(with_demo().build().unwrap()).await;
+    let url = format!(
+        "{}/v1/agents/assistant/sessions/ws-keyed/ws",
+        served.base.replace("http", "ws")
+    );
+    let frame = json!({"input": "What is 1 + 2?", "idempotency_key": "frame-1"}).to_string();
+    let mut dones = Vec::new();
+    for _ in 0..2 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        ws.send(Message::Text(frame.clone().into())).await.unwrap();
+        let done = loop {
+            let frame = next_json(&mut ws).await;
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "done" {
+                break frame;
+            }
+        };
+        dones.push(done);
+    }
+    assert_eq!(dones[0]["output"], "1 + 2 = 3");
+    assert_eq!(dones[1]["output"], dones[0]["output"]);
+    assert_eq!(dones[1]["version"], 1, "not appended again");
+}

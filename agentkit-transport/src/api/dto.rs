@@ -134,6 +134,11 @@ pub struct InvokeRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The same on every retry of this message (1-256 bytes; or the `Idempotency-Key` header):
+    /// a session message or WebSocket frame sent again with it gets the recorded turn back
+    /// instead of running twice. A stateless invoke records nothing, so it has no effect there.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Tokens of a reply.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentkit_core::{Context, Error, Executor, Invocation, Message};
+use agentkit_core::{Context, Error, Executor, IdempotencyKey, Invocation, Message};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -20,6 +20,10 @@ pub(crate) fn invocation(request: InvokeRequest, cx: Context) -> Result<Invocati
     if input.is_empty() || input.iter().all(|m| m.payload_len() == 0) {
         return Err(Error::invalid_input("`input` must not be empty"));
     }
+    let cx = match &request.idempotency_key {
+        Some(key) => cx.with_extension(IdempotencyKey::new(key)?),
+        None => cx,
+    };
     let mut invocation = Invocation::new(input).with_context(cx);
     invocation.history = request.history.into_iter().map(Message::from).collect();
     invocation.metadata = request.metadata;

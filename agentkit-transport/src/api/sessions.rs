@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentkit_core::{Context, Error, Executor, IdempotencyKey};
+use agentkit_core::{Context, Error, Executor};
 use agentkit_store::validate_key;
 use axum::Extension;
 use axum::extract::State;
@@ -66,11 +66,18 @@ pub(crate) async fn post_message(
     let mounted = state.agent(&agent, &principal)?;
     let stored = stored_id(&agent, &session_id)?;
     let request_id = cx.request_id().to_owned();
-    let mut cx = cx.with_session_id(stored);
-    if let Some(key) = idempotency_header(&headers)? {
-        cx = cx.with_extension(IdempotencyKey::new(&key)?);
+    let mut request = request;
+    match (&request.idempotency_key, idempotency_header(&headers)?) {
+        (Some(body), Some(header)) if *body != header => {
+            return Err(Error::invalid_input(
+                "the idempotency key in the body and the header differ",
+            )
+            .into());
+        }
+        (None, header) => request.idempotency_key = header,
+        _ => {}
     }
-    let mut invocation = invocation(request, cx)?;
+    let mut invocation = invocation(request, cx.with_session_id(stored))?;
     // A session's history comes from the store, never from the request.
     invocation.history.clear();
     if wants_event_stream(&headers) {
