@@ -312,9 +312,9 @@ impl fmt::Debug for Extensions {
 ///
 /// What honours it: a session turn whose key its session already holds returns the recorded
 /// reply instead of running again (`SessionAgent` in agentkit-store), `RemoteExecutor` sends
-/// it on as `Idempotency-Key`, and [`Pool`](crate::executor::Pool) resends a keyed invocation
-/// to the next instance when the first could not be reached, since running it twice is then
-/// harmless.
+/// it on as `Idempotency-Key`, and [`Pool`](crate::executor::Pool) sends a keyed session turn
+/// on to the next instance when the first could not be reached, since the session applies it
+/// once.
 ///
 /// ```
 /// use agentkit_core::{Context, IdempotencyKey};

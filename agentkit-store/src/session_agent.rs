@@ -344,13 +344,14 @@ fn turn_id(cx: &Context) -> Option<Arc<str>> {
     Some(format!("key:{key}").into())
 }
 
-/// The reply `job`'s turn left in `session`, if the session holds it already.
-fn applied_turn(session: &Session, job: &str) -> Option<Reply> {
+/// The reply the turn `id` (see [`turn_id`]) left in `session`, if the session holds it
+/// already.
+fn applied_turn(session: &Session, id: &str) -> Option<Reply> {
     let turns = session.metadata.get(JOB_TURNS_KEY)?.as_array()?;
     let (index, record) = turns
         .iter()
         .enumerate()
-        .find(|(_, t)| t.get("job").and_then(|j| j.as_str()) == Some(job))?;
+        .find(|(_, t)| t.get("job").and_then(|j| j.as_str()) == Some(id))?;
     // Only the last turn's messages are still at the end of the history.
     let messages = if index + 1 == turns.len() {
         let added = record.get("added").and_then(|a| a.as_u64()).unwrap_or(0) as usize;
@@ -600,16 +601,17 @@ impl<E: Executor + 'static> SessionAgent<E> {
             .unwrap_or_else(|| Session::new(&key.0, &key.1)))
     }
 
-    /// Appends the turn to the session and saves it; the new version.
+    /// Appends the turn to the session and saves it (a keyed turn with its record); the new
+    /// version.
     async fn save(
         &self,
         mut session: Session,
         reply: &Reply,
         lease: Option<&Lease>,
-        job: Option<&str>,
+        keyed: Option<&str>,
     ) -> Result<u64> {
         session.messages.extend(reply.messages.iter().cloned());
-        if let Some(job) = job {
+        if let Some(id) = keyed {
             let turns = session
                 .metadata
                 .entry(JOB_TURNS_KEY)
@@ -619,7 +621,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
             }
             if let Some(turns) = turns.as_array_mut() {
                 turns.push(serde_json::json!({
-                    "job": job,
+                    "job": id,
                     "output": reply.output,
                     "model": reply.model,
                     "added": reply.messages.len(),
@@ -650,14 +652,14 @@ impl<E: Executor + 'static> SessionAgent<E> {
         if let Some((_, token)) = &turn.token {
             invocation.context = invocation.context.with_cancellation(token.clone());
         }
-        let job = turn_id(&invocation.context);
+        let keyed = turn_id(&invocation.context);
         let mut attempt = 0;
         loop {
             let session = self.load(&turn.key).await?;
-            if let Some(job) = &job
-                && let Some(mut reply) = applied_turn(&session, job)
+            if let Some(id) = &keyed
+                && let Some(mut reply) = applied_turn(&session, id)
             {
-                tracing::info!(session = %turn.key.1, turn = %job, "the turn is already in the session; not running it again");
+                tracing::info!(session = %turn.key.1, turn = %id, "the turn is already in the session; not running it again");
                 reply.session = Some(SessionState {
                     id: turn.key.1.clone(),
                     version: session.version,
@@ -676,7 +678,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
                 return Err(interrupted(&turn.key));
             }
             match self
-                .save(session, &reply, turn.lease.as_ref(), job.as_deref())
+                .save(session, &reply, turn.lease.as_ref(), keyed.as_deref())
                 .await
             {
                 Ok(version) => {
@@ -719,12 +721,12 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
         if let Some((_, token)) = &turn.token {
             invocation.context = invocation.context.with_cancellation(token.clone());
         }
-        let job = turn_id(&invocation.context);
+        let keyed = turn_id(&invocation.context);
         let opened = async {
             let session = self.load(&turn.key).await?;
             // A keyed turn the session holds already: its reply, as the stream's one event.
-            if let Some(job) = &job
-                && let Some(mut reply) = applied_turn(&session, job)
+            if let Some(id) = &keyed
+                && let Some(mut reply) = applied_turn(&session, id)
             {
                 reply.session = Some(SessionState {
                     id: turn.key.1.clone(),
@@ -770,7 +772,7 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
                         Ok(AgentEvent::Done(mut reply)) => match session.take() {
                             Some(session) => {
                                 match this
-                                    .save(session, &reply, turn.lease.as_ref(), job.as_deref())
+                                    .save(session, &reply, turn.lease.as_ref(), keyed.as_deref())
                                     .await
                                 {
                                     Ok(version) => {

@@ -26,9 +26,9 @@ use crate::{Error, ErrorKind, IdempotencyKey, Result, stable_hash};
 /// An invocation that finds its instance unreachable is sent to the next one only when it is
 /// a session turn whose context carries an [`IdempotencyKey`]: whether the first instance ran
 /// it is unknown, and only a keyed turn is safe to send twice (the session returns the
-/// recorded turn if it was saved). It goes from instance to instance until one answers, each was tried once, or its
-/// deadline passes. Without a key, the error goes back to the caller, who decides whether to
-/// try again (which lands on the next owner).
+/// recorded turn if it was saved). It goes from instance to instance until one answers, each
+/// was tried once, or its deadline passes. Without a key, the error goes back to the caller,
+/// who decides whether to try again (which lands on the next owner).
 ///
 /// Members going down and coming back are `warn` and `info` log lines (target
 /// `agentkit::pool`) and, with an [`Observer`] (the process-wide one unless

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::leases::SessionLeases;
 use agentkit_core::observer::Observer;
 use agentkit_core::{BoxExecutor, Error, ErrorKind, Executor, Result};
 use agentkit_store::{
@@ -38,6 +37,7 @@ pub(crate) use sessions::stored_id as stored_session_id;
 
 use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
+use crate::leases::SessionLeases;
 use crate::limit::RateLimits;
 
 /// A readiness check: `Ok` when the dependency answers.
