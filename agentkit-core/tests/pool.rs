@@ -309,3 +309,106 @@ fn a_pool_that_cannot_work_is_refused() {
         assert_eq!(error.unwrap().kind(), ErrorKind::InvalidInput);
     }
 }
+
+/// Checks an instance as a readiness probe would: down while it is dead.
+fn probe(instance: &Instance) -> futures::future::BoxFuture<'_, Result<()>> {
+    Box::pin(async move {
+        if instance.dead.load(Ordering::SeqCst) {
+            Err(Error::unavailable(format!(
+                "{} is not ready",
+                instance.name
+            )))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Waits (at most 5 s) until the pool's members up are `expected`.
+async fn until_up(pool: &Pool<Instance>, expected: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.up() != expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "members up: {:?}, expected {expected:?}",
+            pool.up()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_probe_marks_a_member_down_before_any_turn_fails_and_brings_it_back() {
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = Pool::builder()
+        .member("a", instances[0].clone())
+        .member("b", instances[1].clone())
+        .cooldown(Duration::from_secs(60))
+        .probe(Duration::from_millis(20), probe)
+        .build()
+        .unwrap();
+    let sessions = sessions(20);
+    let before = owners(&pool, &sessions).await;
+
+    instances[0].kill(true);
+    until_up(&pool, &["b"]).await;
+    // No turn fails: `a`'s sessions go to `b` from the start.
+    let during = owners(&pool, &sessions).await;
+    assert!(during.values().all(|owner| owner == "b"), "{during:?}");
+
+    // Ready again: back at the next probe, long before the cooldown, with its sessions.
+    instances[0].kill(false);
+    until_up(&pool, &["a", "b"]).await;
+    assert_eq!(owners(&pool, &sessions).await, before);
+}
+
+#[tokio::test]
+async fn a_probe_does_not_cut_short_the_cooldown_of_failed_turns() {
+    // The instance answers its probe but fails turns (say, overloaded): it waits out its
+    // cooldown rather than flapping back at every probe.
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = Pool::builder()
+        .member("a", instances[0].clone())
+        .member("b", instances[1].clone())
+        .mark_down_after(1)
+        .cooldown(Duration::from_secs(60))
+        .probe(Duration::from_millis(10), |_: &Instance| {
+            Box::pin(async { Ok(()) })
+        })
+        .build()
+        .unwrap();
+    let session = (sessions(50).into_iter())
+        .find(|s| pool.owner(s) == Some("a"))
+        .unwrap();
+    instances[0].kill(true);
+    pool.execute(turn(&session, "hello")).await.unwrap_err();
+    assert_eq!(pool.up(), ["b"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.up(), ["b"], "still cooling down");
+}
+
+#[test]
+fn a_probe_needs_an_interval_and_a_runtime() {
+    let build = |every| {
+        Pool::builder()
+            .member("a", Instance::new("a"))
+            .probe(every, probe)
+            .build()
+            .map(|_| ())
+    };
+    assert_eq!(
+        build(Duration::from_secs(1)).unwrap_err().kind(),
+        ErrorKind::InvalidInput,
+        "no runtime here"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    assert!(build(Duration::from_secs(1)).is_ok());
+    assert_eq!(
+        build(Duration::ZERO).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}

@@ -191,6 +191,29 @@ async fn remote_error(response: reqwest::Response) -> Error {
 }
 
 impl RemoteExecutor {
+    /// Asks the remote service whether it is ready (`GET {base}/readyz`, within the call
+    /// timeout and at most 5 s): `Ok` for a 2xx, an `Unavailable` error otherwise. A pool of
+    /// remote instances checks them with it (`PoolBuilder::probe`).
+    pub async fn ready(&self) -> Result<()> {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("readyz");
+        }
+        let response = (self.inner.client.get(url))
+            .timeout(self.inner.timeout.min(Duration::from_secs(5)))
+            .send()
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot reach the remote service: {e}")))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::unavailable(format!(
+                "the remote service is not ready: {}",
+                response.status()
+            )))
+        }
+    }
+
     /// `{base}/v1/agents/{agent}/sessions/{session}/messages`, each part encoded as a path
     /// segment.
     fn session_endpoint(&self, session: &str) -> String {

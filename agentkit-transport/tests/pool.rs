@@ -224,3 +224,32 @@ async fn a_keyed_turn_whose_answer_was_lost_is_not_run_twice() {
         .collect();
     assert_eq!(asked, ["hello", "What is 20 + 22?"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_of_readyz_find_a_dead_instance_before_any_turn_does() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::new());
+    let mut instances = [Instance::start(store.clone()), Instance::start(store)];
+    let pool = Pool::builder()
+        .member("a", client(&instances[0]))
+        .member("b", client(&instances[1]))
+        .probe(
+            std::time::Duration::from_millis(50),
+            |remote: &RemoteExecutor| Box::pin(remote.ready()),
+        )
+        .build()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(pool.up(), ["a", "b"], "both answer /readyz");
+
+    instances[0].kill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool.up() != ["b"] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", pool.up());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Every session's turn now lands on `b`, none failing first.
+    for i in 0..10 {
+        let reply = pool.execute(turn(&format!("probed-{i}"), "hello")).await;
+        assert_eq!(reply.unwrap().output, "You said: hello");
+    }
+}

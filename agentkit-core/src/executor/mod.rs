@@ -30,7 +30,7 @@ pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use flags::{Flag, FlagRule, FlagSwitch, Flags};
 pub use guard::{Guard, GuardLayer, Redactor};
 pub use health::{Alert, AlertRule, AlertRules, HealthWatch, Watched};
-pub use pool::{Pool, PoolBuilder};
+pub use pool::{Pool, PoolBuilder, Probe};
 pub use retry::{Retry, RetryLayer};
 pub use router::{Route, Router, RouterBuilder};
 pub use service::{ExecutorService, ServiceExecutor};

@@ -1,9 +1,11 @@
 //! [`Pool`]: instances of one agent behind one executor, with session affinity.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use super::{EventStream, Executor, Invocation, Reply};
 use crate::observer::Observer;
@@ -116,7 +118,14 @@ pub struct PoolBuilder<E> {
     members: Vec<(String, E)>,
     failures_to_down: u32,
     cooldown: Duration,
+    probe: Option<(Duration, Probe<E>)>,
 }
+
+/// A readiness check of one member (see [`PoolBuilder::probe`]).
+pub type Probe<E> = Arc<dyn for<'a> Fn(&'a E) -> BoxFuture<'a, Result<()>> + Send + Sync>;
+
+/// `down_until` of a member whose probe failed: down until a probe answers.
+const PROBED_DOWN: u64 = u64::MAX;
 
 impl<E> std::fmt::Debug for PoolBuilder<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +135,7 @@ impl<E> std::fmt::Debug for PoolBuilder<E> {
             .field("members", &names)
             .field("failures_to_down", &self.failures_to_down)
             .field("cooldown", &self.cooldown)
+            .field("probe_every", &self.probe.as_ref().map(|(every, _)| every))
             .finish()
     }
 }
@@ -138,6 +148,7 @@ impl<E> Default for PoolBuilder<E> {
             members: Vec::new(),
             failures_to_down: 3,
             cooldown: Duration::from_secs(10),
+            probe: None,
         }
     }
 }
@@ -197,7 +208,24 @@ impl<E> PoolBuilder<E> {
         self
     }
 
-    /// Checks the members (at least one, names unique and not empty) and builds.
+    /// Checks every member with `probe` every `every` (each check bounded by `every`), on a
+    /// task of the Tokio runtime the pool is built in, which ends with the pool. A member
+    /// whose check fails (or takes too long) is down until a check answers, before any
+    /// invocation has to fail on it; failures of invocations still mark members down for
+    /// the cooldown as without probes. For `RemoteExecutor` members,
+    /// `|remote| Box::pin(remote.ready())` checks the instance's `/readyz`.
+    pub fn probe<F>(mut self, every: Duration, probe: F) -> Self
+    where
+        F: for<'a> Fn(&'a E) -> BoxFuture<'a, Result<()>> + Send + Sync + 'static,
+    {
+        self.probe = Some((every, Arc::new(probe)));
+        self
+    }
+}
+
+impl<E: Send + Sync + 'static> PoolBuilder<E> {
+    /// Checks the members (at least one, names unique and not empty) and builds; with a
+    /// [`probe`](Self::probe), starts it (which needs a Tokio runtime).
     pub fn build(self) -> Result<Pool<E>> {
         if self.members.is_empty() {
             return Err(Error::invalid_input("a pool needs at least one member"));
@@ -233,17 +261,56 @@ impl<E> PoolBuilder<E> {
                 observer.pool_member(&self.name, &member.name, true);
             }
         }
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                name: self.name,
-                observer,
-                members,
-                failures_to_down: self.failures_to_down,
-                cooldown: self.cooldown,
-                turn: AtomicUsize::new(0),
-                epoch: Instant::now(),
-            }),
-        })
+        let runtime = match &self.probe {
+            Some((every, _)) if every.is_zero() => {
+                return Err(Error::invalid_input(
+                    "a pool's probe interval must not be zero",
+                ));
+            }
+            Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::invalid_input("a pool with a probe must be built inside a Tokio runtime")
+            })?),
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            name: self.name,
+            observer,
+            members,
+            failures_to_down: self.failures_to_down,
+            cooldown: self.cooldown,
+            turn: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        });
+        if let (Some(runtime), Some((every, probe))) = (runtime, self.probe) {
+            runtime.spawn(probe_members(Arc::downgrade(&inner), every, probe));
+        }
+        Ok(Pool { inner })
+    }
+}
+
+/// Checks every member each `every` until the pool is dropped.
+async fn probe_members<E>(pool: Weak<Inner<E>>, every: Duration, probe: Probe<E>) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = pool.upgrade() else {
+            return;
+        };
+        let checks = inner.members.iter().map(|member| {
+            let check = tokio::time::timeout(every, probe(&member.executor));
+            async move {
+                match check.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!("no answer within {every:?}")),
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(checks).await;
+        for (member, outcome) in inner.members.iter().zip(outcomes) {
+            inner.probed(member, outcome);
+        }
     }
 }
 
@@ -291,6 +358,40 @@ impl<E> Inner<E> {
         }
     }
 
+    /// Takes in a member's check: a failure marks it down until a check answers; an answer
+    /// brings back a member that a check had marked down (not one that invocations did: it
+    /// waits out its cooldown).
+    fn probed(&self, member: &Member<E>, outcome: std::result::Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                if (member.down_until)
+                    .compare_exchange(PROBED_DOWN, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    member.failures.store(0, Ordering::Relaxed);
+                    self.tell(member, true);
+                    tracing::info!(
+                        target: "agentkit::pool",
+                        member = %member.name,
+                        "pool member answers its probe again: its sessions come back"
+                    );
+                }
+            }
+            Err(error) => {
+                let was = member.down_until.swap(PROBED_DOWN, Ordering::Relaxed);
+                if was <= self.now_ms() {
+                    self.tell(member, false);
+                    tracing::warn!(
+                        target: "agentkit::pool",
+                        member = %member.name,
+                        %error,
+                        "pool member down: its probe failed; its sessions go to their next owner"
+                    );
+                }
+            }
+        }
+    }
+
     /// Counts how the member's invocation went.
     fn observe<T>(&self, index: usize, outcome: &Result<T>) {
         let member = &self.members[index];
@@ -300,7 +401,8 @@ impl<E> Inner<E> {
                 if failures >= self.failures_to_down {
                     let now = self.now_ms();
                     let until = now + self.cooldown.as_millis() as u64;
-                    if member.down_until.swap(until, Ordering::Relaxed) <= now {
+                    // The later of the two: a member its probe marked down stays down.
+                    if member.down_until.fetch_max(until, Ordering::Relaxed) <= now {
                         self.tell(member, false);
                         tracing::warn!(
                             target: "agentkit::pool",
