@@ -7,7 +7,12 @@
 //!         --prompts prompts.txt --max-error-rate 0.01 --max-p99-ms 2000
 //!
 //! Options (all optional):
-//! - `--url URL`: the service to load (its `POST /v1/agents/{agent}/invoke`); or `--jobs`:
+//! - `--url URL`: the service to load (its `POST /v1/agents/{agent}/invoke`); several,
+//!   comma-separated, are the instances of one service called through a `Pool`, as its
+//!   callers would: sessions stay on their instance, each instance's `/readyz` is probed every
+//!   second, and with `--sessions` each turn carries an idempotency key, so a turn whose
+//!   instance dies goes on to the next one (a rolling restart should then cost no errors);
+//!   or `--jobs`:
 //!   each invocation submitted as a job on the queue `REDIS_URL` or `NATS_URL` names (and
 //!   `AGENTKIT_QUEUE`), its result awaited, so the queue and its workers (`cargo run --example
 //!   worker`) are what is loaded; without either the demo agent runs in this process
@@ -38,13 +43,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentkit::executor::Pool;
 use agentkit::load::{self, LoadLimits, LoadPlan, LoadReport, Prompts, Scenario};
 use agentkit::store::{
     JsonlRecordStore, MemorySessionStore, RecordStore, RecordedTraffic, SessionAgent,
 };
 use agentkit::transport::jobs::QueueExecutor;
 use agentkit::transport::{RemoteExecutor, ServiceConfig};
-use agentkit::{Error, Executor, ExecutorExt};
+use agentkit::{Error, Executor, ExecutorExt, IdempotencyKey};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -92,7 +98,7 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
         }
         let traffic = RecordedTraffic::new(records.into_iter().rev().collect());
         return match &options.url {
-            Some(url) => drive(&remote(options, url)?, options, &traffic).await,
+            Some(urls) => drive(&fleet(options, urls)?, options, &traffic).await,
             None => drive(&agentkit::demo::assistant()?, options, &traffic).await,
         };
     }
@@ -115,8 +121,12 @@ async fn run(options: &Options) -> agentkit::Result<LoadReport> {
         let jobs = QueueExecutor::new(queue, options.agent.as_str());
         return drive(&jobs, options, &prompts).await;
     }
-    if let Some(url) = &options.url {
-        return drive(&remote(options, url)?, options, &prompts).await;
+    if let Some(urls) = &options.url {
+        let fleet = fleet(options, urls)?;
+        if options.sessions.is_some() {
+            return drive(&fleet, options, &Keyed::new(prompts)).await;
+        }
+        return drive(&fleet, options, &prompts).await;
     }
     let agent = agentkit::demo::assistant()?;
     if options.sessions.is_some() {
@@ -152,17 +162,54 @@ async fn drive<E: Executor + ?Sized>(
     .await
 }
 
-/// The service at `url`, with the bearer token when one is given.
-fn remote(options: &Options, url: &str) -> agentkit::Result<RemoteExecutor> {
-    let mut remote =
-        RemoteExecutor::builder(url, options.agent.as_str()).timeout(options.plan_timeout);
-    if options.sessions.is_some() {
-        remote = remote.sessions();
+/// The instances at `urls` (comma-separated) as a pool, with the bearer token when one is
+/// given.
+fn fleet(options: &Options, urls: &str) -> agentkit::Result<Pool<RemoteExecutor>> {
+    let token = token()?;
+    let mut pool = Pool::builder()
+        .name("loadgen")
+        .probe(Duration::from_secs(1), |remote: &RemoteExecutor| {
+            Box::pin(remote.ready())
+        });
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let mut remote =
+            RemoteExecutor::builder(url, options.agent.as_str()).timeout(options.plan_timeout);
+        if options.sessions.is_some() {
+            remote = remote.sessions();
+        }
+        if let Some(token) = &token {
+            remote = remote.bearer(token.as_str());
+        }
+        pool = pool.member(url, remote.build()?);
     }
-    if let Some(token) = token()? {
-        remote = remote.bearer(token);
+    pool.build()
+}
+
+/// Each turn of `inner` with an idempotency key of its own (unique to this run), so that
+/// the pool may send a turn whose instance died on to the next one.
+struct Keyed<S> {
+    inner: S,
+    run: String,
+}
+
+impl<S: Scenario> Keyed<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            run: agentkit::generate_id(),
+        }
     }
-    remote.build()
+}
+
+impl<S: Scenario> Scenario for Keyed<S> {
+    fn invocation(&self, index: u64) -> agentkit::Invocation {
+        let mut invocation = self.inner.invocation(index);
+        // Hex and digits: always a valid key.
+        if let Ok(key) = IdempotencyKey::new(&format!("load-{}-{index}", self.run)) {
+            invocation.context = invocation.context.with_extension(key);
+        }
+        invocation
+    }
 }
 
 /// The bearer token, from `AGENTKIT_LOAD_TOKEN_FILE` or `AGENTKIT_LOAD_TOKEN`.

@@ -173,3 +173,71 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
         store.delete("default", &stored_id(session)).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_through_a_pool_sees_no_errors_when_an_instance_is_killed() {
+    let Some(url) = agentkit_testkit::services::redis_url() else {
+        return;
+    };
+    // Sessions of their own for this run: the load generator names them `load-N` in its
+    // tenant.
+    let tenant = agentkit_testkit::unique("loadpool");
+    let keys = format!("{tenant}:dummy-load-key");
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("AGENTKIT_SESSION_LEASE_MS", "1000"),
+        ("AGENTKIT_SCRIPTED_LATENCY_MS", "20"),
+        ("AGENTKIT_API_KEYS", keys.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut a = Service::start(&env);
+    let b = Service::start(&env);
+    let mut load = std::process::Command::new(support::process::example("loadgen"))
+        .args([
+            "--url",
+            &format!("{},{}", a.base, b.base),
+            "--sessions",
+            "8",
+            "--rate",
+            "40",
+            "--duration",
+            "4",
+            "--timeout",
+            "30",
+            "--progress",
+            "0",
+            "--max-error-rate",
+            "0",
+        ])
+        .env("AGENTKIT_LOAD_TOKEN", "dummy-load-key")
+        .env_remove("AGENTKIT_LOAD_TOKEN_FILE")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the load generator starts");
+
+    // A third of the way in, `a` dies with turns in flight.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    a.kill();
+
+    let stdout = load.stdout.take().unwrap();
+    let finished = tokio::task::spawn_blocking(move || {
+        let report: serde_json::Value = serde_json::from_reader(stdout).expect("a JSON report");
+        (load.wait().expect("the load generator ran"), report)
+    });
+    let (status, report) = tokio::time::timeout(Duration::from_secs(90), finished)
+        .await
+        .expect("the load generator finished")
+        .unwrap();
+    assert!(status.success(), "{status}: {report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["succeeded"].as_u64().unwrap() > 100, "{report}");
+    drop(b);
+
+    let store = RedisSessionStore::connect(&url).unwrap();
+    for i in 0..8 {
+        store
+            .delete(&tenant, &stored_id(&format!("load-{i}")))
+            .await
+            .unwrap();
+    }
+}
