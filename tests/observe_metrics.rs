@@ -298,6 +298,86 @@ async fn counters_move_by_the_right_amounts() {
     assert!(value(&samples, "agentkit_session_conflicts_total", &[]) >= before + 1.0);
     let saved = store.load("default", "raced").await.unwrap().unwrap();
     assert_eq!(saved.version, 2, "both turns saved");
+
+    // The same race between instances that lease the session: the second turn waits for the
+    // first's lease, and the wait is measured.
+    let waits_before = value(&samples, "agentkit_session_lease_wait_seconds_count", &[]);
+    let store = Arc::new(agentkit::store::MemorySessionStore::new());
+    let leased = |owner: &str| {
+        agentkit::store::SessionAgent::builder(slow(), store.clone())
+            .lease(store.clone(), owner, Duration::from_secs(5))
+            .build()
+    };
+    let instances = [leased("one"), leased("two")];
+    let turns = instances.iter().map(|sessions| {
+        use agentkit::Executor;
+        let cx = Context::new().with_session_id("leased");
+        sessions.execute(agentkit::Invocation::text("hi").with_context(cx))
+    });
+    for outcome in futures::future::join_all(turns).await {
+        outcome.unwrap();
+    }
+    let samples = parse(&telemetry.metrics().unwrap().render());
+    let waits = value(&samples, "agentkit_session_lease_wait_seconds_count", &[]);
+    assert!(waits >= waits_before + 1.0, "{waits} waits");
+    assert!(value(&samples, "agentkit_session_lease_wait_seconds_sum", &[]) >= 0.02);
+
+    // A keyed turn sent again is answered from the session, and counted.
+    let replays_before = value(&samples, "agentkit_session_replays_total", &[]);
+    let keyed = || {
+        let cx = Context::new()
+            .with_session_id("leased")
+            .with_extension(agentkit::IdempotencyKey::new("metrics-key").unwrap());
+        agentkit::Invocation::text("hello").with_context(cx)
+    };
+    for _ in 0..2 {
+        use agentkit::Executor;
+        instances[0].execute(keyed()).await.unwrap();
+    }
+    let samples = parse(&telemetry.metrics().unwrap().render());
+    assert_eq!(
+        value(&samples, "agentkit_session_replays_total", &[]),
+        replays_before + 1.0
+    );
+
+    // A pool sends a keyed turn on from a member it cannot reach, and counts it.
+    let pool = agentkit::executor::Pool::builder()
+        .name("metrics-pool")
+        .member("unreachable", agentkit::BoxExecutor::new(Unreachable))
+        .member("up", agentkit::BoxExecutor::new(instances[1].clone()))
+        .build()
+        .unwrap();
+    let session = (0..100)
+        .map(|i| format!("pooled-{i}"))
+        .find(|s| pool.owner(s) == Some("unreachable"))
+        .unwrap();
+    let cx = Context::new()
+        .with_session_id(session.as_str())
+        .with_extension(agentkit::IdempotencyKey::new("pool-key").unwrap());
+    {
+        use agentkit::Executor;
+        pool.execute(agentkit::Invocation::text("hello").with_context(cx))
+            .await
+            .unwrap();
+    }
+    let samples = parse(&telemetry.metrics().unwrap().render());
+    assert_eq!(
+        value(
+            &samples,
+            "agentkit_pool_resends_total",
+            &[("pool", "metrics-pool")]
+        ),
+        1.0
+    );
+}
+
+/// A pool member that cannot be reached.
+struct Unreachable;
+
+impl agentkit::Executor for Unreachable {
+    async fn execute(&self, _: agentkit::Invocation) -> agentkit::Result<agentkit::Reply> {
+        Err(Error::unavailable("connection refused"))
+    }
 }
 
 /// Two observers in one process (and one thread) count their own runs of the same agent: the

@@ -149,6 +149,18 @@ pub trait Observer: Send + Sync {
     /// A session save lost a compare-and-set race.
     fn session_conflict(&self) {}
 
+    /// A session turn waited `waited` for another instance's lease on its session (reported
+    /// when it got the lease or gave up; not when the lease was free).
+    fn session_lease_wait(&self, _waited: std::time::Duration) {}
+
+    /// A keyed session turn was answered from its session without running (a retry of a
+    /// turn already applied).
+    fn session_replay(&self) {}
+
+    /// A [`Pool`](crate::executor::Pool) sent a keyed turn on to another member after its
+    /// own could not be reached.
+    fn pool_resend(&self, _pool: &str) {}
+
     /// Whether prompt and completion text may be recorded (off unless switched on).
     fn capture_content(&self) -> bool {
         false

@@ -1,5 +1,6 @@
 //! Prometheus metrics (prometheus-client): request counts by outcome, latency, GenAI token usage
-//! and operation duration, tool calls, cost, in-flight requests, queue depth, session conflicts.
+//! and operation duration, tool calls, cost, in-flight requests, queue depth, session conflicts,
+//! lease waits and replays, pool members and resends.
 //! Labels stay low-cardinality: agent, model, tool, outcome, token type, queue; never a
 //! request, session or user id.
 
@@ -67,6 +68,11 @@ pub(crate) struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PoolLabel {
+    pub(crate) pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AlertLabels {
     pub(crate) watch: String,
     pub(crate) rule: &'static str,
@@ -100,6 +106,9 @@ pub(crate) struct Metrics {
     pub(crate) pool_members: Family<PoolLabels, Gauge>,
     pub(crate) alerts: Family<AlertLabels, Gauge>,
     pub(crate) session_conflicts: Counter,
+    pub(crate) session_lease_waits: Histogram,
+    pub(crate) session_replays: Counter,
+    pub(crate) pool_resends: Family<PoolLabel, Counter>,
     /// Records the telemetry thread never got (it was behind or stopped).
     telemetry_dropped: Counter,
     agents: RwLock<HashMap<String, Arc<AgentMetrics>, FnvBuild>>,
@@ -332,6 +341,24 @@ impl Metrics {
             "Session saves that lost a compare-and-set race",
             session_conflicts.clone(),
         );
+        let session_lease_waits = Histogram::new(latency_buckets());
+        registry.register(
+            "agentkit_session_lease_wait_seconds",
+            "How long session turns waited for another instance's lease on their session",
+            session_lease_waits.clone(),
+        );
+        let session_replays = Counter::default();
+        registry.register(
+            "agentkit_session_replays",
+            "Keyed session turns answered from their session without running (retries)",
+            session_replays.clone(),
+        );
+        let pool_resends = Family::<PoolLabel, Counter>::default();
+        registry.register(
+            "agentkit_pool_resends",
+            "Keyed turns a pool sent on to another member after theirs could not be reached",
+            pool_resends.clone(),
+        );
         let telemetry_dropped = Counter::default();
         registry.register(
             "agentkit_telemetry_dropped",
@@ -351,6 +378,9 @@ impl Metrics {
             pool_members,
             alerts,
             session_conflicts,
+            session_lease_waits,
+            session_replays,
+            pool_resends,
             telemetry_dropped,
             agents: RwLock::default(),
             tools: RwLock::default(),

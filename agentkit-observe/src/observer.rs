@@ -20,8 +20,8 @@ use tracing::Dispatch;
 use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
 use crate::metrics::{
-    AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, PoolLabels, QueueLabel,
-    ToolMetrics,
+    AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, PoolLabel, PoolLabels,
+    QueueLabel, ToolMetrics,
 };
 use crate::semconv::Names;
 use crate::spans::{Batch, Clock, Ended, OpenSpan, Sampling, Stamp};
@@ -508,6 +508,29 @@ impl Observer for AgentObserver {
     fn session_conflict(&self) {
         if let Some(metrics) = &self.inner.metrics {
             metrics.session_conflicts.inc();
+        }
+    }
+
+    fn session_lease_wait(&self, waited: Duration) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.session_lease_waits.observe(waited.as_secs_f64());
+        }
+    }
+
+    fn session_replay(&self) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.session_replays.inc();
+        }
+    }
+
+    fn pool_resend(&self, pool: &str) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics
+                .pool_resends
+                .get_or_create(&PoolLabel {
+                    pool: pool.to_owned(),
+                })
+                .inc();
         }
     }
 

@@ -334,6 +334,13 @@ pub const JOB_TURNS_KEY: &str = "agentkit.job_turns";
 /// How many keyed turns a session remembers.
 const JOB_TURNS_KEPT: usize = 16;
 
+/// Tells the process-wide observer that a keyed turn was answered from its session.
+fn replayed() {
+    if let Some(observer) = agentkit_core::observer::global_observer() {
+        observer.session_replay();
+    }
+}
+
 /// What identifies a turn across deliveries and retries: its job, else the caller's
 /// idempotency key (prefixed, so that it never names a job).
 fn turn_id(cx: &Context) -> Option<Arc<str>> {
@@ -527,17 +534,26 @@ impl<E: Executor + 'static> SessionAgent<E> {
         let Some(leasing) = &self.inner.leasing else {
             return Ok(None);
         };
-        let deadline = tokio::time::Instant::now()
+        let started = tokio::time::Instant::now();
+        let deadline = started
             + cx.remaining()
                 .map_or(self.inner.max_wait, |r| r.min(self.inner.max_wait));
         let mut pause = Duration::from_millis(5);
+        // A wait (the lease was held at the first try) is reported when it ends, however it
+        // ends.
+        let mut waited = false;
+        let report = |waited: bool| {
+            if let (true, Some(observer)) = (waited, agentkit_core::observer::global_observer()) {
+                observer.session_lease_wait(started.elapsed());
+            }
+        };
         loop {
-            if let Some(lease) = leasing
-                .store
+            let acquired = (leasing.store)
                 .acquire(&key.0, &key.1, &leasing.owner, leasing.ttl)
-                .await?
-            {
-                return Ok(Some(lease));
+                .await;
+            if !matches!(acquired, Ok(None)) {
+                report(waited);
+                return acquired;
             }
             if self.inner.policy == TurnPolicy::Reject {
                 return Err(busy(
@@ -547,14 +563,19 @@ impl<E: Executor + 'static> SessionAgent<E> {
                 ));
             }
             if tokio::time::Instant::now() + pause >= deadline {
+                report(waited);
                 return Err(
                     busy(&key.0, &key.1, "stayed leased by another instance too long")
                         .with_retry_after(Duration::from_secs(1)),
                 );
             }
+            waited = true;
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
+                () = cx.cancellation().cancelled() => {
+                    report(waited);
+                    return Err(Error::cancelled());
+                }
             }
             pause = (pause * 2).min(Duration::from_millis(200));
         }
@@ -660,6 +681,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
                 && let Some(mut reply) = applied_turn(&session, id)
             {
                 tracing::info!(session = %turn.key.1, turn = %id, "the turn is already in the session; not running it again");
+                replayed();
                 reply.session = Some(SessionState {
                     id: turn.key.1.clone(),
                     version: session.version,
@@ -728,6 +750,7 @@ impl<E: Executor + 'static> Executor for SessionAgent<E> {
             if let Some(id) = &keyed
                 && let Some(mut reply) = applied_turn(&session, id)
             {
+                replayed();
                 reply.session = Some(SessionState {
                     id: turn.key.1.clone(),
                     version: session.version,

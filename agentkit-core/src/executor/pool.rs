@@ -464,6 +464,9 @@ impl<E: Executor> Pool<E> {
                         %error,
                         "keyed invocation sent to the next member"
                     );
+                    if let Some(observer) = &inner.observer {
+                        observer.pool_resend(&inner.name);
+                    }
                     invocation = spare;
                 }
                 (outcome, _) => return outcome,
