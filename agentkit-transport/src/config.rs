@@ -30,7 +30,7 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_WEBHOOK_SECRET` | HMAC secret for job webhooks | none (no webhooks) |
 /// | `AGENTKIT_WEBHOOK_SECRET_FILE` | a file holding it instead, read again every 30 s (rotation without a restart) | none |
 /// | `AGENTKIT_WEBHOOK_ALLOW_PRIVATE` | `true`: webhooks may call loopback and private addresses | `false` |
-/// | `AGENTKIT_SESSION_LEASE_MS` | with sessions in Redis or PostgreSQL, how long a session's lease lasts (renewed while a turn runs; an instance that dies mid-turn holds its sessions this long); `0` turns leases off | 30000 |
+/// | `AGENTKIT_SESSION_LEASE_MS` | with sessions in Redis or PostgreSQL, how long a session's lease lasts (renewed while a turn runs; an instance that dies mid-turn holds its sessions this long); `0` turns leases off | 10000 |
 /// | `AGENTKIT_INSTANCE_ID` | this instance's name as a lease owner, unique in the fleet | `{HOSTNAME}-{pid}-{random}` |
 #[derive(Clone)]
 pub struct ServiceConfig {
@@ -175,7 +175,7 @@ impl ServiceConfig {
             None => 1 << 20,
         };
         let session_lease =
-            Some(millis("AGENTKIT_SESSION_LEASE_MS", 30_000)?).filter(|lease| !lease.is_zero());
+            Some(millis("AGENTKIT_SESSION_LEASE_MS", 10_000)?).filter(|lease| !lease.is_zero());
         if session_lease.is_some_and(|lease| lease < Duration::from_millis(100)) {
             return Err(Error::invalid_input(
                 "AGENTKIT_SESSION_LEASE_MS must be 0 (no leases) or at least 100",
