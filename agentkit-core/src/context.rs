@@ -312,7 +312,8 @@ impl fmt::Debug for Extensions {
 ///
 /// What honours it: a session turn whose key its session already holds returns the recorded
 /// reply instead of running again (`SessionAgent` in agentkit-store), `RemoteExecutor` sends
-/// it on as `Idempotency-Key`, and [`Pool`](crate::executor::Pool) sends a keyed session turn
+/// it on as `Idempotency-Key`, `QueueExecutor` submits its job with it (a second call awaits
+/// the first call's job), and [`Pool`](crate::executor::Pool) sends a keyed session turn
 /// on to the next instance when the first could not be reached, since the session applies it
 /// once.
 ///

@@ -489,6 +489,27 @@ async fn agents_call_each_other_over_the_queue() {
     assert_eq!(error.kind(), agentkit_core::ErrorKind::NotFound);
 }
 
+#[tokio::test]
+async fn a_keyed_call_over_the_queue_made_again_awaits_the_same_job() {
+    let s = setup().await;
+    let delegate = QueueExecutor::new(s.queue.clone(), "assistant");
+    let keyed = |key: &str| {
+        Invocation::text("What is 5 + 5?").with_context(
+            agentkit_core::Context::new()
+                .with_tenant("acme")
+                .with_extension(agentkit_core::IdempotencyKey::new(key).unwrap()),
+        )
+    };
+    let first = delegate.execute(keyed("call-1")).await.unwrap();
+    let again = delegate.execute(keyed("call-1")).await.unwrap();
+    assert_eq!(again.output, first.output);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1, "one job, one run");
+    delegate.execute(keyed("call-2")).await.unwrap();
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    let reserved = delegate.execute(keyed("agentkit:x")).await.unwrap_err();
+    assert_eq!(reserved.kind(), agentkit_core::ErrorKind::InvalidInput);
+}
+
 /// An API and a worker sharing a job queue and a session store, as the bundled service runs
 /// them by default.
 async fn session_setup() -> (Served, RunningWorker) {

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkit_core::{Error, ErrorKind, Executor, Invocation, Reply, Result};
+use agentkit_core::{Error, ErrorKind, Executor, IdempotencyKey, Invocation, Reply, Result};
 
-use super::{JobQueue, JobSpec, JobStatus};
+use super::{JobQueue, JobSpec, JobStatus, RESERVED_KEY_PREFIX};
 
 /// Enqueues each invocation as a job for `agent` and awaits its result: agents calling each
 /// other over a queue, with the queue's retries, dead-lettering and crash safety in between.
 /// The wait is bounded by the invocation's deadline (or `max_wait`); a cancelled or timed-out
-/// wait leaves the job to finish on its own.
+/// wait leaves the job to finish on its own. An invocation whose context carries an
+/// [`IdempotencyKey`] submits with that key: called again with it (after a timeout, say), it
+/// awaits the job the first call made instead of running another.
 #[derive(Clone)]
 pub struct QueueExecutor {
     queue: Arc<dyn JobQueue>,
@@ -47,6 +49,18 @@ impl QueueExecutor {
 impl Executor for QueueExecutor {
     async fn execute(&self, invocation: Invocation) -> Result<Reply> {
         let cx = invocation.context;
+        // A retried call with the same key finds the job the first one made, and awaits it.
+        let idempotency_key = cx
+            .extension::<IdempotencyKey>()
+            .map(|key| key.as_str().to_owned());
+        if idempotency_key
+            .as_deref()
+            .is_some_and(|key| key.starts_with(RESERVED_KEY_PREFIX))
+        {
+            return Err(Error::invalid_input(format!(
+                "idempotency keys starting with `{RESERVED_KEY_PREFIX}` are reserved"
+            )));
+        }
         let spec = JobSpec {
             agent: self.agent.clone(),
             input: invocation.input,
@@ -55,7 +69,7 @@ impl Executor for QueueExecutor {
             metadata: invocation.metadata,
             tenant: cx.tenant().unwrap_or("default").to_owned(),
             callback_url: None,
-            idempotency_key: None,
+            idempotency_key,
             request_id: cx.request_id().to_owned(),
             traceparent: cx.trace().map(|t| t.new_child().traceparent()),
         };
