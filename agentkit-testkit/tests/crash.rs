@@ -1,5 +1,6 @@
 //! Workers that die: a worker process takes jobs whose tool is side-effecting, is killed with
 //! SIGKILL mid-way, a new one takes over; every job succeeds once and every charge happens once.
+//! The same for session jobs: every turn in its session once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentkit_core::Message;
+use agentkit_store::SessionStore;
 use agentkit_transport::jobs::{JobQueue, JobSpec, JobStatus};
 use axum::Json;
 use axum::routing::post;
@@ -42,7 +44,18 @@ async fn provider() -> (String, Calls) {
 }
 
 fn start_worker(backend: &str, url: &str, name: &str, provider: &str) -> Child {
+    start_worker_with(backend, url, name, provider, &[])
+}
+
+fn start_worker_with(
+    backend: &str,
+    url: &str,
+    name: &str,
+    provider: &str,
+    envs: &[(&str, &str)],
+) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crash_worker"))
+        .envs(envs.iter().copied())
         .env("QUEUE_BACKEND", backend)
         .env("QUEUE_URL", url)
         .env("QUEUE_NAME", name)
@@ -180,4 +193,106 @@ async fn nats_workers_that_die_lose_nothing_and_charge_once() {
         .await
         .unwrap();
     crash_and_recover(Arc::new(queue), "nats", &url, &name).await;
+}
+
+/// Session jobs on Redis: 60 jobs over 6 sessions under leases, the worker killed mid-way
+/// while it holds some of them, its successor waiting out the dead one's leases. Every job
+/// succeeds, is charged once, and is in its session's history exactly once. (A SIGKILL cannot
+/// be aimed at the moment between a turn's save and its job's acknowledgement; that a turn
+/// saved then is not appended again when its job comes back is
+/// `session_agent::tests::a_job_turn_is_applied_once`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_jobs_survive_a_killed_worker_each_turn_applied_once() {
+    const SESSIONS: usize = 6;
+    const PER_SESSION: usize = 10;
+    let Some(url) = agentkit_testkit::redis_url() else {
+        return;
+    };
+    let name = agentkit_testkit::unique("crashsessions");
+    let queue = agentkit_transport::jobs::redis::RedisJobQueue::connect(&url, &name)
+        .unwrap()
+        .with_visibility_timeout(VISIBILITY);
+    let (provider, calls) = provider().await;
+    let mut ids = Vec::new();
+    for i in 0..SESSIONS * PER_SESSION {
+        let spec = JobSpec {
+            agent: "charger".into(),
+            input: vec![Message::user(format!("charge order {i}"))],
+            session_id: Some(format!("s-{}", i % SESSIONS)),
+            tenant: "acme".into(),
+            ..JobSpec::default()
+        };
+        ids.push(queue.enqueue(spec).await.unwrap().job_id);
+    }
+    let envs = [
+        ("SESSIONS_URL", url.as_str()),
+        ("SESSIONS_PREFIX", name.as_str()),
+        ("LEASE_MS", "1000"),
+    ];
+
+    let mut first = start_worker_with("redis", &url, &name, &provider, &envs);
+    let until = Instant::now() + Duration::from_secs(60);
+    while calls.lock().unwrap().len() < ids.len() / 4 {
+        assert!(Instant::now() < until, "the first worker made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let charged_before = calls.lock().unwrap().len();
+    assert!(
+        charged_before < ids.len(),
+        "killed mid-way ({charged_before} charged)"
+    );
+
+    let mut second = start_worker_with("redis", &url, &name, &provider, &envs);
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = statuses(&queue, &ids).await;
+        if counts.get(&JobStatus::Succeeded) == Some(&ids.len()) {
+            break;
+        }
+        assert_eq!(
+            counts.get(&JobStatus::Dead),
+            None,
+            "no job may die: {counts:?}"
+        );
+        assert!(
+            Instant::now() < until,
+            "jobs did not all finish: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    second.kill().expect("SIGKILL");
+    second.wait().unwrap();
+
+    let charged: HashSet<String> = (calls.lock().unwrap().keys())
+        .map(|key| key.split_once(':').expect("keys are job:call").0.to_owned())
+        .collect();
+    assert_eq!(charged.len(), ids.len(), "every job charged");
+    let store = agentkit_store::redis::RedisSessionStore::connect(&url)
+        .unwrap()
+        .with_prefix(name.as_str());
+    for s in 0..SESSIONS {
+        let stored = format!("charger/s-{s}");
+        let session = store
+            .load("acme", &stored)
+            .await
+            .unwrap()
+            .expect("the session");
+        let mut asked: Vec<String> = (session.messages.iter())
+            .filter(|m| m.role == agentkit_core::Role::User)
+            .map(|m| m.text_content())
+            .collect();
+        asked.sort();
+        let mut expected: Vec<String> = (0..PER_SESSION)
+            .map(|k| format!("charge order {}", k * SESSIONS + s))
+            .collect();
+        expected.sort();
+        assert_eq!(asked, expected, "session s-{s}: each job's turn once");
+        store.delete("acme", &stored).await.unwrap();
+    }
+    eprintln!(
+        "redis sessions: {charged_before} charged before SIGKILL, {} jobs in {SESSIONS} sessions, each turn once",
+        ids.len()
+    );
 }

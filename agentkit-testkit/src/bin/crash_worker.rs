@@ -3,7 +3,9 @@
 //! Runs the agent `charger`, whose side-effecting `charge` tool POSTs `{key, cents}` to a
 //! payment provider at `PROVIDER_URL`, passing the job's idempotency key as real providers take
 //! it. Environment: `QUEUE_BACKEND` (`redis` or `nats`), `QUEUE_URL`, `QUEUE_NAME`,
-//! `VISIBILITY_MS`, `LATENCY_MS`. Prints `worker ready` once claiming; SIGTERM drains.
+//! `VISIBILITY_MS`, `LATENCY_MS`; with `SESSIONS_URL` (Redis) and `SESSIONS_PREFIX`, session
+//! jobs run as turns of sessions there, under leases of `LEASE_MS` held by this process.
+//! Prints `worker ready` once claiming; SIGTERM drains.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -86,13 +88,24 @@ async fn run() -> Result<(), Error> {
         .model(model)
         .tool(charge)
         .build()?;
-    let worker = Worker::builder(queue)
+    let mut worker = Worker::builder(queue)
         .agent("charger", agent)
         .concurrency(8)
         .max_attempts(10)
         .heartbeat(visibility / 4)
-        .drain(Duration::from_secs(10))
-        .build()?;
+        .drain(Duration::from_secs(10));
+    if let Ok(url) = std::env::var("SESSIONS_URL") {
+        let store = Arc::new(
+            agentkit_store::redis::RedisSessionStore::connect(&url)?
+                .with_prefix(env("SESSIONS_PREFIX")?),
+        );
+        let lease = Duration::from_millis(env("LEASE_MS")?.parse().unwrap_or(1000));
+        let owner = format!("crash-worker-{}", std::process::id());
+        worker = worker
+            .sessions(store.clone())
+            .session_leases(store, owner, lease);
+    }
+    let worker = worker.build()?;
     println!("worker ready");
     worker.run(agentkit_transport::shutdown_signal()).await
 }
