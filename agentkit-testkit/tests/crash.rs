@@ -199,8 +199,9 @@ async fn nats_workers_that_die_lose_nothing_and_charge_once() {
 /// while it holds some of them, its successor waiting out the dead one's leases. Every job
 /// succeeds, is charged once, and is in its session's history exactly once. (A SIGKILL cannot
 /// be aimed at the moment between a turn's save and its job's acknowledgement; that a turn
-/// saved then is not appended again when its job comes back is
-/// `session_agent::tests::a_job_turn_is_applied_once`.)
+/// saved then is not appended again when its job comes back is the worker test
+/// `a_session_job_delivered_again_after_its_turn_was_saved_is_not_applied_twice` in
+/// agentkit-transport.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_jobs_survive_a_killed_worker_each_turn_applied_once() {
     const SESSIONS: usize = 6;

@@ -666,3 +666,124 @@ fn a_workers_session_leases_need_an_owner() {
         agentkit_core::ErrorKind::InvalidInput
     );
 }
+
+/// A queue whose first finish of each job is lost, as when a worker saves a session turn and
+/// dies before acknowledging its job.
+struct LosesFirstFinish {
+    inner: Arc<dyn JobQueue>,
+    lost: Mutex<std::collections::HashSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for LosesFirstFinish {
+    async fn enqueue(
+        &self,
+        spec: agentkit_transport::jobs::JobSpec,
+    ) -> Result<agentkit_transport::jobs::Enqueued> {
+        self.inner.enqueue(spec).await
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<agentkit_transport::jobs::Delivery>> {
+        self.inner.claim(consumer, max, wait).await
+    }
+
+    async fn heartbeat(&self, delivery: &agentkit_transport::jobs::Delivery) -> Result<()> {
+        self.inner.heartbeat(delivery).await
+    }
+
+    async fn finish(
+        &self,
+        delivery: &agentkit_transport::jobs::Delivery,
+        finish: agentkit_transport::jobs::Finish,
+    ) -> Result<agentkit_transport::jobs::JobDoc> {
+        if self
+            .lost
+            .lock()
+            .unwrap()
+            .insert(delivery.job.job_id.clone())
+        {
+            return Err(agentkit_core::Error::unavailable("the worker died"));
+        }
+        self.inner.finish(delivery, finish).await
+    }
+
+    async fn release(
+        &self,
+        delivery: &agentkit_transport::jobs::Delivery,
+        delay: Duration,
+        error: Option<agentkit_transport::jobs::JobError>,
+    ) -> Result<()> {
+        self.inner.release(delivery, delay, error).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<agentkit_transport::jobs::JobDoc>> {
+        self.inner.get(job_id).await
+    }
+
+    async fn depth(&self) -> Result<u64> {
+        self.inner.depth().await
+    }
+
+    fn ledger(&self) -> Arc<dyn agentkit_core::tool::EffectLedger> {
+        self.inner.ledger()
+    }
+}
+
+#[tokio::test]
+async fn a_session_job_delivered_again_after_its_turn_was_saved_is_not_applied_twice() {
+    let inner: Arc<dyn JobQueue> =
+        Arc::new(MemoryJobQueue::new().with_visibility_timeout(Duration::from_millis(200)));
+    let queue: Arc<dyn JobQueue> = Arc::new(LosesFirstFinish {
+        inner,
+        lost: Mutex::default(),
+    });
+    let store = Arc::new(agentkit_store::MemorySessionStore::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", Counted { runs: runs.clone() })
+        .sessions(store.clone())
+        .heartbeat(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+    let job = queue
+        .enqueue(agentkit_transport::jobs::JobSpec {
+            agent: "assistant".into(),
+            input: vec![agentkit_core::Message::user("What is 8 + 9?")],
+            session_id: Some("again".into()),
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .job_id;
+    let mut doc = None;
+    for _ in 0..200 {
+        let now = queue.get(&job).await.unwrap().unwrap();
+        if now.status.is_terminal() {
+            doc = Some(now);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let doc = doc.expect("the job finished");
+    assert_eq!(
+        doc.status,
+        agentkit_transport::jobs::JobStatus::Succeeded,
+        "{doc:?}"
+    );
+    assert_eq!(doc.attempts, 2, "delivered again");
+    assert_eq!(doc.result.unwrap().output, "8 + 9 = 17");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the turn ran once");
+    let session = store
+        .load("acme", "assistant/again")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.version, 1, "saved once");
+}
