@@ -121,25 +121,9 @@ pub(crate) async fn submit(
 ) -> Result<Response, ApiError> {
     state.agent(&agent, &principal)?;
     let queue = queue(&state)?;
-    let header_key = crate::api::idempotency_header(&headers)?;
-    let idempotency_key = match (request.idempotency_key, header_key) {
-        (Some(body), Some(header)) if body != header => {
-            return Err(Error::invalid_input(
-                "the idempotency key in the body and the header differ",
-            )
-            .into());
-        }
-        (body, header) => body.or(header),
-    };
-    if idempotency_key
-        .as_deref()
-        .is_some_and(|key| key.starts_with(crate::jobs::RESERVED_KEY_PREFIX))
-    {
-        return Err(Error::invalid_input(format!(
-            "idempotency keys starting with `{}` are reserved",
-            crate::jobs::RESERVED_KEY_PREFIX
-        ))
-        .into());
+    let idempotency_key = crate::api::idempotency_key(request.idempotency_key, &headers)?;
+    if let Some(key) = &idempotency_key {
+        crate::jobs::check_caller_key(key)?;
     }
     if let Some(url) = &request.callback_url {
         webhook::validate_callback(url, state.allow_private_callbacks)?;

@@ -499,13 +499,23 @@ pub(crate) fn ok_json<T: serde::Serialize>(value: T) -> Response {
     }
 }
 
-/// The `Idempotency-Key` header, if sent; an error when it is not text.
-pub(crate) fn idempotency_header(headers: &axum::http::HeaderMap) -> Result<Option<String>> {
-    headers
+/// The caller's idempotency key: the body's `idempotency_key` or the `Idempotency-Key`
+/// header; an error when the header is not text or the two differ.
+pub(crate) fn idempotency_key(
+    body: Option<String>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<String>> {
+    let header = headers
         .get("idempotency-key")
         .map(|v| v.to_str().map(str::to_owned))
         .transpose()
-        .map_err(|_| Error::invalid_input("the Idempotency-Key header is not text"))
+        .map_err(|_| Error::invalid_input("the Idempotency-Key header is not text"))?;
+    match (body, header) {
+        (Some(body), Some(header)) if body != header => Err(Error::invalid_input(
+            "the idempotency key in the body and the header differ",
+        )),
+        (body, header) => Ok(body.or(header)),
+    }
 }
 
 pub(crate) fn wants_event_stream(headers: &axum::http::HeaderMap) -> bool {

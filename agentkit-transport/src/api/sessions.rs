@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::dto::{ErrorBody, InvokeRequest, InvokeResponse, SessionDoc};
 use crate::api::invoke::invocation;
-use crate::api::{ApiJson, ApiPath, AppState, idempotency_header, ok_json, wants_event_stream};
+use crate::api::{ApiJson, ApiPath, AppState, idempotency_key, ok_json, wants_event_stream};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::events::{Origin, sse_response};
@@ -61,22 +61,12 @@ pub(crate) async fn post_message(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiPath((agent, session_id)): ApiPath<(String, String)>,
-    ApiJson(request): ApiJson<InvokeRequest>,
+    ApiJson(mut request): ApiJson<InvokeRequest>,
 ) -> Result<Response, ApiError> {
     let mounted = state.agent(&agent, &principal)?;
     let stored = stored_id(&agent, &session_id)?;
     let request_id = cx.request_id().to_owned();
-    let mut request = request;
-    match (&request.idempotency_key, idempotency_header(&headers)?) {
-        (Some(body), Some(header)) if *body != header => {
-            return Err(Error::invalid_input(
-                "the idempotency key in the body and the header differ",
-            )
-            .into());
-        }
-        (None, header) => request.idempotency_key = header,
-        _ => {}
-    }
+    request.idempotency_key = idempotency_key(request.idempotency_key.take(), &headers)?;
     let mut invocation = invocation(request, cx.with_session_id(stored))?;
     // A session's history comes from the store, never from the request.
     invocation.history.clear();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agentkit_core::{Error, ErrorKind, Executor, IdempotencyKey, Invocation, Reply, Result};
 
-use super::{JobQueue, JobSpec, JobStatus, RESERVED_KEY_PREFIX};
+use super::{JobQueue, JobSpec, JobStatus};
 
 /// Enqueues each invocation as a job for `agent` and awaits its result: agents calling each
 /// other over a queue, with the queue's retries, dead-lettering and crash safety in between.
@@ -53,13 +53,8 @@ impl Executor for QueueExecutor {
         let idempotency_key = cx
             .extension::<IdempotencyKey>()
             .map(|key| key.as_str().to_owned());
-        if idempotency_key
-            .as_deref()
-            .is_some_and(|key| key.starts_with(RESERVED_KEY_PREFIX))
-        {
-            return Err(Error::invalid_input(format!(
-                "idempotency keys starting with `{RESERVED_KEY_PREFIX}` are reserved"
-            )));
+        if let Some(key) = &idempotency_key {
+            super::check_caller_key(key)?;
         }
         let spec = JobSpec {
             agent: self.agent.clone(),

@@ -34,6 +34,16 @@ pub use worker::{Worker, WorkerBuilder};
 /// `agentkit:webhook:{job_id}`); the HTTP API refuses them from callers.
 pub const RESERVED_KEY_PREFIX: &str = "agentkit:";
 
+/// An invalid-input error for a caller's job key in agentkit's [`RESERVED_KEY_PREFIX`].
+pub(crate) fn check_caller_key(key: &str) -> Result<()> {
+    if key.starts_with(RESERVED_KEY_PREFIX) {
+        return Err(Error::invalid_input(format!(
+            "idempotency keys starting with `{RESERVED_KEY_PREFIX}` are reserved"
+        )));
+    }
+    Ok(())
+}
+
 /// What to run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
