@@ -161,7 +161,7 @@ impl<E: Executor> Pool<E> {
 
     /// The instance that owns `session` now (among those up), by name.
     pub fn owner(&self, session: &str) -> Option<&str> {
-        let index = self.inner.pick(Some(session), &[])?;
+        let index = (self.inner).pick(Some(stable_hash(session.bytes())), &[])?;
         Some(&self.inner.members[index].name)
     }
 
@@ -327,9 +327,10 @@ impl<E> Inner<E> {
         (self.epoch.elapsed().as_millis() as u64).max(1)
     }
 
-    /// The member for an invocation: a session's owner among the members up (all of them
-    /// when none is), or the next in turn; members in `tried` are left out.
-    fn pick(&self, session: Option<&str>, tried: &[usize]) -> Option<usize> {
+    /// The member for an invocation: the owner of the session whose id hashes to `session`
+    /// among the members up (all of them when none is), or the next in turn; members in
+    /// `tried` are left out.
+    fn pick(&self, session: Option<u64>, tried: &[usize]) -> Option<usize> {
         let now = self.now_ms();
         let untried = |i: &usize| !tried.contains(i);
         let any_up = (0..self.members.len())
@@ -339,10 +340,7 @@ impl<E> Inner<E> {
             .filter(untried)
             .filter(|&i| !any_up || self.members[i].is_up(now));
         match session {
-            Some(session) => {
-                let hash = stable_hash(session.bytes());
-                candidates.max_by_key(|&i| (mix(hash ^ self.members[i].key), i))
-            }
+            Some(hash) => candidates.max_by_key(|&i| (mix(hash ^ self.members[i].key), i)),
             None => {
                 let count = candidates.clone().count();
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
@@ -440,16 +438,18 @@ impl<E: Executor> Pool<E> {
         Fut: Future<Output = Result<T>>,
     {
         let inner = &*self.inner;
-        let session = invocation.context.session_id().map(str::to_owned);
+        let session = (invocation.context.session_id()).map(|id| stable_hash(id.bytes()));
         // Only a session records keyed turns; a stateless invocation run twice runs twice.
         let keyed = session.is_some() && invocation.context.extension::<IdempotencyKey>().is_some();
         let mut tried = Vec::new();
         let mut invocation = invocation;
         loop {
-            let index = (inner.pick(session.as_deref(), &tried))
+            let index = (inner.pick(session, &tried))
                 .ok_or_else(|| Error::unavailable("the pool has no member"))?;
-            tried.push(index);
-            let spare = (keyed && tried.len() < inner.members.len()).then(|| invocation.clone());
+            // Only a keyed turn goes on, so only it keeps count (and allocates for it).
+            let spare = keyed
+                .then(|| tried.push(index))
+                .and_then(|()| (tried.len() < inner.members.len()).then(|| invocation.clone()));
             let member = &inner.members[index];
             let outcome = call(&member.executor, invocation).await;
             inner.observe(index, &outcome);
