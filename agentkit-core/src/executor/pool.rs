@@ -447,9 +447,12 @@ impl<E: Executor> Pool<E> {
             let index = (inner.pick(session, &tried))
                 .ok_or_else(|| Error::unavailable("the pool has no member"))?;
             // Only a keyed turn goes on, so only it keeps count (and allocates for it).
-            let spare = keyed
-                .then(|| tried.push(index))
-                .and_then(|()| (tried.len() < inner.members.len()).then(|| invocation.clone()));
+            let spare = if keyed {
+                tried.push(index);
+                (tried.len() < inner.members.len()).then(|| invocation.clone())
+            } else {
+                None
+            };
             let member = &inner.members[index];
             let outcome = call(&member.executor, invocation).await;
             inner.observe(index, &outcome);
