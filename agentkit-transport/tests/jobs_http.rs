@@ -589,6 +589,30 @@ async fn a_session_job_is_a_turn_of_the_session() {
     assert_eq!(texts, ["What is 2 + 3?", "hello"]);
 }
 
+/// Submits `text` as a job of `acme`'s session `session` straight to the queue; its id.
+async fn session_job(queue: &dyn JobQueue, session: &str, text: &str) -> String {
+    let spec = agentkit_transport::jobs::JobSpec {
+        agent: "assistant".into(),
+        input: vec![agentkit_core::Message::user(text)],
+        session_id: Some(session.into()),
+        tenant: "acme".into(),
+        ..Default::default()
+    };
+    queue.enqueue(spec).await.unwrap().job_id
+}
+
+/// The job's document once it has ended (at most 5 s from now).
+async fn ended(queue: &dyn JobQueue, job: &str) -> agentkit_transport::jobs::JobDoc {
+    for _ in 0..200 {
+        let doc = queue.get(job).await.unwrap().unwrap();
+        if doc.status.is_terminal() {
+            return doc;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {job} did not end");
+}
+
 #[tokio::test]
 async fn a_session_job_waits_for_the_lease_another_instance_holds() {
     let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
@@ -613,33 +637,17 @@ async fn a_session_job_waits_for_the_lease_another_instance_holds() {
         .await
         .unwrap()
         .expect("the lease is free");
-    let job = queue
-        .enqueue(agentkit_transport::jobs::JobSpec {
-            agent: "assistant".into(),
-            input: vec![agentkit_core::Message::user("What is 4 + 4?")],
-            session_id: Some("chat-l".into()),
-            tenant: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .job_id;
-    let status = || async { queue.get(&job).await.unwrap().unwrap().status };
+    let job = session_job(queue.as_ref(), "chat-l", "What is 4 + 4?").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = queue.get(&job).await.unwrap().unwrap().status;
     assert!(
-        !status().await.is_terminal(),
+        !status.is_terminal(),
         "the job ran while another instance held the session"
     );
 
     // The instance's turn ends: the job's turn runs.
     store.release(&held).await.unwrap();
-    for _ in 0..200 {
-        if status().await.is_terminal() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let doc = queue.get(&job).await.unwrap().unwrap();
+    let doc = ended(queue.as_ref(), &job).await;
     assert_eq!(
         doc.status,
         agentkit_transport::jobs::JobStatus::Succeeded,
@@ -751,27 +759,8 @@ async fn a_session_job_delivered_again_after_its_turn_was_saved_is_not_applied_t
         .build()
         .unwrap();
     let _worker = RunningWorker::spawn(worker);
-    let job = queue
-        .enqueue(agentkit_transport::jobs::JobSpec {
-            agent: "assistant".into(),
-            input: vec![agentkit_core::Message::user("What is 8 + 9?")],
-            session_id: Some("again".into()),
-            tenant: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .job_id;
-    let mut doc = None;
-    for _ in 0..200 {
-        let now = queue.get(&job).await.unwrap().unwrap();
-        if now.status.is_terminal() {
-            doc = Some(now);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let doc = doc.expect("the job finished");
+    let job = session_job(queue.as_ref(), "again", "What is 8 + 9?").await;
+    let doc = ended(queue.as_ref(), &job).await;
     assert_eq!(
         doc.status,
         agentkit_transport::jobs::JobStatus::Succeeded,
