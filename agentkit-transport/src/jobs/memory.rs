@@ -17,6 +17,9 @@ use super::{
 
 /// Finished jobs kept for lookups; older ones are forgotten first.
 const KEEP_FINISHED: usize = 100_000;
+/// Side effects and job progress kept; older ones are forgotten first (a job with side
+/// effects writes two or three).
+const KEEP_LEDGER: usize = 4 * KEEP_FINISHED;
 
 #[derive(Default)]
 struct State {
@@ -26,6 +29,9 @@ struct State {
     /// Claimed jobs by the time their claim expires.
     leases: HashMap<String, Instant>,
     idempotency: HashMap<(String, String), (String, Instant)>,
+    /// Idempotency keys by expiry, oldest first (one that was taken again after it expired
+    /// is queued twice; only its last entry counts).
+    keys_by_expiry: VecDeque<(Instant, (String, String))>,
     finished: VecDeque<String>,
     sequence: u64,
 }
@@ -61,7 +67,7 @@ impl MemoryJobQueue {
             state: Arc::default(),
             wake: Arc::default(),
             visibility: Duration::from_secs(30),
-            ledger: MemoryLedger::default(),
+            ledger: MemoryLedger::new(KEEP_LEDGER, RETENTION),
         }
     }
 
@@ -143,6 +149,21 @@ impl MemoryJobQueue {
         }
     }
 
+    /// Forgets idempotency keys that expired, and the oldest past [`KEEP_FINISHED`] (their
+    /// jobs are forgotten by then too).
+    fn forget_keys(state: &mut State, now: Instant) {
+        while let Some((until, key)) = state.keys_by_expiry.front() {
+            let current = state.idempotency.get(key).is_some_and(|(_, u)| u == until);
+            if current && *until > now && state.idempotency.len() < KEEP_FINISHED {
+                break;
+            }
+            if current {
+                state.idempotency.remove(key);
+            }
+            state.keys_by_expiry.pop_front();
+        }
+    }
+
     fn forget_old(state: &mut State, id: &str) {
         state.finished.push_back(id.to_owned());
         while state.finished.len() > KEEP_FINISHED {
@@ -174,10 +195,10 @@ impl JobQueue for MemoryJobQueue {
         }
         let job_id = generate_id();
         if let Some(key) = key {
-            state.idempotency.retain(|_, (_, until)| *until > now);
-            state
-                .idempotency
-                .insert(key, (job_id.clone(), now + RETENTION));
+            Self::forget_keys(&mut state, now);
+            let until = now + RETENTION;
+            state.keys_by_expiry.push_back((until, key.clone()));
+            state.idempotency.insert(key, (job_id.clone(), until));
         }
         state.sequence += 1;
         let seq = state.sequence;
