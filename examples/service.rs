@@ -68,7 +68,11 @@ async fn run() -> agentkit::Result<()> {
     let shared = common::shared_sessions(&config).await?;
     let store: Arc<dyn SessionStore> = match &shared {
         Some(shared) => shared.store.clone(),
-        None => Arc::new(MemorySessionStore::new()),
+        // Sessions in this process's memory, expiring as `AGENTKIT_SESSION_TTL_MS` says.
+        None => match config.session_ttl {
+            Some(ttl) => Arc::new(MemorySessionStore::new().with_default_ttl(ttl)),
+            None => Arc::new(MemorySessionStore::new()),
+        },
     };
     let queue: Arc<dyn JobQueue> = match config.job_queue().await? {
         Some(queue) => queue,

@@ -134,3 +134,42 @@ async fn a_session_job_runs_on_the_embedded_worker_as_a_turn() {
         .unwrap();
     assert_eq!(session["version"], 1, "{session}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_expire_after_agentkit_session_ttl_ms() {
+    let service = Service::start(&[("AGENTKIT_SESSION_TTL_MS", "1500")]);
+    let client = reqwest::Client::new();
+    let session = |id: &str| format!("{}/v1/agents/assistant/sessions/{id}", service.base);
+    for id in ["kept", "left"] {
+        let sent = client
+            .post(format!("{}/messages", session(id)))
+            .json(&serde_json::json!({"input": "What is 2 + 2?"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+    }
+    // `kept` is read within its TTL (which slides it); `left` is not touched again.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let read = client.get(session("kept")).send().await.unwrap();
+        assert_eq!(read.status(), 200, "a session read within its TTL expired");
+    }
+    let gone = client.get(session("left")).send().await.unwrap();
+    assert_eq!(gone.status(), 404, "{}", gone.text().await.unwrap());
+}
+
+#[test]
+fn a_bad_session_ttl_stops_the_service_with_the_variable_named() {
+    let output = std::process::Command::new(support::process::example("service"))
+        .env("AGENTKIT_ADDR", "127.0.0.1:0")
+        .env("AGENTKIT_SESSION_TTL_MS", "500")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AGENTKIT_SESSION_TTL_MS"), "{stderr}");
+}

@@ -31,6 +31,7 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_WEBHOOK_SECRET_FILE` | a file holding it instead, read again every 30 s (rotation without a restart) | none |
 /// | `AGENTKIT_WEBHOOK_ALLOW_PRIVATE` | `true`: webhooks may call loopback and private addresses | `false` |
 /// | `AGENTKIT_SESSION_LEASE_MS` | with sessions in Redis or PostgreSQL, how long a session's lease lasts (renewed while a turn runs; an instance that dies mid-turn holds its sessions this long); `0` turns leases off | 10000 |
+/// | `AGENTKIT_SESSION_TTL_MS` | how long a session lives after its last load or save, in any store; `0`: sessions never expire | 604800000 (7 days) |
 /// | `AGENTKIT_INSTANCE_ID` | this instance's name as a lease owner, unique in the fleet | `{HOSTNAME}-{pid}-{random}` |
 #[derive(Clone)]
 pub struct ServiceConfig {
@@ -66,6 +67,8 @@ pub struct ServiceConfig {
     pub session_lease: Option<Duration>,
     /// This instance's name as a lease owner.
     pub instance_id: String,
+    /// How long a session lives after its last load or save; `None`: for good.
+    pub session_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -181,6 +184,13 @@ impl ServiceConfig {
                 "AGENTKIT_SESSION_LEASE_MS must be 0 (no leases) or at least 100",
             ));
         }
+        let session_ttl = Some(millis("AGENTKIT_SESSION_TTL_MS", 7 * 24 * 3_600_000)?)
+            .filter(|ttl| !ttl.is_zero());
+        if session_ttl.is_some_and(|ttl| ttl < Duration::from_secs(1)) {
+            return Err(Error::invalid_input(
+                "AGENTKIT_SESSION_TTL_MS must be 0 (sessions never expire) or at least 1000",
+            ));
+        }
         let instance_id = match var("AGENTKIT_INSTANCE_ID") {
             Some(id) if id.trim().len() > 128 => {
                 return Err(Error::invalid_input(
@@ -215,6 +225,7 @@ impl ServiceConfig {
             },
             session_lease,
             instance_id,
+            session_ttl,
         })
     }
 

@@ -189,7 +189,10 @@ mod tests {
         }
         assert_eq!(ledger.len(), 1);
         assert!(ledger.lock().order.len() <= 2 + 64, "the write order grew");
-        assert_eq!(recorded(&ledger, "job:progress").await.as_deref(), Some("9999"));
+        assert_eq!(
+            recorded(&ledger, "job:progress").await.as_deref(),
+            Some("9999")
+        );
     }
 
     #[tokio::test]

@@ -31,6 +31,35 @@ struct State {
     leases: HashMap<(String, String), Held>,
     /// Highest fencing token issued per session.
     tokens: HashMap<(String, String), u64>,
+    /// Saves since expired sessions were last swept out.
+    saves: usize,
+    /// Saves after which the next sweep runs: as many as sessions were left by the last one
+    /// (at least [`SWEEP_EVERY`]), so sweeping costs each save O(1) on average.
+    sweep_after: usize,
+}
+
+/// The fewest saves between two sweeps of expired sessions.
+const SWEEP_EVERY: usize = 1024;
+
+impl State {
+    /// Forgets expired sessions and leases: a session nobody loads again would otherwise stay
+    /// in memory after it expired.
+    fn sweep(&mut self, now: Instant) {
+        let mut left = 0;
+        self.sessions.retain(|_, sessions| {
+            sessions.retain(|_, stored| MemorySessionStore::live(stored, now));
+            left += sessions.len();
+            !sessions.is_empty()
+        });
+        self.leases.retain(|_, held| held.expires_at > now);
+        self.saves = 0;
+        self.sweep_after = left.max(SWEEP_EVERY);
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.sessions.values().map(BTreeMap::len).sum()
+    }
 }
 
 /// Sessions and leases in this process's memory: the embedded default, and the reference the
@@ -128,6 +157,10 @@ impl SessionStore for MemorySessionStore {
                 expires_at,
             },
         );
+        state.saves += 1;
+        if state.saves >= state.sweep_after.max(SWEEP_EVERY) {
+            state.sweep(now);
+        }
         Ok(version)
     }
 
@@ -247,5 +280,40 @@ impl LeaseStore for MemorySessionStore {
             state.leases.remove(&key);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn save(store: &MemorySessionStore, id: &str) {
+        let session = Session::new("t", id);
+        store.save(&session, SaveOptions::default()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_leave_memory_though_nobody_loads_them() {
+        let store = MemorySessionStore::new().with_default_ttl(Duration::from_millis(30));
+        for i in 0..1_100 {
+            save(&store, &format!("old-{i}")).await;
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        for i in 0..1_100 {
+            save(&store, &format!("new-{i}")).await;
+        }
+        // The sweep that ran during the second batch took the first out.
+        assert_eq!(store.lock().held(), 1_100);
+        let page = store.list("t", None, 10).await.unwrap();
+        assert!(page.sessions.iter().all(|s| s.id.starts_with("new-")));
+    }
+
+    #[tokio::test]
+    async fn sessions_without_a_ttl_are_kept() {
+        let store = MemorySessionStore::new();
+        for i in 0..2_100 {
+            save(&store, &format!("s-{i}")).await;
+        }
+        assert_eq!(store.lock().held(), 2_100);
     }
 }
