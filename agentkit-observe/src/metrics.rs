@@ -176,25 +176,40 @@ pub(crate) struct ToolMetrics {
     pub(crate) error: Counter,
 }
 
-/// The cached value of `key`, made by `make` on first use.
+/// Most distinct values of one label the metrics take (per agent, for models); further
+/// values share [`OVERFLOW`]. Tool and model names come from the model and the provider: a
+/// model that calls tools that do not exist, or a prompt that makes it, must not grow the
+/// registry (and every scrape) without end.
+pub(crate) const MAX_LABEL_VALUES: usize = 128;
+
+/// The label value that stands for the values past [`MAX_LABEL_VALUES`].
+pub(crate) const OVERFLOW: &str = "_other";
+
+/// The cached value of `key`, made by `make` on first use; past [`MAX_LABEL_VALUES`] keys,
+/// the value of [`OVERFLOW`].
 fn cached<T>(
     map: &RwLock<HashMap<String, Arc<T>, FnvBuild>>,
     key: &str,
-    make: impl FnOnce() -> T,
+    make: impl FnOnce(&str) -> T,
 ) -> Arc<T> {
     if let Some(found) = map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
         return found.clone();
     }
     let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+    let key = if map.len() >= MAX_LABEL_VALUES && !map.contains_key(key) {
+        OVERFLOW
+    } else {
+        key
+    };
     map.entry(key.to_owned())
-        .or_insert_with(|| Arc::new(make()))
+        .or_insert_with(|| Arc::new(make(key)))
         .clone()
 }
 
 impl Metrics {
     /// The handles of `agent`'s metrics.
     pub(crate) fn agent(&self, agent: &str) -> Arc<AgentMetrics> {
-        cached(&self.agents, agent, || {
+        cached(&self.agents, agent, |agent| {
             let label = AgentLabel {
                 agent: agent.to_owned(),
             };
@@ -216,7 +231,7 @@ impl Metrics {
 
     /// The handles of `model` as used by `agent`.
     pub(crate) fn model(&self, agent: &AgentMetrics, model: &str) -> Arc<ModelMetrics> {
-        cached(&agent.models, model, || {
+        cached(&agent.models, model, |model| {
             let tokens = |token_type| {
                 self.tokens
                     .get_or_create(&TokenLabels {
@@ -249,7 +264,7 @@ impl Metrics {
 
     /// The counters of `tool`.
     pub(crate) fn tool(&self, tool: &str) -> Arc<ToolMetrics> {
-        cached(&self.tools, tool, || {
+        cached(&self.tools, tool, |tool| {
             let counter = |outcome| {
                 self.tool_calls
                     .get_or_create(&ToolLabels {
@@ -430,5 +445,37 @@ impl MetricsHandle {
                 .fetch_max(pending.dropped(), std::sync::atomic::Ordering::Relaxed);
         }
         self.metrics.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_past_the_limit_share_one_series() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_LABEL_VALUES + 100 {
+            metrics.tool(&format!("made_up_{i}")).error.inc();
+        }
+        metrics.tool("made_up_0").ok.inc();
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("agentkit_tool_calls_total{") && l.contains("error"))
+            .collect();
+        assert_eq!(series.len(), MAX_LABEL_VALUES + 1, "{text}");
+        let overflow = series
+            .iter()
+            .find(|l| l.contains("tool=\"_other\""))
+            .expect("an overflow series");
+        assert!(overflow.ends_with(" 100"), "{overflow}");
+        // A name seen before the limit keeps its own series.
+        assert!(
+            text.lines().any(|l| l.contains("tool=\"made_up_0\"")
+                && l.contains("outcome=\"ok\"")
+                && l.ends_with(" 1")),
+            "{text}"
+        );
     }
 }

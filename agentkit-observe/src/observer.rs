@@ -20,8 +20,8 @@ use tracing::Dispatch;
 use crate::background::{Drain, Items, Queue};
 use crate::fnv::FnvBuild;
 use crate::metrics::{
-    AgentMetrics, AgentOutcome, InflightGauge, Metrics, ModelMetrics, PoolLabel, PoolLabels,
-    QueueLabel, ToolMetrics,
+    AgentMetrics, AgentOutcome, InflightGauge, MAX_LABEL_VALUES, Metrics, ModelMetrics, OVERFLOW,
+    PoolLabel, PoolLabels, QueueLabel, ToolMetrics,
 };
 use crate::semconv::Names;
 use crate::spans::{Batch, Clock, Ended, OpenSpan, Sampling, Stamp};
@@ -934,6 +934,26 @@ pub(crate) struct Builder {
     pub(crate) metrics: Option<Counting>,
 }
 
+/// The entry of `name` in one of [`Counting`]'s caches, made by `make` on first use. Past
+/// [`MAX_LABEL_VALUES`] names, new ones share the entry of [`OVERFLOW`], as the metrics
+/// themselves do, so the cache stays as bounded as the registry.
+fn local<'a, T>(
+    map: &'a mut HashMap<Box<str>, T, FnvBuild>,
+    name: &str,
+    make: impl FnOnce(&str) -> T,
+) -> &'a mut T {
+    let name = if map.len() >= MAX_LABEL_VALUES && !map.contains_key(name) {
+        OVERFLOW
+    } else {
+        name
+    };
+    if !map.contains_key(name) {
+        let made = make(name);
+        map.insert(name.into(), made);
+    }
+    map.get_mut(name).expect("inserted above when missing")
+}
+
 /// The metrics, with this thread's own cache of their handles (looking them up in the shared
 /// maps would bounce those maps' locks and counts between the request path and this thread).
 pub(crate) struct Counting {
@@ -963,26 +983,18 @@ impl Counting {
         agents: &'a mut HashMap<Box<str>, AgentCounting, FnvBuild>,
         agent: &str,
     ) -> &'a mut AgentCounting {
-        if !agents.contains_key(agent) {
-            let handles = metrics.agent(agent);
-            agents.insert(
-                agent.into(),
-                AgentCounting {
-                    handles,
-                    models: HashMap::default(),
-                },
-            );
-        }
-        agents.get_mut(agent).expect("inserted above when missing")
+        local(agents, agent, |agent| AgentCounting {
+            handles: metrics.agent(agent),
+            models: HashMap::default(),
+        })
     }
 
     fn model(&mut self, agent: &str, model: &str) -> &ModelMetrics {
         let agent = Self::agent_in(&self.metrics, &mut self.agents, agent);
-        if !agent.models.contains_key(model) {
-            let made = self.metrics.model(&agent.handles, model);
-            agent.models.insert(model.into(), made);
-        }
-        &agent.models[model]
+        let handles = &agent.handles;
+        local(&mut agent.models, model, |model| {
+            self.metrics.model(handles, model)
+        })
     }
 
     fn run(&mut self, run: &RunRecord) {
@@ -1021,12 +1033,10 @@ impl Counting {
     }
 
     fn tool_call(&mut self, call: &ToolRecord) {
-        let name = call.tool.as_str();
-        if !self.tools.contains_key(name) {
-            let made = self.metrics.tool(name);
-            self.tools.insert(name.into(), made);
-        }
-        let tool = &self.tools[name];
+        let metrics = &self.metrics;
+        let tool = local(&mut self.tools, call.tool.as_str(), |name| {
+            metrics.tool(name)
+        });
         if call.ok {
             tool.ok.inc();
         } else {
@@ -1429,6 +1439,17 @@ fn message_text(message: &agentkit_core::Message) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metric_handle_caches_stay_bounded() {
+        let mut cache: HashMap<Box<str>, usize, FnvBuild> = HashMap::default();
+        for i in 0..MAX_LABEL_VALUES * 3 {
+            *local(&mut cache, &format!("tool_{i}"), |_| 0) += 1;
+        }
+        assert_eq!(cache.len(), MAX_LABEL_VALUES + 1);
+        assert_eq!(cache[OVERFLOW], MAX_LABEL_VALUES * 2);
+        assert_eq!(cache["tool_0"], 1);
+    }
 
     #[test]
     fn ids_are_lowercase_hex_of_every_byte() {
