@@ -103,8 +103,9 @@ impl RemoteExecutorBuilder {
     /// `POST {base}/v1/agents/{agent}/sessions/{session_id}/messages`, where the remote keeps
     /// the history (the invocation's own history is not sent). Without this (the default),
     /// every call is a stateless invoke carrying the invocation's history, whatever its
-    /// context names. A session turn whose context carries an [`IdempotencyKey`] sends it as
-    /// `Idempotency-Key`, so that a retry gets the remote's recorded turn back.
+    /// context names. A call whose context carries an [`IdempotencyKey`] sends it as
+    /// `Idempotency-Key` either way, so that a retry gets the remote's recorded turn, or its
+    /// keyed invoke's job, back instead of running again.
     pub fn sessions(mut self) -> Self {
         self.sessions = true;
         self
@@ -269,10 +270,9 @@ impl RemoteExecutor {
         if let Some(bearer) = &self.inner.bearer {
             request = request.header(AUTHORIZATION, bearer.clone());
         }
-        // The remote session recognises a retried turn by it.
-        if session.is_some()
-            && let Some(key) = cx.extension::<IdempotencyKey>()
-        {
+        // The remote recognises a retried turn by it (a session's record, or the job a keyed
+        // invoke runs as).
+        if let Some(key) = cx.extension::<IdempotencyKey>() {
             request = request.header("idempotency-key", key.as_str());
         }
         if stream {

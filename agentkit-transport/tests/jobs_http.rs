@@ -776,3 +776,173 @@ async fn a_session_job_delivered_again_after_its_turn_was_saved_is_not_applied_t
         .unwrap();
     assert_eq!(session.version, 1, "saved once");
 }
+
+async fn invoke(base: &str, key: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{base}/v1/agents/assistant/invoke"))
+        .header("authorization", format!("Bearer {key}"))
+        .json(&body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_keyed_invoke_runs_once_and_its_retries_answer_from_its_job() {
+    let s = setup().await;
+    let base = &s.served.base;
+    let ask = json!({"input": "What is 20 + 22?"});
+    let first = invoke(
+        base,
+        "dummy-key-acme",
+        ask.clone(),
+        &[("idempotency-key", "inv-1")],
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["output"], "20 + 22 = 42", "{first}");
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+
+    // The same key again, in the header or the body, and streamed: the first run's answer.
+    let again: Value = invoke(
+        base,
+        "dummy-key-acme",
+        ask.clone(),
+        &[("idempotency-key", "inv-1")],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(again["output"], first["output"]);
+    let in_body = json!({"input": "What is 20 + 22?", "idempotency_key": "inv-1"});
+    let again: Value = invoke(base, "dummy-key-acme", in_body, &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["output"], first["output"]);
+    let streamed = invoke(
+        base,
+        "dummy-key-acme",
+        ask.clone(),
+        &[
+            ("idempotency-key", "inv-1"),
+            ("accept", "text/event-stream"),
+        ],
+    )
+    .await;
+    assert_eq!(streamed.status(), 200);
+    let events = parse_sse(&streamed.text().await.unwrap());
+    let done = events
+        .iter()
+        .find(|(name, _)| name == "done")
+        .expect("a done event");
+    assert_eq!(done.1["output"], first["output"], "{events:?}");
+    assert_eq!(
+        s.runs.load(Ordering::SeqCst),
+        1,
+        "a keyed retry ran the agent again"
+    );
+
+    // Keys are per tenant, and unkeyed invokes run every time.
+    let other: Value = invoke(
+        base,
+        "dummy-key-beta",
+        ask.clone(),
+        &[("idempotency-key", "inv-1")],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(other["output"], first["output"]);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    for _ in 0..2 {
+        assert_eq!(
+            invoke(base, "dummy-key-acme", ask.clone(), &[])
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn an_invoke_key_used_for_another_request_is_a_409() {
+    let s = setup().await;
+    let base = &s.served.base;
+    let keyed = [("idempotency-key", "inv-2")];
+    let first = invoke(
+        base,
+        "dummy-key-acme",
+        json!({"input": "What is 1 + 2?"}),
+        &keyed,
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    let other = invoke(
+        base,
+        "dummy-key-acme",
+        json!({"input": "What is 3 + 4?"}),
+        &keyed,
+    )
+    .await;
+    assert_eq!(error_code(other, 409).await, "conflict");
+    // A job submitted with the key is another request too.
+    let job = submit(
+        base,
+        "dummy-key-acme",
+        json!({"input": "What is 5 + 6?", "idempotency_key": "inv-3"}),
+        None,
+    )
+    .await;
+    assert_eq!(job.status(), 202);
+    let job: Value = job.json().await.unwrap();
+    wait_done(base, "dummy-key-acme", job["job_id"].as_str().unwrap()).await;
+    let invoked = invoke(
+        base,
+        "dummy-key-acme",
+        json!({"input": "What is 7 + 8?"}),
+        &[("idempotency-key", "inv-3")],
+    )
+    .await;
+    assert_eq!(error_code(invoked, 409).await, "conflict");
+    // Reserved keys are refused here as on job submissions.
+    let reserved = invoke(
+        base,
+        "dummy-key-acme",
+        json!({"input": "What is 1 + 2?"}),
+        &[("idempotency-key", "agentkit:x")],
+    )
+    .await;
+    assert_eq!(error_code(reserved, 400).await, "invalid_input");
+    assert_eq!(
+        s.runs.load(Ordering::SeqCst),
+        1 + 1,
+        "the first invoke and the job"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_executor_passes_a_stateless_calls_key_on() {
+    let s = setup().await;
+    let remote = agentkit_transport::RemoteExecutor::builder(&s.served.base, "assistant")
+        .bearer("dummy-key-acme")
+        .build()
+        .unwrap();
+    let call = || {
+        Invocation::text("What is 9 + 9?").with_context(
+            agentkit_core::Context::new()
+                .with_extension(agentkit_core::IdempotencyKey::new("remote-1").unwrap()),
+        )
+    };
+    let first = remote.execute(call()).await.unwrap();
+    let again = remote.execute(call()).await.unwrap();
+    assert_eq!(first.output, "9 + 9 = 18");
+    assert_eq!(again.output, first.output);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1, "the retry ran again");
+}

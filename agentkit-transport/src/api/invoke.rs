@@ -9,10 +9,11 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use crate::api::dto::{ErrorBody, InvokeRequest, InvokeResponse};
-use crate::api::{ApiJson, ApiPath, AppState, ok_json, wants_event_stream};
+use crate::api::{ApiJson, ApiPath, AppState, idempotency_key, ok_json, wants_event_stream};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::events::{Origin, sse_response};
+use crate::jobs::QueueExecutor;
 
 /// Checks the input and builds the invocation.
 pub(crate) fn invocation(request: InvokeRequest, cx: Context) -> Result<Invocation, Error> {
@@ -30,7 +31,10 @@ pub(crate) fn invocation(request: InvokeRequest, cx: Context) -> Result<Invocati
     Ok(invocation)
 }
 
-/// Runs an agent once.
+/// Runs an agent once. With an idempotency key (the `Idempotency-Key` header or the body's
+/// `idempotency_key`) on a service with a job queue, the run is a job with that key: the same
+/// key again awaits or answers from that job (streamed, as its events replayed at the end),
+/// and a key used for another request is a 409.
 #[utoipa::path(
     post,
     path = "/v1/agents/{agent}/invoke",
@@ -43,6 +47,7 @@ pub(crate) fn invocation(request: InvokeRequest, cx: Context) -> Result<Invocati
         (status = 401, description = "Missing or bad credentials", body = ErrorBody),
         (status = 403, description = "The caller may not use this agent", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Rate limited (see Retry-After)", body = ErrorBody),
@@ -61,9 +66,27 @@ pub(crate) async fn invoke(
 ) -> Result<Response, ApiError> {
     let mounted = state.agent(&agent, &principal)?;
     let request_id = cx.request_id().to_owned();
+    let mut request = request;
+    request.idempotency_key = idempotency_key(request.idempotency_key.take(), &headers)?;
+    let keyed = request.idempotency_key.is_some();
     let invocation = invocation(request, cx)?;
+    // A keyed invoke on a service with a job queue runs as a job with that key, so a retry
+    // (after a timeout or a dropped connection) awaits or answers from the first call's job
+    // instead of running again.
+    let queued = match (&state.jobs, keyed) {
+        (Some(queue), true) => {
+            if let Some(key) = invocation.context.extension::<IdempotencyKey>() {
+                crate::jobs::check_caller_key(key.as_str())?;
+            }
+            Some(QueueExecutor::new(queue.clone(), &agent))
+        }
+        _ => None,
+    };
     if wants_event_stream(&headers) {
-        let events = mounted.executor.stream(invocation).await?;
+        let events = match &queued {
+            Some(queued) => queued.stream(invocation).await?,
+            None => mounted.executor.stream(invocation).await?,
+        };
         let origin = Origin {
             request_id,
             agent,
@@ -71,7 +94,10 @@ pub(crate) async fn invoke(
         };
         return Ok(sse_response(events, origin));
     }
-    let reply = mounted.executor.execute(invocation).await?;
+    let reply = match &queued {
+        Some(queued) => queued.execute(invocation).await?,
+        None => mounted.executor.execute(invocation).await?,
+    };
     Ok(ok_json(InvokeResponse::new(
         &request_id,
         &agent,

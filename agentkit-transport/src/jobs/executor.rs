@@ -12,7 +12,9 @@ use super::{JobQueue, JobSpec, JobStatus};
 /// The wait is bounded by the invocation's deadline (or `max_wait`); a cancelled or timed-out
 /// wait leaves the job to finish on its own. An invocation whose context carries an
 /// [`IdempotencyKey`] submits with that key: called again with it (after a timeout, say), it
-/// awaits the job the first call made instead of running another.
+/// awaits the job the first call made instead of running another. A key that names a job of
+/// another request (another agent, input, history or metadata) is a
+/// [`Conflict`](ErrorKind::Conflict).
 #[derive(Clone)]
 pub struct QueueExecutor {
     queue: Arc<dyn JobQueue>,
@@ -68,7 +70,25 @@ impl Executor for QueueExecutor {
             request_id: cx.request_id().to_owned(),
             traceparent: cx.trace().map(|t| t.new_child().traceparent()),
         };
+        // A key already taken names a job; it must be this call's job, not another's.
+        let sent = spec.idempotency_key.is_some().then(|| spec.clone());
         let job = self.queue.enqueue(spec).await?;
+        if let Some(sent) = sent
+            && !job.created
+            && let Some(doc) = self.queue.get(&job.job_id).await?
+            && doc
+                .spec
+                .as_deref()
+                .is_some_and(|first| !first.same_request(&sent))
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the idempotency key was used for another request (job {}); use a new key",
+                    job.job_id
+                ),
+            ));
+        }
         let wait = cx
             .remaining()
             .map_or(self.max_wait, |r| r.min(self.max_wait));

@@ -76,6 +76,18 @@ pub struct JobSpec {
     pub traceparent: Option<String>,
 }
 
+impl JobSpec {
+    /// Whether `other` asks for the same run: the agent, the conversation and the metadata
+    /// (not who sent it, nor where its outcome goes).
+    pub(crate) fn same_request(&self, other: &JobSpec) -> bool {
+        self.agent == other.agent
+            && self.input == other.input
+            && self.history == other.history
+            && self.session_id == other.session_id
+            && self.metadata == other.metadata
+    }
+}
+
 /// Where a job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
