@@ -238,6 +238,10 @@ pub async fn idempotency_keys(queue: Arc<dyn JobQueue>) {
     assert!(first.created);
     assert!(!second.created);
     assert_eq!(first.job_id, second.job_id);
+    // What the key's job asked for can be read back, so a submission that reuses the key for
+    // another request can be told apart.
+    let doc = queue.get(&first.job_id).await.unwrap().unwrap();
+    assert_eq!(doc.spec.as_deref(), Some(&keyed));
     let mut other = keyed.clone();
     other.tenant = "beta".into();
     let third = queue.enqueue(other).await.unwrap();

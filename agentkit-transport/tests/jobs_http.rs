@@ -180,6 +180,15 @@ async fn one_idempotency_key_is_one_job_and_one_run() {
     )
     .await;
     assert_eq!(error_code(conflicting, 400).await, "invalid_input");
+    // The key again for another input names the first job: a 409, not that job.
+    let reused = submit(
+        &s.served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 2 + 2?", "idempotency_key": "order-17"}),
+        None,
+    )
+    .await;
+    assert_eq!(error_code(reused, 409).await, "conflict");
     assert_eq!(s.queue.depth().await.unwrap(), 0);
 }
 

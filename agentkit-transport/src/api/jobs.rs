@@ -104,6 +104,7 @@ async fn visible(
     responses(
         (status = 202, description = "Queued (or, for a repeated idempotency key, the existing job)", body = JobAccepted),
         (status = 400, description = "Malformed request, empty input or a bad callback URL", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another request", body = ErrorBody),
         (status = 401, description = "Missing or bad credentials", body = ErrorBody),
         (status = 403, description = "The caller may not use this agent", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
@@ -144,12 +145,22 @@ pub(crate) async fn submit(
         request_id: cx.request_id().to_owned(),
         traceparent: cx.trace().map(|t| t.traceparent()),
     };
+    // A key already taken names a job; it must be this request's, not another's.
+    let sent = (spec.idempotency_key.is_some()).then(|| spec.clone());
     let enqueued = queue.enqueue(spec).await?;
-    let status = if enqueued.created {
-        "queued".to_owned()
-    } else {
-        let doc = visible(queue.as_ref(), &enqueued.job_id, &principal).await?;
-        doc.status.as_str().to_owned()
+    let status = match sent {
+        Some(sent) if !enqueued.created => {
+            let doc = visible(queue.as_ref(), &enqueued.job_id, &principal).await?;
+            if doc
+                .spec
+                .as_deref()
+                .is_some_and(|first| !first.same_request(&sent))
+            {
+                return Err(crate::jobs::key_taken(&enqueued.job_id).into());
+            }
+            doc.status.as_str().to_owned()
+        }
+        _ => "queued".to_owned(),
     };
     let location = format!("/v1/jobs/{}", enqueued.job_id);
     let body = JobAccepted {

@@ -81,13 +81,7 @@ impl Executor for QueueExecutor {
                 .as_deref()
                 .is_some_and(|first| !first.same_request(&sent))
         {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "the idempotency key was used for another request (job {}); use a new key",
-                    job.job_id
-                ),
-            ));
+            return Err(super::key_taken(&job.job_id));
         }
         let wait = cx
             .remaining()

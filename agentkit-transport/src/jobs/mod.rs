@@ -76,6 +76,14 @@ pub struct JobSpec {
     pub traceparent: Option<String>,
 }
 
+/// The error for an idempotency key that names another request's job.
+pub(crate) fn key_taken(job_id: &str) -> Error {
+    Error::new(
+        agentkit_core::ErrorKind::Conflict,
+        format!("the idempotency key was used for another request (job {job_id}); use a new key"),
+    )
+}
+
 impl JobSpec {
     /// Whether `other` asks for the same run: the agent, the conversation and the metadata
     /// (not who sent it, nor where its outcome goes).
