@@ -129,6 +129,7 @@ struct Inner<E> {
     conflict_retries: u32,
     default_tenant: String,
     leasing: Option<Leasing>,
+    keyed_turns: usize,
     gates: Arc<Gates>,
 }
 
@@ -195,6 +196,7 @@ pub struct SessionAgentBuilder<E> {
     conflict_retries: u32,
     default_tenant: String,
     leasing: Option<Leasing>,
+    keyed_turns: usize,
 }
 
 impl<E> fmt::Debug for SessionAgentBuilder<E> {
@@ -217,6 +219,7 @@ impl<E> SessionAgent<E> {
             max_queue: 256,
             max_wait: Duration::from_secs(60),
             conflict_retries: 3,
+            keyed_turns: KEYED_TURNS_KEPT,
             default_tenant: "default".to_owned(),
             leasing: None,
         }
@@ -282,6 +285,15 @@ impl<E> SessionAgentBuilder<E> {
         self
     }
 
+    /// How many keyed turns (job turns and turns with an
+    /// [`IdempotencyKey`](agentkit_core::IdempotencyKey)) a session remembers (default 16, at
+    /// least 1): a key sent again after this many newer keyed turns runs again. Each record
+    /// keeps its turn's output in the session's metadata, so this bounds what keys cost.
+    pub fn keyed_turns(mut self, n: usize) -> Self {
+        self.keyed_turns = n.max(1);
+        self
+    }
+
     /// The tenant of contexts that name none (default `"default"`).
     pub fn default_tenant(mut self, tenant: impl Into<String>) -> Self {
         self.default_tenant = tenant.into();
@@ -318,6 +330,7 @@ impl<E> SessionAgentBuilder<E> {
                 conflict_retries: self.conflict_retries,
                 default_tenant: self.default_tenant,
                 leasing: self.leasing,
+                keyed_turns: self.keyed_turns,
                 gates: Arc::default(),
             }),
         }
@@ -331,8 +344,8 @@ impl<E> SessionAgentBuilder<E> {
 /// appending it twice.
 pub const JOB_TURNS_KEY: &str = "agentkit.job_turns";
 
-/// How many keyed turns a session remembers.
-const JOB_TURNS_KEPT: usize = 16;
+/// How many keyed turns a session remembers by default.
+const KEYED_TURNS_KEPT: usize = 16;
 
 /// Tells the process-wide observer that a keyed turn was answered from its session.
 fn replayed() {
@@ -647,7 +660,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
                     "model": reply.model,
                     "added": reply.messages.len(),
                 }));
-                let excess = turns.len().saturating_sub(JOB_TURNS_KEPT);
+                let excess = turns.len().saturating_sub(self.inner.keyed_turns);
                 turns.drain(..excess);
             }
         }
@@ -995,6 +1008,41 @@ mod tests {
         assert_eq!(other.session.unwrap().version, 3);
         let session = store.load("acme", "s-1").await.unwrap().unwrap();
         assert_eq!(session.messages.len(), 6, "three turns of two messages");
+    }
+
+    /// A session remembers as many keyed turns as configured: the oldest key past that runs
+    /// again, the newer ones are answered from the session.
+    #[tokio::test]
+    async fn a_session_remembers_its_configured_number_of_keyed_turns() {
+        use agentkit_core::model::ScriptedModel;
+        let agent = agentkit_core::Agent::builder()
+            .model(ScriptedModel::demo())
+            .build()
+            .unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(crate::MemorySessionStore::new());
+        let sessions = SessionAgent::builder(agent, store.clone())
+            .keyed_turns(2)
+            .build();
+        let keyed = |key: &str| {
+            Invocation::text("hello").with_context(
+                Context::new()
+                    .with_tenant("acme")
+                    .with_session_id("s-1")
+                    .with_extension(IdempotencyKey::new(key).unwrap()),
+            )
+        };
+        for key in ["k-1", "k-2", "k-3"] {
+            sessions.execute(keyed(key)).await.unwrap();
+        }
+        let version = |reply: Reply| reply.session.unwrap().version;
+        // k-2 and k-3 are remembered: answered from the session, nothing saved.
+        assert_eq!(version(sessions.execute(keyed("k-3")).await.unwrap()), 3);
+        assert_eq!(version(sessions.execute(keyed("k-2")).await.unwrap()), 3);
+        // k-1 was forgotten: it runs again, as a fourth turn.
+        assert_eq!(version(sessions.execute(keyed("k-1")).await.unwrap()), 4);
+        let session = store.load("acme", "s-1").await.unwrap().unwrap();
+        let records = session.metadata[JOB_TURNS_KEY].as_array().unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
     }
 
     /// Runs the slow demo agent to the end whatever happens to the request: an executor that
