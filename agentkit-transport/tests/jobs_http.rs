@@ -797,41 +797,39 @@ async fn invoke(base: &str, key: &str, body: Value, headers: &[(&str, &str)]) ->
     request.send().await.unwrap()
 }
 
+/// An invoke that must answer 200: its JSON.
+async fn answered(base: &str, key: &str, body: Value, headers: &[(&str, &str)]) -> Value {
+    let response = invoke(base, key, body, headers).await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_keyed_invoke_runs_once_and_its_retries_answer_from_its_job() {
     let s = setup().await;
     let base = &s.served.base;
     let ask = json!({"input": "What is 20 + 22?"});
-    let first = invoke(
+    let first = answered(
         base,
         "dummy-key-acme",
         ask.clone(),
         &[("idempotency-key", "inv-1")],
     )
     .await;
-    assert_eq!(first.status(), 200);
-    let first: Value = first.json().await.unwrap();
     assert_eq!(first["output"], "20 + 22 = 42", "{first}");
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
 
     // The same key again, in the header or the body, and streamed: the first run's answer.
-    let again: Value = invoke(
+    let again = answered(
         base,
         "dummy-key-acme",
         ask.clone(),
         &[("idempotency-key", "inv-1")],
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(again["output"], first["output"]);
     let in_body = json!({"input": "What is 20 + 22?", "idempotency_key": "inv-1"});
-    let again: Value = invoke(base, "dummy-key-acme", in_body, &[])
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again = answered(base, "dummy-key-acme", in_body, &[]).await;
     assert_eq!(again["output"], first["output"]);
     let streamed = invoke(
         base,
@@ -857,16 +855,13 @@ async fn a_keyed_invoke_runs_once_and_its_retries_answer_from_its_job() {
     );
 
     // Keys are per tenant, and unkeyed invokes run every time.
-    let other: Value = invoke(
+    let other = answered(
         base,
         "dummy-key-beta",
         ask.clone(),
         &[("idempotency-key", "inv-1")],
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(other["output"], first["output"]);
     assert_eq!(s.runs.load(Ordering::SeqCst), 2);
     for _ in 0..2 {
