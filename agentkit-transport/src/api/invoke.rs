@@ -62,26 +62,18 @@ pub(crate) async fn invoke(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiPath(agent): ApiPath<String>,
-    ApiJson(request): ApiJson<InvokeRequest>,
+    ApiJson(mut request): ApiJson<InvokeRequest>,
 ) -> Result<Response, ApiError> {
     let mounted = state.agent(&agent, &principal)?;
     let request_id = cx.request_id().to_owned();
-    let mut request = request;
     request.idempotency_key = idempotency_key(request.idempotency_key.take(), &headers)?;
-    let keyed = request.idempotency_key.is_some();
-    let invocation = invocation(request, cx)?;
     // A keyed invoke on a service with a job queue runs as a job with that key, so a retry
     // (after a timeout or a dropped connection) awaits or answers from the first call's job
     // instead of running again.
-    let queued = match (&state.jobs, keyed) {
-        (Some(queue), true) => {
-            if let Some(key) = invocation.context.extension::<IdempotencyKey>() {
-                crate::jobs::check_caller_key(key.as_str())?;
-            }
-            Some(QueueExecutor::new(queue.clone(), &agent))
-        }
-        _ => None,
-    };
+    let queued = (state.jobs.as_ref())
+        .filter(|_| request.idempotency_key.is_some())
+        .map(|queue| QueueExecutor::new(queue.clone(), &agent));
+    let invocation = invocation(request, cx)?;
     if wants_event_stream(&headers) {
         let events = match &queued {
             Some(queued) => queued.stream(invocation).await?,

@@ -84,7 +84,11 @@ async fn visible(
     job_id: &str,
     principal: &Principal,
 ) -> Result<JobDoc, ApiError> {
-    let doc = queue.get(job_id).await?;
+    mine(queue.get(job_id).await?, job_id, principal)
+}
+
+/// `doc` if it belongs to the caller's tenant (else 404, never another's job).
+fn mine(doc: Option<JobDoc>, job_id: &str, principal: &Principal) -> Result<JobDoc, ApiError> {
     match doc {
         Some(doc) if doc.tenant() == Some(principal.tenant.as_str()) => Ok(doc),
         _ => Err(Error::not_found(format!("no job `{job_id}`")).into()),
@@ -146,21 +150,12 @@ pub(crate) async fn submit(
         traceparent: cx.trace().map(|t| t.traceparent()),
     };
     // A key already taken names a job; it must be this request's, not another's.
-    let sent = (spec.idempotency_key.is_some()).then(|| spec.clone());
-    let enqueued = queue.enqueue(spec).await?;
-    let status = match sent {
-        Some(sent) if !enqueued.created => {
-            let doc = visible(queue.as_ref(), &enqueued.job_id, &principal).await?;
-            if doc
-                .spec
-                .as_deref()
-                .is_some_and(|first| !first.same_request(&sent))
-            {
-                return Err(crate::jobs::key_taken(&enqueued.job_id).into());
-            }
-            doc.status.as_str().to_owned()
-        }
-        _ => "queued".to_owned(),
+    let (enqueued, existing) = crate::jobs::enqueue_once(queue.as_ref(), spec).await?;
+    let status = if enqueued.created {
+        "queued".to_owned()
+    } else {
+        let doc = mine(existing, &enqueued.job_id, &principal)?;
+        doc.status.as_str().to_owned()
     };
     let location = format!("/v1/jobs/{}", enqueued.job_id);
     let body = JobAccepted {

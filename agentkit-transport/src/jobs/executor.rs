@@ -71,18 +71,7 @@ impl Executor for QueueExecutor {
             traceparent: cx.trace().map(|t| t.new_child().traceparent()),
         };
         // A key already taken names a job; it must be this call's job, not another's.
-        let sent = spec.idempotency_key.is_some().then(|| spec.clone());
-        let job = self.queue.enqueue(spec).await?;
-        if let Some(sent) = sent
-            && !job.created
-            && let Some(doc) = self.queue.get(&job.job_id).await?
-            && doc
-                .spec
-                .as_deref()
-                .is_some_and(|first| !first.same_request(&sent))
-        {
-            return Err(super::key_taken(&job.job_id));
-        }
+        let (job, _) = super::enqueue_once(&*self.queue, spec).await?;
         let wait = cx
             .remaining()
             .map_or(self.max_wait, |r| r.min(self.max_wait));

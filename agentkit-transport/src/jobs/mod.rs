@@ -76,12 +76,31 @@ pub struct JobSpec {
     pub traceparent: Option<String>,
 }
 
-/// The error for an idempotency key that names another request's job.
-pub(crate) fn key_taken(job_id: &str) -> Error {
-    Error::new(
-        agentkit_core::ErrorKind::Conflict,
-        format!("the idempotency key was used for another request (job {job_id}); use a new key"),
-    )
+/// Enqueues `spec`. A repeated idempotency key names a job already there: its document comes
+/// back with it, and a key that names another request's job is a
+/// [`Conflict`](agentkit_core::ErrorKind::Conflict) rather than that job.
+pub(crate) async fn enqueue_once(
+    queue: &dyn JobQueue,
+    spec: JobSpec,
+) -> Result<(Enqueued, Option<JobDoc>)> {
+    let sent = spec.idempotency_key.is_some().then(|| spec.clone());
+    let enqueued = queue.enqueue(spec).await?;
+    let Some(sent) = sent.filter(|_| !enqueued.created) else {
+        return Ok((enqueued, None));
+    };
+    let existing = queue.get(&enqueued.job_id).await?;
+    if let Some(first) = existing.as_ref().and_then(|doc| doc.spec.as_deref())
+        && !first.same_request(&sent)
+    {
+        return Err(Error::new(
+            agentkit_core::ErrorKind::Conflict,
+            format!(
+                "the idempotency key was used for another request (job {}); use a new key",
+                enqueued.job_id
+            ),
+        ));
+    }
+    Ok((enqueued, existing))
 }
 
 impl JobSpec {
