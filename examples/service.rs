@@ -74,9 +74,13 @@ async fn run() -> agentkit::Result<()> {
             None => Arc::new(MemorySessionStore::new()),
         },
     };
+    // With the embedded worker, keyed invokes can always run as jobs; with a shared queue
+    // only where the operator says workers run.
+    let mut keyed_invokes_as_jobs = config.keyed_invokes_as_jobs.unwrap_or(false);
     let queue: Arc<dyn JobQueue> = match config.job_queue().await? {
         Some(queue) => queue,
         None => {
+            keyed_invokes_as_jobs = config.keyed_invokes_as_jobs.unwrap_or(true);
             // Embedded default: the queue and a worker live in this process, and session jobs
             // are turns of the sessions this service keeps.
             let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
@@ -97,6 +101,7 @@ async fn run() -> agentkit::Result<()> {
     let mut api = Api::builder()
         .agent("assistant", executor)
         .jobs(queue)
+        .keyed_invokes_as_jobs(keyed_invokes_as_jobs)
         .allow_private_callbacks(config.webhook_allow_private)
         .session_store(store)
         .auth(config.auth.clone())

@@ -32,6 +32,7 @@ use crate::limit::RateLimits;
 /// | `AGENTKIT_WEBHOOK_ALLOW_PRIVATE` | `true`: webhooks may call loopback and private addresses | `false` |
 /// | `AGENTKIT_SESSION_LEASE_MS` | with sessions in Redis or PostgreSQL, how long a session's lease lasts (renewed while a turn runs; an instance that dies mid-turn holds its sessions this long); `0` turns leases off | 10000 |
 /// | `AGENTKIT_SESSION_TTL_MS` | how long a session lives after its last load or save, in any store; `0`: sessions never expire | 604800000 (7 days) |
+/// | `AGENTKIT_KEYED_INVOKES_AS_JOBS` | `true`: an invoke with an idempotency key runs as a job with that key, so a retry answers from it (needs workers on the queue); `false`: the key only travels on | `true` with the embedded queue and worker, `false` with `REDIS_URL` or `NATS_URL` |
 /// | `AGENTKIT_INSTANCE_ID` | this instance's name as a lease owner, unique in the fleet | `{HOSTNAME}-{pid}-{random}` |
 #[derive(Clone)]
 pub struct ServiceConfig {
@@ -69,6 +70,8 @@ pub struct ServiceConfig {
     pub instance_id: String,
     /// How long a session lives after its last load or save; `None`: for good.
     pub session_ttl: Option<Duration>,
+    /// Whether keyed invokes run as jobs; `None`: only when the service runs its own worker.
+    pub keyed_invokes_as_jobs: Option<bool>,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -226,6 +229,16 @@ impl ServiceConfig {
             session_lease,
             instance_id,
             session_ttl,
+            keyed_invokes_as_jobs: match var("AGENTKIT_KEYED_INVOKES_AS_JOBS").as_deref() {
+                None => None,
+                Some("true" | "1") => Some(true),
+                Some("false" | "0") => Some(false),
+                Some(other) => {
+                    return Err(Error::invalid_input(format!(
+                        "AGENTKIT_KEYED_INVOKES_AS_JOBS must be true or false, not {other:?}"
+                    )));
+                }
+            },
         })
     }
 

@@ -53,6 +53,7 @@ async fn setup() -> Setup {
                 .with_api_key("beta", "dummy-key-beta"),
         )
         .jobs(queue.clone())
+        .keyed_invokes_as_jobs(true)
         .allow_private_callbacks(true) // the receivers here are on loopback
         .build()
         .unwrap();
@@ -949,4 +950,29 @@ async fn a_remote_executor_passes_a_stateless_calls_key_on() {
     assert_eq!(first.output, "9 + 9 = 18");
     assert_eq!(again.output, first.output);
     assert_eq!(s.runs.load(Ordering::SeqCst), 1, "the retry ran again");
+}
+
+#[tokio::test]
+async fn without_keyed_invokes_as_jobs_an_invoke_key_only_travels_on() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let api = Api::builder()
+        .agent("assistant", Counted { runs: runs.clone() })
+        .auth(Authenticator::none().with_api_key("acme", "dummy-key-acme"))
+        .jobs(queue.clone())
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let keyed = [("idempotency-key", "inv-4")];
+    for _ in 0..2 {
+        answered(
+            &served.base,
+            "dummy-key-acme",
+            json!({"input": "hi"}),
+            &keyed,
+        )
+        .await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "run inline, each time");
+    assert_eq!(queue.depth().await.unwrap(), 0, "no job");
 }

@@ -32,9 +32,10 @@ pub(crate) fn invocation(request: InvokeRequest, cx: Context) -> Result<Invocati
 }
 
 /// Runs an agent once. With an idempotency key (the `Idempotency-Key` header or the body's
-/// `idempotency_key`) on a service with a job queue, the run is a job with that key: the same
-/// key again awaits or answers from that job (streamed, as its events replayed at the end),
-/// and a key used for another request is a 409.
+/// `idempotency_key`) on a service that runs keyed invokes as jobs
+/// ([`ApiBuilder::keyed_invokes_as_jobs`](crate::ApiBuilder::keyed_invokes_as_jobs)), the run is
+/// a job with that key: the same key again awaits or answers from that job (streamed, as its
+/// events replayed at the end), and a key used for another request is a 409.
 #[utoipa::path(
     post,
     path = "/v1/agents/{agent}/invoke",
@@ -67,11 +68,11 @@ pub(crate) async fn invoke(
     let mounted = state.agent(&agent, &principal)?;
     let request_id = cx.request_id().to_owned();
     request.idempotency_key = idempotency_key(request.idempotency_key.take(), &headers)?;
-    // A keyed invoke on a service with a job queue runs as a job with that key, so a retry
+    // A keyed invoke runs as a job with that key (when the service says so), so a retry
     // (after a timeout or a dropped connection) awaits or answers from the first call's job
     // instead of running again.
     let queued = (state.jobs.as_ref())
-        .filter(|_| request.idempotency_key.is_some())
+        .filter(|_| state.keyed_invokes_as_jobs && request.idempotency_key.is_some())
         .map(|queue| QueueExecutor::new(queue.clone(), &agent));
     let invocation = invocation(request, cx)?;
     if wants_event_stream(&headers) {

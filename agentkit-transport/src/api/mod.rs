@@ -87,6 +87,8 @@ pub(crate) struct AppState {
     pub(crate) readiness: Vec<(String, ReadinessCheck)>,
     pub(crate) metrics: Option<MetricsRenderer>,
     pub(crate) jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
+    /// Keyed invokes run as jobs on `jobs`.
+    pub(crate) keyed_invokes_as_jobs: bool,
     pub(crate) allow_private_callbacks: bool,
     pub(crate) observer: Option<Arc<dyn Observer>>,
 }
@@ -260,6 +262,7 @@ pub struct ApiBuilder {
     readiness: Vec<(String, ReadinessCheck)>,
     metrics: Option<MetricsRenderer>,
     jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
+    keyed_invokes_as_jobs: bool,
     allow_private_callbacks: bool,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -277,6 +280,7 @@ impl Default for ApiBuilder {
             readiness: Vec::new(),
             metrics: None,
             jobs: None,
+            keyed_invokes_as_jobs: false,
             allow_private_callbacks: false,
             observer: None,
         }
@@ -379,6 +383,17 @@ impl ApiBuilder {
         self
     }
 
+    /// Runs each invoke that carries an idempotency key (`Idempotency-Key`, or the body's
+    /// `idempotency_key`) as a job with that key on the [`jobs`](Self::jobs) queue, so the same
+    /// key again awaits or answers from that job instead of running the agent again; a key
+    /// used for another request is a 409. Streamed, such an invoke sends its events once the
+    /// job ends. Workers must run the agents on that queue: without them a keyed invoke waits
+    /// until its deadline. Off by default (the key then only travels on in the context).
+    pub fn keyed_invokes_as_jobs(mut self, on: bool) -> Self {
+        self.keyed_invokes_as_jobs = on;
+        self
+    }
+
     /// Accepts job `callback_url`s on loopback, private and other non-public address literals
     /// (and `localhost`). By default they are refused with a 400 at submission, since workers
     /// refuse to call them (see [`WebhookSender::allow_private_targets`]); set both from the
@@ -470,6 +485,7 @@ impl ApiBuilder {
                 body_limit: self.body_limit,
                 readiness,
                 metrics: self.metrics,
+                keyed_invokes_as_jobs: self.keyed_invokes_as_jobs && self.jobs.is_some(),
                 jobs: self.jobs,
                 allow_private_callbacks: self.allow_private_callbacks,
                 observer: self.observer,
