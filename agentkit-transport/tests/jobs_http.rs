@@ -976,3 +976,46 @@ async fn without_keyed_invokes_as_jobs_an_invoke_key_only_travels_on() {
     assert_eq!(runs.load(Ordering::SeqCst), 2, "run inline, each time");
     assert_eq!(queue.depth().await.unwrap(), 0, "no job");
 }
+
+/// A keyed invoke streamed as a job answers at once and keeps the connection while the job
+/// waits for a worker; its events come when the job ends.
+#[tokio::test]
+async fn a_streamed_keyed_invoke_answers_before_its_job_ends() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let api = Api::builder()
+        .agent("assistant", demo_agent())
+        .auth(Authenticator::none().with_api_key("acme", "dummy-key-acme"))
+        .jobs(queue.clone())
+        .keyed_invokes_as_jobs(true)
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    // No worker yet: the job cannot end before the answer's head has come.
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        invoke(
+            &served.base,
+            "dummy-key-acme",
+            json!({"input": "What is 3 + 4?"}),
+            &[
+                ("idempotency-key", "inv-5"),
+                ("accept", "text/event-stream"),
+            ],
+        ),
+    )
+    .await
+    .expect("the stream opened without waiting for the job");
+    assert_eq!(response.status(), 200);
+    assert_eq!(queue.depth().await.unwrap(), 1, "the job waits");
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", demo_agent())
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+    let events = parse_sse(&response.text().await.unwrap());
+    let done = events
+        .iter()
+        .find(|(name, _)| name == "done")
+        .expect("a done event");
+    assert_eq!(done.1["output"], "3 + 4 = 7", "{events:?}");
+}

@@ -386,8 +386,8 @@ impl ApiBuilder {
     /// Runs each invoke that carries an idempotency key (`Idempotency-Key`, or the body's
     /// `idempotency_key`) as a job with that key on the [`jobs`](Self::jobs) queue, so the same
     /// key again awaits or answers from that job instead of running the agent again; a key
-    /// used for another request is a 409. Streamed, such an invoke sends its events once the
-    /// job ends. Workers must run the agents on that queue: without them a keyed invoke waits
+    /// used for another request is a 409. Streamed, such an invoke opens its stream at once,
+    /// keeps it alive while the job runs and sends the job's events when it ends. Workers must run the agents on that queue: without them a keyed invoke waits
     /// until its deadline. Off by default (the key then only travels on in the context).
     pub fn keyed_invokes_as_jobs(mut self, on: bool) -> Self {
         self.keyed_invokes_as_jobs = on;

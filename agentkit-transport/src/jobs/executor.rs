@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkit_core::{Error, ErrorKind, Executor, IdempotencyKey, Invocation, Reply, Result};
+use agentkit_core::{
+    AgentEvent, Context, Error, ErrorKind, EventStream, Executor, IdempotencyKey, Invocation,
+    Reply, Result,
+};
+use futures::StreamExt;
 
 use super::{JobQueue, JobSpec, JobStatus};
 
@@ -48,10 +52,11 @@ impl QueueExecutor {
     }
 }
 
-impl Executor for QueueExecutor {
-    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+impl QueueExecutor {
+    /// Enqueues the invocation as a job (a retried call with the same key finds the job the
+    /// first one made); its id, and the context to await it under.
+    async fn submit(&self, invocation: Invocation) -> Result<(String, Context)> {
         let cx = invocation.context;
-        // A retried call with the same key finds the job the first one made, and awaits it.
         let idempotency_key = cx
             .extension::<IdempotencyKey>()
             .map(|key| key.as_str().to_owned());
@@ -72,13 +77,18 @@ impl Executor for QueueExecutor {
         };
         // A key already taken names a job; it must be this call's job, not another's.
         let (job, _) = super::enqueue_once(&*self.queue, spec).await?;
+        Ok((job.job_id, cx))
+    }
+
+    /// Waits for the job to end, within the context's deadline (or `max_wait`); its reply.
+    async fn reply(&self, job_id: &str, cx: &Context) -> Result<Reply> {
         let wait = cx
             .remaining()
             .map_or(self.max_wait, |r| r.min(self.max_wait));
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            if let Some(doc) = self.queue.get(&job.job_id).await? {
+            if let Some(doc) = self.queue.get(job_id).await? {
                 match doc.status {
                     JobStatus::Succeeded => {
                         let result = doc
@@ -102,12 +112,7 @@ impl Executor for QueueExecutor {
                         let kind = ErrorKind::from_code(&error.code).unwrap_or(ErrorKind::Internal);
                         return Err(Error::new(
                             kind,
-                            format!(
-                                "job {} {}: {}",
-                                job.job_id,
-                                doc.status.as_str(),
-                                error.message
-                            ),
+                            format!("job {job_id} {}: {}", doc.status.as_str(), error.message),
                         ));
                     }
                     JobStatus::Queued | JobStatus::Running => {}
@@ -115,8 +120,7 @@ impl Executor for QueueExecutor {
             }
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(Error::timeout(format!(
-                    "job {} did not finish in time",
-                    job.job_id
+                    "job {job_id} did not finish in time"
                 )));
             }
             tokio::select! {
@@ -125,5 +129,28 @@ impl Executor for QueueExecutor {
             }
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+}
+
+impl Executor for QueueExecutor {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        let (job_id, cx) = self.submit(invocation).await?;
+        self.reply(&job_id, &cx).await
+    }
+
+    /// Submits at once (so a refused submission is an error here) and returns a stream that
+    /// awaits the job, then replays its reply: a transport can answer before the job ends
+    /// (and keep the connection alive while it runs).
+    async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
+        let (job_id, cx) = self.submit(invocation).await?;
+        let this = self.clone();
+        let ended = async move { this.reply(&job_id, &cx).await };
+        Ok(Box::pin(futures::stream::once(ended).flat_map(|reply| {
+            let events: Vec<Result<AgentEvent>> = match reply {
+                Ok(reply) => AgentEvent::replay(reply).into_iter().map(Ok).collect(),
+                Err(error) => vec![Err(error)],
+            };
+            futures::stream::iter(events)
+        })))
     }
 }
