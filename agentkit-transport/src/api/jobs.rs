@@ -255,7 +255,8 @@ pub(crate) async fn job_events(
             if tokio::time::Instant::now() >= f.until {
                 return None;
             }
-            tokio::time::sleep(pause).await;
+            // Woken at once when the job ends (where the queue can tell), else after `pause`.
+            f.queue.until_ended(&f.job_id, pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
             match f.queue.get(&f.job_id).await {
                 Ok(doc) => f.next = doc,

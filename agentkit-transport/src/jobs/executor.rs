@@ -124,7 +124,7 @@ impl QueueExecutor {
                 )));
             }
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                () = self.queue.until_ended(job_id, pause) => {}
                 () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
             }
             pause = (pause * 2).min(Duration::from_millis(250));

@@ -34,6 +34,8 @@ struct State {
     keys_by_expiry: VecDeque<(Instant, (String, String))>,
     finished: VecDeque<String>,
     sequence: u64,
+    /// Callers awaiting a job's end, by job.
+    watchers: HashMap<String, Arc<Notify>>,
 }
 
 /// Jobs in this process's memory: for single-process services, tests and the embedded default.
@@ -261,9 +263,15 @@ impl JobQueue for MemoryJobQueue {
         };
         let changed = finish.apply(doc);
         let doc = doc.clone();
+        let mut watching = None;
         if changed {
             state.leases.remove(&id);
             Self::forget_old(&mut state, &id);
+            watching = state.watchers.remove(&id);
+        }
+        drop(state);
+        if let Some(watching) = watching {
+            watching.notify_waiters();
         }
         Ok(doc)
     }
@@ -295,6 +303,37 @@ impl JobQueue for MemoryJobQueue {
         drop(state);
         self.wake.notify_waiters();
         Ok(())
+    }
+
+    async fn until_ended(&self, job_id: &str, wait: Duration) {
+        // Whether the job ended; `None` for a job this queue does not know (or forgot).
+        let ended =
+            |state: &State| (state.jobs.get(job_id)).map(|(doc, _)| doc.status.is_terminal());
+        let watching = {
+            let mut state = self.lock();
+            match ended(&state) {
+                Some(true) => return,
+                Some(false) => Some(state.watchers.entry(job_id.to_owned()).or_default().clone()),
+                None => None,
+            }
+        };
+        let Some(watching) = watching else {
+            tokio::time::sleep(wait).await;
+            return;
+        };
+        let mut notified = std::pin::pin!(watching.notified());
+        // Registered before looking again, so a finish in between is not missed.
+        notified.as_mut().enable();
+        if ended(&self.lock()) == Some(false) {
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+        // The last caller to give up on a job that has not ended takes its entry out.
+        let mut state = self.lock();
+        if (state.watchers.get(job_id))
+            .is_some_and(|w| Arc::ptr_eq(w, &watching) && Arc::strong_count(w) == 2)
+        {
+            state.watchers.remove(job_id);
+        }
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {

@@ -500,6 +500,14 @@ pub trait JobQueue: Send + Sync {
         Ok(())
     }
 
+    /// Waits at most `wait` for the job to end, so that a caller awaiting it
+    /// ([`QueueExecutor`]) looks again as soon as it may have. The default sleeps `wait`; a
+    /// queue that knows when its jobs end returns sooner.
+    async fn until_ended(&self, job_id: &str, wait: Duration) {
+        let _ = job_id;
+        tokio::time::sleep(wait).await;
+    }
+
     /// The queue's name, for metrics and logs.
     fn name(&self) -> &str {
         "jobs"
