@@ -74,13 +74,13 @@ async fn run() -> agentkit::Result<()> {
             None => Arc::new(MemorySessionStore::new()),
         },
     };
+    let shared_queue = config.job_queue().await?;
     // With the embedded worker, keyed invokes can always run as jobs; with a shared queue
     // only where the operator says workers run.
-    let mut keyed_invokes_as_jobs = config.keyed_invokes_as_jobs.unwrap_or(false);
-    let queue: Arc<dyn JobQueue> = match config.job_queue().await? {
+    let keyed_invokes_as_jobs = (config.keyed_invokes_as_jobs).unwrap_or(shared_queue.is_none());
+    let queue: Arc<dyn JobQueue> = match shared_queue {
         Some(queue) => queue,
         None => {
-            keyed_invokes_as_jobs = config.keyed_invokes_as_jobs.unwrap_or(true);
             // Embedded default: the queue and a worker live in this process, and session jobs
             // are turns of the sessions this service keeps.
             let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());

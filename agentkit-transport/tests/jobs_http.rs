@@ -798,6 +798,16 @@ async fn invoke(base: &str, key: &str, body: Value, headers: &[(&str, &str)]) ->
     request.send().await.unwrap()
 }
 
+/// The output of the `done` event of a 200 event stream.
+async fn done_output(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 200);
+    let events = parse_sse(&response.text().await.unwrap());
+    let done = events.iter().find(|(name, _)| name == "done");
+    done.unwrap_or_else(|| panic!("no done event in {events:?}"))
+        .1["output"]
+        .clone()
+}
+
 /// An invoke that must answer 200: its JSON.
 async fn answered(base: &str, key: &str, body: Value, headers: &[(&str, &str)]) -> Value {
     let response = invoke(base, key, body, headers).await;
@@ -842,13 +852,7 @@ async fn a_keyed_invoke_runs_once_and_its_retries_answer_from_its_job() {
         ],
     )
     .await;
-    assert_eq!(streamed.status(), 200);
-    let events = parse_sse(&streamed.text().await.unwrap());
-    let done = events
-        .iter()
-        .find(|(name, _)| name == "done")
-        .expect("a done event");
-    assert_eq!(done.1["output"], first["output"], "{events:?}");
+    assert_eq!(done_output(streamed).await, first["output"]);
     assert_eq!(
         s.runs.load(Ordering::SeqCst),
         1,
@@ -1005,17 +1009,11 @@ async fn a_streamed_keyed_invoke_answers_before_its_job_ends() {
     )
     .await
     .expect("the stream opened without waiting for the job");
-    assert_eq!(response.status(), 200);
     assert_eq!(queue.depth().await.unwrap(), 1, "the job waits");
     let worker = Worker::builder(queue.clone())
         .agent("assistant", demo_agent())
         .build()
         .unwrap();
     let _worker = RunningWorker::spawn(worker);
-    let events = parse_sse(&response.text().await.unwrap());
-    let done = events
-        .iter()
-        .find(|(name, _)| name == "done")
-        .expect("a done event");
-    assert_eq!(done.1["output"], "3 + 4 = 7", "{events:?}");
+    assert_eq!(done_output(response).await, "3 + 4 = 7");
 }

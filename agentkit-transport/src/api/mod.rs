@@ -87,7 +87,7 @@ pub(crate) struct AppState {
     pub(crate) readiness: Vec<(String, ReadinessCheck)>,
     pub(crate) metrics: Option<MetricsRenderer>,
     pub(crate) jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
-    /// Keyed invokes run as jobs on `jobs`.
+    /// Keyed invokes run as jobs on `jobs` (when there is one).
     pub(crate) keyed_invokes_as_jobs: bool,
     pub(crate) allow_private_callbacks: bool,
     pub(crate) observer: Option<Arc<dyn Observer>>,
@@ -387,8 +387,9 @@ impl ApiBuilder {
     /// `idempotency_key`) as a job with that key on the [`jobs`](Self::jobs) queue, so the same
     /// key again awaits or answers from that job instead of running the agent again; a key
     /// used for another request is a 409. Streamed, such an invoke opens its stream at once,
-    /// keeps it alive while the job runs and sends the job's events when it ends. Workers must run the agents on that queue: without them a keyed invoke waits
-    /// until its deadline. Off by default (the key then only travels on in the context).
+    /// keeps it alive while the job runs and sends the job's events when it ends. Workers must
+    /// run the agents on that queue: without them a keyed invoke waits until its deadline. Off
+    /// by default (the key then only travels on in the context).
     pub fn keyed_invokes_as_jobs(mut self, on: bool) -> Self {
         self.keyed_invokes_as_jobs = on;
         self
@@ -485,7 +486,7 @@ impl ApiBuilder {
                 body_limit: self.body_limit,
                 readiness,
                 metrics: self.metrics,
-                keyed_invokes_as_jobs: self.keyed_invokes_as_jobs && self.jobs.is_some(),
+                keyed_invokes_as_jobs: self.keyed_invokes_as_jobs,
                 jobs: self.jobs,
                 allow_private_callbacks: self.allow_private_callbacks,
                 observer: self.observer,
