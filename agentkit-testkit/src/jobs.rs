@@ -24,7 +24,8 @@ macro_rules! job_queue_conformance {
             heartbeats_keep_the_claim, depth_counts_waiting_jobs, ledger_round_trip,
             an_empty_claim_waits_then_takes_what_arrives,
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
-            redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once);
+            redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once,
+            until_ended_wakes_when_the_job_ends);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -164,6 +165,41 @@ pub async fn enqueue_claim_finish_once(queue: Arc<dyn JobQueue>) {
     // An id no backend could have made (not a key, a subject token or an entry id) is not
     // found either, rather than an error.
     assert!(queue.get("no.such>job *").await.unwrap().is_none());
+}
+
+/// Callers awaiting jobs (as [`QueueExecutor`](agentkit_transport::jobs::QueueExecutor)
+/// does) are woken when the jobs end, whether they succeed or fail, not when their wait is up:
+/// a backend whose `until_ended` only sleeps fails this. Each waiter is given time to be
+/// registered first (an end before that may be missed by design: callers look again).
+pub async fn until_ended_wakes_when_the_job_ends(queue: Arc<dyn JobQueue>) {
+    let succeeds = queue.enqueue(spec("assistant", "hi")).await.unwrap().job_id;
+    let fails = queue.enqueue(spec("assistant", "hi")).await.unwrap().job_id;
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 {
+        let delivery = claim_one(queue.as_ref(), Duration::from_secs(5))
+            .await
+            .expect("both jobs delivered");
+        deliveries.push(delivery);
+    }
+    let waiter = |job: &str| {
+        let (queue, job) = (queue.clone(), job.to_owned());
+        tokio::spawn(async move { queue.until_ended(&job, Duration::from_secs(600)).await })
+    };
+    for (job, finish) in [
+        (&succeeds, Finish::Succeeded(job_result("done"))),
+        (&fails, Finish::Failed("no good".parse().unwrap())),
+    ] {
+        let waiting = waiter(job);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "woken before the job ended");
+        let delivery = deliveries.iter().find(|d| &d.job.job_id == job).unwrap();
+        let doc = queue.finish(delivery, finish).await.unwrap();
+        assert!(doc.status.is_terminal());
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("the caller awaiting {:?} was woken by its end", doc.status))
+            .unwrap();
+    }
 }
 
 /// Forty jobs claimed in batches and finished all at once (backends may group finishes into

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::watch::{Watchers, woken};
 use super::{
     Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION, Receipt,
     now_ms, validate,
@@ -34,8 +35,8 @@ struct State {
     keys_by_expiry: VecDeque<(Instant, (String, String))>,
     finished: VecDeque<String>,
     sequence: u64,
-    /// Callers awaiting a job's end, by job.
-    watchers: HashMap<String, Arc<Notify>>,
+    /// Callers awaiting a job's end.
+    watchers: Watchers,
 }
 
 /// Jobs in this process's memory: for single-process services, tests and the embedded default.
@@ -267,7 +268,7 @@ impl JobQueue for MemoryJobQueue {
         if changed {
             state.leases.remove(&id);
             Self::forget_old(&mut state, &id);
-            watching = state.watchers.remove(&id);
+            watching = state.watchers.ended(&id);
         }
         drop(state);
         if let Some(watching) = watching {
@@ -313,7 +314,7 @@ impl JobQueue for MemoryJobQueue {
             let mut state = self.lock();
             match ended(&state) {
                 Some(true) => return,
-                Some(false) => Some(state.watchers.entry(job_id.to_owned()).or_default().clone()),
+                Some(false) => Some(state.watchers.watch(job_id)),
                 None => None,
             }
         };
@@ -321,19 +322,9 @@ impl JobQueue for MemoryJobQueue {
             tokio::time::sleep(wait).await;
             return;
         };
-        let mut notified = std::pin::pin!(watching.notified());
         // Registered before looking again, so a finish in between is not missed.
-        notified.as_mut().enable();
-        if ended(&self.lock()) == Some(false) {
-            let _ = tokio::time::timeout(wait, notified).await;
-        }
-        // The last caller to give up on a job that has not ended takes its entry out.
-        let mut state = self.lock();
-        if (state.watchers.get(job_id))
-            .is_some_and(|w| Arc::ptr_eq(w, &watching) && Arc::strong_count(w) == 2)
-        {
-            state.watchers.remove(job_id);
-        }
+        woken(&watching, wait, async { ended(&self.lock()) == Some(false) }).await;
+        self.lock().watchers.forget(job_id, &watching);
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {

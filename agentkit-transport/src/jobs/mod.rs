@@ -15,6 +15,7 @@ pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod webhook;
+mod watch;
 mod worker;
 
 use std::sync::Arc;
@@ -502,7 +503,9 @@ pub trait JobQueue: Send + Sync {
 
     /// Waits at most `wait` for the job to end, so that a caller awaiting it
     /// ([`QueueExecutor`]) looks again as soon as it may have. The default sleeps `wait`; a
-    /// queue that knows when its jobs end returns sooner.
+    /// queue that knows when its jobs end returns sooner (all three backends do). It may also
+    /// return early without the job having ended, and may miss an end just before the call,
+    /// so callers look at the job again after it returns.
     async fn until_ended(&self, job_id: &str, wait: Duration) {
         let _ = job_id;
         tokio::time::sleep(wait).await;

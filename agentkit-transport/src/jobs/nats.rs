@@ -631,6 +631,24 @@ impl JobQueue for NatsJobQueue {
             .map(|(stored, _)| stored.doc(job_id)))
     }
 
+    /// Woken by the job's next write to the bucket, through a subscription to its key's
+    /// subject: its end (the first write of a job's first delivery), or a redelivery marking it
+    /// running, after which the caller looks again. Nothing is sent for jobs no one awaits.
+    async fn until_ended(&self, job_id: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        if is_token(job_id) {
+            let prefix = self.kv.put_prefix.as_deref().unwrap_or(&self.kv.prefix);
+            let subject = format!("{prefix}job.{job_id}");
+            if let Ok(Ok(mut writes)) =
+                tokio::time::timeout(wait, self.client.subscribe(subject)).await
+            {
+                let _ = tokio::time::timeout_at(deadline, writes.next()).await;
+                return;
+            }
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+
     async fn depth(&self) -> Result<u64> {
         let info = self
             .consumer

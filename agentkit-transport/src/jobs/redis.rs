@@ -15,6 +15,12 @@
 //! then its entry. Acknowledged entries are trimmed a stream node at a time (`XTRIM MINID`) by
 //! the claims' housekeeping, not deleted one by one, and the queue's depth is the consumer
 //! group's `lag`.
+//!
+//! Each finish call also appends one entry naming the jobs it ended to the queue's end
+//! notices (a stream capped at [`ENDED_KEPT`] entries). A process awaiting jobs
+//! ([`JobQueue::until_ended`], which [`QueueExecutor`](super::QueueExecutor) uses) reads them
+//! with one blocking `XREAD` while any job is awaited, so it learns of an end as it happens
+//! rather than at its next poll.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +35,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId};
 use redis::{Script, Value};
 use tokio::sync::oneshot;
 
+use super::watch::{Watchers, woken};
 use super::{
     Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
     RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
@@ -150,16 +157,17 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 ";
 
-/// Finishes a batch of jobs: KEYS are the stream, the dead list, then per job its outcome key
-/// and its hash; ARGV the group and the retention, then per job its status, outcome document,
-/// entry, job id and whether it may have a hash ('1': a retry or a reclaimed delivery, whose
-/// hash may say it already ended). The first finish of a job writes its outcome (`SET NX`);
-/// later ones change nothing. The entries are acknowledged with one `XACK`. Returns, per job,
-/// 1 when this call ended it and 0 when it had already ended.
+/// Finishes a batch of jobs: KEYS are the stream, the dead list, the end notices, then per job
+/// its outcome key and its hash; ARGV the group, the retention and the notices kept, then per
+/// job its status, outcome document, entry, job id and whether it may have a hash ('1': a
+/// retry or a reclaimed delivery, whose hash may say it already ended). The first finish of a
+/// job writes its outcome (`SET NX`); later ones change nothing. The entries are acknowledged
+/// with one `XACK`, and the jobs ended named in one notice. Returns, per job, 1 when this call
+/// ended it and 0 when it had already ended.
 const FINISH: &str = r"
-local out, entries = {}, {}
-for i = 0, (#KEYS - 2) / 2 - 1 do
-  local k, a = 3 + 2 * i, 3 + 5 * i
+local out, entries, ended = {}, {}, {}
+for i = 0, (#KEYS - 3) / 2 - 1 do
+  local k, a = 4 + 2 * i, 4 + 5 * i
   entries[#entries + 1] = ARGV[a + 2]
   local hashed = ARGV[a + 4] == '1'
   local open = not (hashed and terminal(redis.call('HGET', KEYS[k + 1], 'status')))
@@ -170,16 +178,25 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
       redis.call('LTRIM', KEYS[2], 0, 9999)
     end
     out[#out + 1] = 1
+    ended[#ended + 1] = ARGV[a + 3]
   else
     out[#out + 1] = 0
   end
 end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+if #ended > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'job', table.concat(ended, ' '))
+end
 return out
 ";
 
 /// The most finishes one script call carries.
 const FINISH_BATCH: usize = 64;
+
+/// End notices kept (about: trimmed a stream node at a time). Each names the jobs one finish
+/// call ended (space-separated: job ids are entry ids). A reader that falls further behind
+/// misses some; its callers look again when their wait is up, as without notices.
+const ENDED_KEPT: usize = 1024;
 
 /// Hands a delivery back for a retry at ARGV[3]: KEYS are the job's hash, the stream, the
 /// delayed set and the job's outcome key; ARGV the entry, group, ready time, job id, last
@@ -262,10 +279,13 @@ pub struct RedisJobQueue {
     visibility: Duration,
     timeout: Duration,
     scripts: Arc<Scripts>,
-    /// The stream, delayed set and dead list keys, made once.
+    /// The stream, delayed set, dead list and end notices keys, made once.
     stream: Arc<str>,
     delayed: Arc<str>,
     dead: Arc<str>,
+    ended: Arc<str>,
+    /// The jobs this process awaits, and whether their notices are being read.
+    awaited: Arc<Mutex<Awaited>>,
     grouped: Arc<AtomicBool>,
     /// When delayed jobs were last promoted and stalled ones reclaimed (ms since the epoch).
     housekept: Arc<AtomicU64>,
@@ -273,6 +293,83 @@ pub struct RedisJobQueue {
     /// Submitted specs and outcome documents, each in a buffer sized by the last.
     submissions: Arc<Encoder>,
     outcomes: Arc<Encoder>,
+}
+
+/// The jobs awaited in this process.
+#[derive(Default)]
+struct Awaited {
+    watchers: Watchers,
+    /// Whether a task reads the end notices (it stops once no job is awaited).
+    reading: bool,
+}
+
+/// Reads the queue's end notices and wakes the callers of the jobs they name, while any job is
+/// awaited. It starts at the newest notice: an end between a caller's last look and its
+/// watch being read for is found when the caller looks again after its wait.
+async fn read_notices(client: RedisClient, notices: Arc<str>, awaited: Arc<Mutex<Awaited>>) {
+    let lock = || awaited.lock().unwrap_or_else(|p| p.into_inner());
+    let read = async {
+        let mut conn = client.dedicated().await?;
+        let newest: Value = redis::cmd("XREVRANGE")
+            .arg(&*notices)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        let mut last = match newest {
+            Value::Array(entries) => (entries.into_iter())
+                .find_map(|entry| match entry {
+                    Value::Array(parts) => parts.into_iter().next(),
+                    _ => None,
+                })
+                .and_then(|id| redis::from_redis_value::<String>(id).ok()),
+            _ => None,
+        }
+        .unwrap_or_else(|| "0-0".to_owned());
+        loop {
+            {
+                let mut awaited = lock();
+                if awaited.watchers.is_empty() {
+                    awaited.reading = false;
+                    return Ok::<(), Error>(());
+                }
+            }
+            // In slices under the client's response timeout, as a blocking claim reads.
+            let reply: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(ENDED_KEPT)
+                .arg("BLOCK")
+                .arg(BLOCK_SLICE.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&*notices)
+                .arg(&last)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            for entry in read_entries(reply) {
+                let woken: Vec<_> = {
+                    let mut awaited = lock();
+                    (entry.job.iter())
+                        .flat_map(|ids| ids.split(' '))
+                        .filter_map(|id| awaited.watchers.ended(id))
+                        .collect()
+                };
+                for watching in woken {
+                    watching.notify_waiters();
+                }
+                last = entry.id;
+            }
+        }
+    };
+    if let Err(error) = read.await {
+        // Callers fall back to looking when their wait is up; the next one to wait starts
+        // another reader.
+        tracing::debug!(%error, "reading job end notices failed");
+        lock().reading = false;
+    }
 }
 
 /// One job's part of a finish script call.
@@ -350,6 +447,8 @@ impl RedisJobQueue {
             stream: format!("{prefix}:stream").into(),
             delayed: format!("{prefix}:delayed").into(),
             dead: format!("{prefix}:dead").into(),
+            ended: format!("{prefix}:ended").into(),
+            awaited: Arc::default(),
             prefix,
             visibility: Duration::from_secs(30),
             timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
@@ -407,6 +506,27 @@ impl RedisJobQueue {
         for part in [&*self.prefix, ":", kind, ":", id] {
             out.push_str(part);
         }
+    }
+
+    /// The end notice naming `jobs`.
+    fn notice<'a>(&self, jobs: impl Iterator<Item = &'a str>) -> redis::Cmd {
+        let mut ids = String::new();
+        for id in jobs {
+            if !ids.is_empty() {
+                ids.push(' ');
+            }
+            ids.push_str(id);
+        }
+        let mut notice = redis::cmd("XADD");
+        notice
+            .arg(&*self.ended)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(ENDED_KEPT)
+            .arg("*")
+            .arg("job")
+            .arg(ids);
+        notice
     }
 
     async fn ensure_group(&self) -> Result<()> {
@@ -490,6 +610,10 @@ impl RedisJobQueue {
                     .arg(stream)
                     .arg(GROUP)
                     .arg(entries.collect::<Vec<_>>());
+                // The notice names every job of the batch: one that had ended already wakes
+                // its callers once more, and they find it ended.
+                pipe.add_command(self.notice(batch.iter().map(|f| f.job_id.as_str())))
+                    .ignore();
                 pipe.query_async(&mut c).await
             })
             .await?;
@@ -509,6 +633,7 @@ impl RedisJobQueue {
     async fn finish_scripted(&self, batch: &[&Finishing]) -> Result<Vec<bool>> {
         let stream = &*self.stream;
         let dead = &*self.dead;
+        let notices = &*self.ended;
         let ended: Vec<u8> = self
             .client
             .run(self.timeout, |mut c| async move {
@@ -523,13 +648,15 @@ impl RedisJobQueue {
                     + batch.len() * COMMAND_ARG_OVERHEAD * 7
                     + stream.len()
                     + dead.len()
+                    + notices.len()
                     + 128;
-                let mut call = redis::Cmd::with_capacity(7 + 7 * batch.len(), size);
+                let mut call = redis::Cmd::with_capacity(9 + 7 * batch.len(), size);
                 call.arg("EVALSHA")
                     .arg(self.scripts.finish.get_hash())
-                    .arg(2 + 2 * batch.len())
+                    .arg(3 + 2 * batch.len())
                     .arg(stream)
-                    .arg(dead);
+                    .arg(dead)
+                    .arg(notices);
                 // The keys are written through one buffer rather than a string each.
                 let mut key = String::new();
                 for f in batch {
@@ -538,7 +665,7 @@ impl RedisJobQueue {
                         call.arg(key.as_str());
                     }
                 }
-                call.arg(GROUP).arg(RETENTION.as_secs());
+                call.arg(GROUP).arg(RETENTION.as_secs()).arg(ENDED_KEPT);
                 for f in batch {
                     call.arg(f.status)
                         .arg(&f.stored)
@@ -1092,6 +1219,28 @@ impl JobQueue for RedisJobQueue {
         doc.result = next().and_then(|r| serde_json::from_str::<JobResult>(&r).ok());
         doc.error = next().and_then(|e| serde_json::from_str::<JobError>(&e).ok());
         Ok(Some(doc))
+    }
+
+    /// Woken by the queue's end notices (see the module's documentation); a caller whose
+    /// reader finds no connection waits out its time.
+    async fn until_ended(&self, job_id: &str, wait: Duration) {
+        let (watching, start) = {
+            let mut awaited = self.awaited.lock().unwrap_or_else(|p| p.into_inner());
+            let watching = awaited.watchers.watch(job_id);
+            let start = !std::mem::replace(&mut awaited.reading, true);
+            (watching, start)
+        };
+        if start {
+            tokio::spawn(read_notices(
+                self.client.clone(),
+                self.ended.clone(),
+                self.awaited.clone(),
+            ));
+        }
+        woken(&watching, wait, async { true }).await;
+        (self.awaited.lock().unwrap_or_else(|p| p.into_inner()))
+            .watchers
+            .forget(job_id, &watching);
     }
 
     async fn depth(&self) -> Result<u64> {
