@@ -28,6 +28,14 @@
 //! `AGENTKIT_BENCH_DRAIN_ONLY=1` exits as soon as the first end-to-end queue has drained, so
 //! that a profile holds no reads of the results. `AGENTKIT_BENCH_ROUNDS=N` runs each backend N
 //! times, raw and end to end back to back, and prints the median ratio.
+//!
+//! Last, per backend, `QueueExecutor` call latency: one caller at a time invokes the demo agent
+//! through the queue (a worker of concurrency 4 runs it, its scripted model taking 10 ms a
+//! call, so a job takes about 20 ms), alternating between the queue as it
+//! is (whose `until_ended` hears of the job's end as it happens) and the same queue behind a
+//! wrapper that leaves `until_ended` to the trait's default, which polls the job every 5 ms at
+//! first and at most every 250 ms (as `QueueExecutor` did on Redis and NATS before): the
+//! baseline in the same run. `AGENTKIT_BENCH_CALLS` sets the calls of each (default 100).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -412,6 +420,101 @@ async fn nats_raw(url: &str, n: usize, outcome: Option<bytes::Bytes>) -> Figures
     Figures::new(n, elapsed, latencies)
 }
 
+/// A queue that forwards everything but [`JobQueue::until_ended`], which it leaves to the
+/// trait's default (polling), for the latency baseline.
+struct Polled(Arc<dyn JobQueue>);
+
+#[async_trait::async_trait]
+impl JobQueue for Polled {
+    async fn enqueue(
+        &self,
+        spec: JobSpec,
+    ) -> agentkit::Result<agentkit::transport::jobs::Enqueued> {
+        self.0.enqueue(spec).await
+    }
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> agentkit::Result<Vec<agentkit::transport::jobs::Delivery>> {
+        self.0.claim(consumer, max, wait).await
+    }
+    async fn heartbeat(
+        &self,
+        delivery: &agentkit::transport::jobs::Delivery,
+    ) -> agentkit::Result<()> {
+        self.0.heartbeat(delivery).await
+    }
+    async fn finish(
+        &self,
+        delivery: &agentkit::transport::jobs::Delivery,
+        finish: agentkit::transport::jobs::Finish,
+    ) -> agentkit::Result<JobDoc> {
+        self.0.finish(delivery, finish).await
+    }
+    async fn release(
+        &self,
+        delivery: &agentkit::transport::jobs::Delivery,
+        delay: Duration,
+        error: Option<agentkit::transport::jobs::JobError>,
+    ) -> agentkit::Result<()> {
+        self.0.release(delivery, delay, error).await
+    }
+    async fn get(&self, job_id: &str) -> agentkit::Result<Option<JobDoc>> {
+        self.0.get(job_id).await
+    }
+    async fn depth(&self) -> agentkit::Result<u64> {
+        self.0.depth().await
+    }
+    fn ledger(&self) -> Arc<dyn agentkit::tool::EffectLedger> {
+        self.0.ledger()
+    }
+}
+
+/// `QueueExecutor` call latency on `queue`, woken and polled (see the module's documentation).
+async fn executor_latency(name: &str, queue: Arc<dyn JobQueue>, calls: usize) {
+    use agentkit::Executor;
+    use agentkit::transport::jobs::QueueExecutor;
+
+    let model = ScriptedModel::builder()
+        .demo_rules()
+        .latency(Duration::from_millis(10))
+        .build();
+    let agent = agentkit::demo::assistant_builder(Arc::new(model))
+        .build()
+        .unwrap();
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", agent)
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let running = agentkit_testkit::jobs::RunningWorker::spawn(worker);
+    let woken = QueueExecutor::new(queue.clone(), "assistant");
+    let polled = QueueExecutor::new(Arc::new(Polled(queue)), "assistant");
+    let (mut woken_ms, mut polled_ms) = (Vec::new(), Vec::new());
+    for i in 0..calls {
+        for (executor, latencies) in [(&woken, &mut woken_ms), (&polled, &mut polled_ms)] {
+            let call = Instant::now();
+            let reply = executor
+                .execute(agentkit::Invocation::new(bench_spec(i).input))
+                .await
+                .unwrap();
+            latencies.push(call.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(reply.output, format!("{i} + 1 = {}", i + 1));
+        }
+    }
+    running.stop().await.unwrap();
+    for (how, latencies) in [("woken", woken_ms), ("polled", polled_ms)] {
+        let figures = Figures::new(calls, Duration::ZERO, latencies);
+        println!(
+            "  {name} QueueExecutor call, {how:6}  p50 {:7.2} ms   p99 {:7.2} ms   ({calls} calls)",
+            figures.pct(0.5),
+            figures.pct(0.99)
+        );
+    }
+}
+
 /// How the CPU lines name a raw phase.
 fn phase_name(stores_outcomes: bool) -> &'static str {
     if stores_outcomes {
@@ -688,6 +791,11 @@ fn main() {
         Err(_) if quick => 64,
         Err(_) => 3000,
     };
+    let calls = match std::env::var("AGENTKIT_BENCH_CALLS") {
+        Ok(n) => n.parse().expect("AGENTKIT_BENCH_CALLS must be a number"),
+        Err(_) if quick => 8,
+        Err(_) => 100,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -718,6 +826,13 @@ fn main() {
                 rounds.push(backend);
             }
             summarize(&rounds);
+            if !only("e2e") && !only("raw") {
+                let name = agentkit_testkit::unique("bench-calls");
+                let queue =
+                    agentkit::transport::jobs::redis::RedisJobQueue::new(client.clone(), &name);
+                executor_latency("redis", Arc::new(queue), calls).await;
+                redis_forget(&client, &format!("*{name}*")).await;
+            }
         }
         if let Some(url) = agentkit_testkit::nats_url() {
             let mut rounds = Vec::new();
@@ -741,6 +856,15 @@ fn main() {
                 rounds.push(backend);
             }
             summarize(&rounds);
+            if !only("e2e") && !only("raw") {
+                let name = agentkit_testkit::unique("bench-calls").replace(['.', ':'], "-");
+                let queue = agentkit::transport::jobs::nats::NatsJobQueue::connect(&url, &name)
+                    .await
+                    .unwrap();
+                executor_latency("nats", Arc::new(queue), calls).await;
+                let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+                delete_nats_streams(&js, |stream| stream.contains(&*name)).await;
+            }
         }
     });
 }

@@ -255,15 +255,15 @@ pub(crate) async fn job_events(
             if tokio::time::Instant::now() >= f.until {
                 return None;
             }
-            // Woken at once when the job ends (where the queue can tell), else after `pause`.
-            f.queue.until_ended(&f.job_id, pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-            match f.queue.get(&f.job_id).await {
+            // At once when the job ends, else as it stands after `pause`.
+            match f.queue.until_ended(&f.job_id, pause).await {
                 Ok(doc) => f.next = doc,
                 Err(error) => {
                     tracing::warn!(job_id = %f.job_id, %error, "cannot read the job while following it");
+                    tokio::time::sleep(pause).await;
                 }
             }
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     });
     Ok(Sse::new(events)

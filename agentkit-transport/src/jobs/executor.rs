@@ -85,49 +85,42 @@ impl QueueExecutor {
         let wait = cx
             .remaining()
             .map_or(self.max_wait, |r| r.min(self.max_wait));
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            if let Some(doc) = self.queue.get(job_id).await? {
-                match doc.status {
-                    JobStatus::Succeeded => {
-                        let result = doc
-                            .result
-                            .ok_or_else(|| Error::internal("a succeeded job has no result"))?;
-                        return Ok(Reply {
-                            output: result.output,
-                            messages: result.messages,
-                            usage: result.usage,
-                            cost_usd: result.cost_usd,
-                            tool_calls: result.tool_calls,
-                            ..Reply::default()
-                        });
-                    }
-                    JobStatus::Failed | JobStatus::Dead => {
-                        let error = doc.error.unwrap_or_else(|| {
-                            "the job ended without a result"
-                                .parse()
-                                .unwrap_or_else(|e| match e {})
-                        });
-                        let kind = ErrorKind::from_code(&error.code).unwrap_or(ErrorKind::Internal);
-                        return Err(Error::new(
-                            kind,
-                            format!("job {job_id} {}: {}", doc.status.as_str(), error.message),
-                        ));
-                    }
-                    JobStatus::Queued | JobStatus::Running => {}
-                }
+        let doc = tokio::select! {
+            doc = self.queue.until_ended(job_id, wait) => doc?,
+            () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
+        };
+        let Some(doc) = doc else {
+            return Err(Error::not_found(format!("job {job_id} is gone")));
+        };
+        match doc.status {
+            JobStatus::Succeeded => {
+                let result = doc
+                    .result
+                    .ok_or_else(|| Error::internal("a succeeded job has no result"))?;
+                Ok(Reply {
+                    output: result.output,
+                    messages: result.messages,
+                    usage: result.usage,
+                    cost_usd: result.cost_usd,
+                    tool_calls: result.tool_calls,
+                    ..Reply::default()
+                })
             }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(Error::timeout(format!(
-                    "job {job_id} did not finish in time"
-                )));
+            JobStatus::Failed | JobStatus::Dead => {
+                let error = doc.error.unwrap_or_else(|| {
+                    "the job ended without a result"
+                        .parse()
+                        .unwrap_or_else(|e| match e {})
+                });
+                let kind = ErrorKind::from_code(&error.code).unwrap_or(ErrorKind::Internal);
+                Err(Error::new(
+                    kind,
+                    format!("job {job_id} {}: {}", doc.status.as_str(), error.message),
+                ))
             }
-            tokio::select! {
-                () = self.queue.until_ended(job_id, pause) => {}
-                () = cx.cancellation().cancelled() => return Err(Error::cancelled()),
-            }
-            pause = (pause * 2).min(Duration::from_millis(250));
+            JobStatus::Queued | JobStatus::Running => Err(Error::timeout(format!(
+                "job {job_id} did not finish in time"
+            ))),
         }
     }
 }

@@ -306,25 +306,27 @@ impl JobQueue for MemoryJobQueue {
         Ok(())
     }
 
-    async fn until_ended(&self, job_id: &str, wait: Duration) {
-        // Whether the job ended; `None` for a job this queue does not know (or forgot).
-        let ended =
-            |state: &State| (state.jobs.get(job_id)).map(|(doc, _)| doc.status.is_terminal());
-        let watching = {
-            let mut state = self.lock();
-            match ended(&state) {
-                Some(true) => return,
-                Some(false) => Some(state.watchers.watch(job_id)),
-                None => None,
-            }
-        };
-        let Some(watching) = watching else {
-            tokio::time::sleep(wait).await;
-            return;
-        };
-        // Registered before looking again, so a finish in between is not missed.
-        woken(&watching, wait, async { ended(&self.lock()) == Some(false) }).await;
-        self.lock().watchers.forget(job_id, &watching);
+    async fn until_ended(&self, job_id: &str, wait: Duration) -> Result<Option<JobDoc>> {
+        let deadline = Instant::now() + wait;
+        // Whether the job is still open (`None`: a job this queue does not know, or forgot).
+        let open =
+            |state: &State| (state.jobs.get(job_id)).map(|(doc, _)| !doc.status.is_terminal());
+        loop {
+            let watching = {
+                let mut state = self.lock();
+                match state.jobs.get(job_id) {
+                    None => return Ok(None),
+                    Some((doc, _)) if doc.status.is_terminal() || Instant::now() >= deadline => {
+                        return Ok(Some(doc.clone()));
+                    }
+                    Some(_) => state.watchers.watch(job_id),
+                }
+            };
+            // Registered before looking again, so a finish in between is not missed.
+            let left = deadline.saturating_duration_since(Instant::now());
+            woken(&watching, left, async { open(&self.lock()) == Some(true) }).await;
+            self.lock().watchers.forget(job_id, &watching);
+        }
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobDoc>> {

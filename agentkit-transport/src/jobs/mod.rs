@@ -14,8 +14,8 @@ mod memory;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
-pub(crate) mod webhook;
 mod watch;
+pub(crate) mod webhook;
 mod worker;
 
 use std::sync::Arc;
@@ -501,14 +501,23 @@ pub trait JobQueue: Send + Sync {
         Ok(())
     }
 
-    /// Waits at most `wait` for the job to end, so that a caller awaiting it
-    /// ([`QueueExecutor`]) looks again as soon as it may have. The default sleeps `wait`; a
-    /// queue that knows when its jobs end returns sooner (all three backends do). It may also
-    /// return early without the job having ended, and may miss an end just before the call,
-    /// so callers look at the job again after it returns.
-    async fn until_ended(&self, job_id: &str, wait: Duration) {
-        let _ = job_id;
-        tokio::time::sleep(wait).await;
+    /// The job's document once it has ended, waiting at most `wait` for that; when the wait
+    /// is up first, the document as it stands (`None`: no such job). What a caller awaiting a
+    /// job uses ([`QueueExecutor`], the job events stream) rather than polling
+    /// [`get`](Self::get). The default polls `get`, every 5 ms at first and at most every
+    /// 250 ms; the memory, Redis and NATS queues learn of each end as it happens.
+    async fn until_ended(&self, job_id: &str, wait: Duration) -> Result<Option<JobDoc>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let doc = self.get(job_id).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || doc.as_ref().is_none_or(|doc| doc.status.is_terminal()) {
+                return Ok(doc);
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(UNTIL_ENDED_POLL);
+        }
     }
 
     /// The queue's name, for metrics and logs.
@@ -522,6 +531,10 @@ pub trait JobQueue: Send + Sync {
 }
 
 const _: Option<&dyn JobQueue> = None;
+
+/// The longest [`JobQueue::until_ended`] goes without looking at the job when nothing tells it
+/// of the job's end.
+pub(crate) const UNTIL_ENDED_POLL: Duration = Duration::from_millis(250);
 
 impl std::str::FromStr for JobError {
     type Err = std::convert::Infallible;

@@ -631,22 +631,46 @@ impl JobQueue for NatsJobQueue {
             .map(|(stored, _)| stored.doc(job_id)))
     }
 
-    /// Woken by the job's next write to the bucket, through a subscription to its key's
-    /// subject: its end (the first write of a job's first delivery), or a redelivery marking it
-    /// running, after which the caller looks again. Nothing is sent for jobs no one awaits.
-    async fn until_ended(&self, job_id: &str, wait: Duration) {
+    /// Woken by the job's writes to the bucket, through a subscription to its key's subject
+    /// made before looking at the job: its end (the first write of a job's first delivery),
+    /// or a redelivery marking it running, after which it looks again. Nothing is sent for
+    /// jobs no one awaits. Without the subscription it looks at the job as the default does.
+    async fn until_ended(&self, job_id: &str, wait: Duration) -> Result<Option<JobDoc>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut writes = None;
         if is_token(job_id) {
             let prefix = self.kv.put_prefix.as_deref().unwrap_or(&self.kv.prefix);
             let subject = format!("{prefix}job.{job_id}");
-            if let Ok(Ok(mut writes)) =
-                tokio::time::timeout(wait, self.client.subscribe(subject)).await
-            {
-                let _ = tokio::time::timeout_at(deadline, writes.next()).await;
-                return;
+            // Flushed: the server has the subscription before the job is looked at.
+            let subscribed = tokio::time::timeout_at(deadline, async {
+                let writes = self.client.subscribe(subject).await.ok()?;
+                self.client.flush().await.ok()?;
+                Some(writes)
+            });
+            writes = subscribed.await.ok().flatten();
+        }
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let doc = self.get(job_id).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || doc.as_ref().is_none_or(|doc| doc.status.is_terminal()) {
+                return Ok(doc);
+            }
+            match &mut writes {
+                Some(subscription) => {
+                    // A net for a lost message: look again every second anyway.
+                    let next =
+                        tokio::time::timeout(left.min(Duration::from_secs(1)), subscription.next());
+                    if let Ok(None) = next.await {
+                        writes = None;
+                    }
+                }
+                None => {
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(super::UNTIL_ENDED_POLL);
+                }
             }
         }
-        tokio::time::sleep_until(deadline).await;
     }
 
     async fn depth(&self) -> Result<u64> {

@@ -33,9 +33,9 @@ use agentkit_store::redis::{DedicatedConnection, RedisClient, redis_error};
 use async_trait::async_trait;
 use redis::streams::{StreamAutoClaimReply, StreamId};
 use redis::{Script, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use super::watch::{Watchers, woken};
+use super::watch::Watchers;
 use super::{
     Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
     RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
@@ -299,14 +299,25 @@ pub struct RedisJobQueue {
 #[derive(Default)]
 struct Awaited {
     watchers: Watchers,
-    /// Whether a task reads the end notices (it stops once no job is awaited).
-    reading: bool,
+    /// While a task reads the end notices (it stops once no job is awaited): whether it has
+    /// found where to read from, so that an end from then on reaches its callers.
+    reader: Option<watch::Receiver<bool>>,
 }
 
+/// The longest a caller awaiting a job goes without looking at it while notices are read: a
+/// net for notices lost (a reader that fell [`ENDED_KEPT`] behind, workers of earlier
+/// versions, which write none).
+const NOTICED_POLL: Duration = Duration::from_secs(1);
+
 /// Reads the queue's end notices and wakes the callers of the jobs they name, while any job is
-/// awaited. It starts at the newest notice: an end between a caller's last look and its
-/// watch being read for is found when the caller looks again after its wait.
-async fn read_notices(client: RedisClient, notices: Arc<str>, awaited: Arc<Mutex<Awaited>>) {
+/// awaited. It starts after the newest notice, and says so through `positioned`: callers look
+/// at their job after that, so no end falls between their look and the notices read.
+async fn read_notices(
+    client: RedisClient,
+    notices: Arc<str>,
+    awaited: Arc<Mutex<Awaited>>,
+    positioned: watch::Sender<bool>,
+) {
     let lock = || awaited.lock().unwrap_or_else(|p| p.into_inner());
     let read = async {
         let mut conn = client.dedicated().await?;
@@ -329,11 +340,12 @@ async fn read_notices(client: RedisClient, notices: Arc<str>, awaited: Arc<Mutex
             _ => None,
         }
         .unwrap_or_else(|| "0-0".to_owned());
+        positioned.send_replace(true);
         loop {
             {
                 let mut awaited = lock();
                 if awaited.watchers.is_empty() {
-                    awaited.reading = false;
+                    awaited.reader = None;
                     return Ok::<(), Error>(());
                 }
             }
@@ -365,10 +377,10 @@ async fn read_notices(client: RedisClient, notices: Arc<str>, awaited: Arc<Mutex
         }
     };
     if let Err(error) = read.await {
-        // Callers fall back to looking when their wait is up; the next one to wait starts
-        // another reader.
+        // Callers fall back to looking every so often; the next one to wait starts another
+        // reader.
         tracing::debug!(%error, "reading job end notices failed");
-        lock().reading = false;
+        lock().reader = None;
     }
 }
 
@@ -506,6 +518,28 @@ impl RedisJobQueue {
         for part in [&*self.prefix, ":", kind, ":", id] {
             out.push_str(part);
         }
+    }
+
+    /// Watches `job_id`, starting the notices' reader if none runs; whether the reader is
+    /// positioned.
+    fn watch(&self, job_id: &str) -> (Arc<tokio::sync::Notify>, watch::Receiver<bool>) {
+        let mut awaited = self.awaited.lock().unwrap_or_else(|p| p.into_inner());
+        let watching = awaited.watchers.watch(job_id);
+        let positioned = match &awaited.reader {
+            Some(positioned) => positioned.clone(),
+            None => {
+                let (sender, positioned) = watch::channel(false);
+                awaited.reader = Some(positioned.clone());
+                tokio::spawn(read_notices(
+                    self.client.clone(),
+                    self.ended.clone(),
+                    self.awaited.clone(),
+                    sender,
+                ));
+                positioned
+            }
+        };
+        (watching, positioned)
     }
 
     /// The end notice naming `jobs`.
@@ -1221,26 +1255,37 @@ impl JobQueue for RedisJobQueue {
         Ok(Some(doc))
     }
 
-    /// Woken by the queue's end notices (see the module's documentation); a caller whose
-    /// reader finds no connection waits out its time.
-    async fn until_ended(&self, job_id: &str, wait: Duration) {
-        let (watching, start) = {
-            let mut awaited = self.awaited.lock().unwrap_or_else(|p| p.into_inner());
-            let watching = awaited.watchers.watch(job_id);
-            let start = !std::mem::replace(&mut awaited.reading, true);
-            (watching, start)
-        };
-        if start {
-            tokio::spawn(read_notices(
-                self.client.clone(),
-                self.ended.clone(),
-                self.awaited.clone(),
-            ));
+    /// Woken by the queue's end notices (see the module's documentation). Without them (no
+    /// connection for their reader) it looks at the job as the default does.
+    async fn until_ended(&self, job_id: &str, wait: Duration) -> Result<Option<JobDoc>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let (watching, mut positioned) = self.watch(job_id);
+            let mut notified = std::pin::pin!(watching.notified());
+            notified.as_mut().enable();
+            let noticed = *positioned.borrow()
+                || tokio::time::timeout_at(deadline, positioned.wait_for(|p| *p))
+                    .await
+                    .is_ok_and(|p| p.is_ok());
+            // Looked at once its end would be noticed, so it is either ended here or noticed.
+            let doc = self.get(job_id).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ended = !matches!(&doc, Ok(Some(doc)) if !doc.status.is_terminal());
+            if !(ended || left.is_zero()) {
+                let nap = if noticed { NOTICED_POLL } else { pause };
+                let _ = tokio::time::timeout(nap.min(left), notified).await;
+            }
+            self.awaited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .watchers
+                .forget(job_id, &watching);
+            if ended || left.is_zero() {
+                return doc;
+            }
+            pause = (pause * 2).min(super::UNTIL_ENDED_POLL);
         }
-        woken(&watching, wait, async { true }).await;
-        (self.awaited.lock().unwrap_or_else(|p| p.into_inner()))
-            .watchers
-            .forget(job_id, &watching);
     }
 
     async fn depth(&self) -> Result<u64> {

@@ -60,11 +60,7 @@ impl Watchers {
 
 /// Waits at most `wait` for `watching` to be woken, having enabled the wait before `ready`
 /// runs (so a wake-up while `ready` runs is not lost); `ready` says whether to wait at all.
-pub(crate) async fn woken(
-    watching: &Notify,
-    wait: Duration,
-    ready: impl Future<Output = bool>,
-) {
+pub(crate) async fn woken(watching: &Notify, wait: Duration, ready: impl Future<Output = bool>) {
     let mut notified = std::pin::pin!(watching.notified());
     notified.as_mut().enable();
     if ready.await {
