@@ -17,7 +17,7 @@
 //! group's `lag`.
 //!
 //! Each finish call also appends one entry naming the jobs it ended to the queue's end
-//! notices (a stream capped at [`ENDED_KEPT`] entries). A process awaiting jobs
+//! notices (a stream capped at about 1,024 entries). A process awaiting jobs
 //! ([`JobQueue::until_ended`], which [`QueueExecutor`](super::QueueExecutor) uses) reads them
 //! with one blocking `XREAD` while any job is awaited, so it learns of an end as it happens
 //! rather than at its next poll.
