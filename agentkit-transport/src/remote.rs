@@ -321,14 +321,23 @@ impl Executor for RemoteExecutor {
                     )))),
                 }
             });
-        // Stop after `done` or the first error, whatever the server sends after.
-        let events = events.scan(false, |ended, item: Result<AgentEvent>| {
-            if *ended {
-                return futures::future::ready(None);
-            }
-            *ended = matches!(item, Err(_) | Ok(AgentEvent::Done(_)));
-            futures::future::ready(Some(item))
-        });
+        // Stop after `done` or the first error, whatever the server sends after; a stream
+        // that ends before either was cut off (the remote died, or a proxy gave up on it).
+        let events = futures::stream::unfold(
+            (Box::pin(events), false),
+            |(mut events, ended)| async move {
+                if ended {
+                    return None;
+                }
+                let item = events.next().await.unwrap_or_else(|| {
+                    Err(Error::unavailable(
+                        "the remote agent's event stream ended before its answer",
+                    ))
+                });
+                let ended = matches!(item, Err(_) | Ok(AgentEvent::Done(_)));
+                Some((item, (events, ended)))
+            },
+        );
         Ok(Box::pin(events))
     }
 }

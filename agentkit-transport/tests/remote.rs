@@ -249,3 +249,38 @@ async fn a_remote_session_keeps_its_own_history() {
     let reply = stateless.execute(turn("hello", "s 1/a")).await.unwrap();
     assert!(reply.session.is_none());
 }
+
+/// A remote whose event stream ends before `done` (it died, or a proxy cut the response off
+/// cleanly) is an `unavailable` error after what it sent, not a stream that just stops.
+#[tokio::test]
+async fn a_stream_cut_off_before_done_ends_in_an_error() {
+    let router = axum::Router::new().route(
+        "/v1/agents/assistant/invoke",
+        axum::routing::post(|| async {
+            (
+                [("content-type", "text/event-stream")],
+                "event: text_delta\ndata: {\"text\":\"half an answ\"}\n\n",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let remote = RemoteExecutor::builder(format!("http://{addr}"), "assistant")
+        .build()
+        .unwrap();
+    let events: Vec<_> = remote
+        .stream(Invocation::text("hi"))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        matches!(&events[0], Ok(agentkit_core::AgentEvent::TextDelta { text }) if text == "half an answ")
+    );
+    let Err(error) = &events[1] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+}
