@@ -2,7 +2,8 @@
 //! killed with SIGKILL in the middle of a keyed turn. Its lease outlives it; the pool sends the
 //! turn on to the other instance, which runs it once the lease has expired, on the stored
 //! history, and the caller sees no error. Every acknowledged message is in the history once,
-//! and the killed attempt left nothing behind.
+//! and the killed attempt left nothing behind. The same holds for a streamed turn whose
+//! instance dies after its stream opened and before its first event.
 
 mod support;
 
@@ -107,24 +108,7 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
             pool.execute(keyed.with_context(cx)).await
         }
     });
-    let lease_key = format!("agentkit:l:{{7:default:{}}}", stored_id(&victim));
-    let redis = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    loop {
-        let held: bool = redis::cmd("EXISTS")
-            .arg(&lease_key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if held {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "`a` never leased the session"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_leased(&url, &victim).await;
     a.kill();
 
     // The dead instance's lease outlives it: nobody else can take the session yet.
@@ -240,4 +224,90 @@ async fn load_through_a_pool_sees_no_errors_when_an_instance_is_killed() {
             .await
             .unwrap();
     }
+}
+
+/// Polls until an instance holds the lease of `session` (the key `{prefix}:l:{tag}` the
+/// store documents).
+async fn until_leased(url: &str, session: &str) {
+    let lease_key = format!("agentkit:l:{{7:default:{}}}", stored_id(session));
+    let redis = redis::Client::open(url).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let held: bool = redis::cmd("EXISTS")
+            .arg(&lease_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if held {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the session was never leased"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_keyed_turn_cut_off_before_its_first_event_goes_on_elsewhere() {
+    use futures::StreamExt;
+
+    let Some(url) = agentkit_testkit::services::redis_url() else {
+        return;
+    };
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("AGENTKIT_SESSION_LEASE_MS", "2000"),
+        // The first event comes after a model call this long: time to kill its instance.
+        ("AGENTKIT_SCRIPTED_LATENCY_MS", "300"),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut a = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "stream-test-a")]].concat());
+    let b = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "stream-test-b")]].concat());
+    let pool = Pool::builder()
+        .member("a", member(&a))
+        .member("b", member(&b))
+        .mark_down_after(1)
+        .cooldown(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let store = RedisSessionStore::connect(&url).unwrap();
+    let run = agentkit_testkit::unique("pool-stream");
+    let session = (0..64)
+        .map(|i| format!("{run}-{i}"))
+        .find(|s| pool.owner(s) == Some("a"))
+        .expect("a session of `a`");
+    pool.execute(turn(&session, "hello")).await.unwrap();
+
+    // The stream opens on `a` (the response head came back), and `a` dies holding the
+    // session's lease, before the model's first answer.
+    let started = Instant::now();
+    let keyed = turn(&session, "What is 3 + 4?");
+    let cx = (keyed.context.clone())
+        .with_extension(IdempotencyKey::new("pool-stream-3-plus-4").unwrap());
+    let events = pool.stream(keyed.with_context(cx)).await.unwrap();
+    until_leased(&url, &session).await;
+    a.kill();
+
+    // The pool opens it again on `b`, which runs it once the lease has expired; the caller
+    // sees the whole answer and no error.
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(60), events.collect())
+        .await
+        .expect("the stream ended");
+    assert!(events.iter().all(Result::is_ok), "{events:?}");
+    let Some(Ok(agentkit::AgentEvent::Done(reply))) = events.last() else {
+        panic!("no answer: {events:?}");
+    };
+    assert_eq!(reply.output, "3 + 4 = 7");
+    assert!(
+        started.elapsed() >= LEASE,
+        "the turn ran before the dead owner's lease expired ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(pool.up(), ["b"]);
+    assert_eq!(said(&store, &session).await, ["hello", "What is 3 + 4?"]);
+    drop(b);
+    store.delete("default", &stored_id(&session)).await.unwrap();
 }

@@ -3,17 +3,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agentkit_core::executor::{Pool, Reply};
+use agentkit_core::executor::{AgentEvent, EventStream, Pool, Reply};
 use agentkit_core::{Context, Error, ErrorKind, Executor, IdempotencyKey, Invocation, Result};
 
-/// An instance: answers with its name, or fails as unreachable while `dead`.
+/// An instance: answers with its name, or fails as unreachable while `dead`. Its streams
+/// replay the answer, breaking as unreachable after `breaks_after` events.
 #[derive(Clone)]
 struct Instance {
     name: &'static str,
     dead: Arc<AtomicBool>,
+    breaks_after: Arc<AtomicUsize>,
+    /// Streams it opened.
+    streams: Arc<AtomicUsize>,
 }
 
 impl Instance {
@@ -21,7 +25,14 @@ impl Instance {
         Self {
             name,
             dead: Arc::default(),
+            breaks_after: Arc::new(AtomicUsize::new(usize::MAX)),
+            streams: Arc::default(),
         }
+    }
+
+    /// Its streams break after `events` events (as an instance that dies mid-turn).
+    fn break_streams_after(&self, events: usize) {
+        self.breaks_after.store(events, Ordering::SeqCst);
     }
 
     fn kill(&self, dead: bool) {
@@ -42,6 +53,29 @@ impl Executor for Instance {
             ..Reply::default()
         })
     }
+
+    async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
+        let reply = self.execute(invocation).await?;
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        let events = AgentEvent::replay(reply);
+        let breaks_after = self.breaks_after.load(Ordering::SeqCst);
+        let broken = breaks_after < events.len();
+        let mut items: Vec<Result<AgentEvent>> =
+            events.into_iter().take(breaks_after).map(Ok).collect();
+        if broken {
+            items.push(Err(Error::unavailable(format!(
+                "{} died mid-stream",
+                self.name
+            ))));
+        }
+        Ok(Box::pin(futures::stream::iter(items)))
+    }
+}
+
+/// Everything a stream yields.
+async fn drain(events: EventStream) -> Vec<Result<AgentEvent>> {
+    use futures::StreamExt;
+    events.collect().await
 }
 
 fn pool(instances: &[Instance], down_after: u32, cooldown: Duration) -> Pool<Instance> {
@@ -189,6 +223,68 @@ async fn a_keyed_turn_goes_on_to_the_next_instance_when_its_owner_is_unreachable
     assert_eq!(
         pool.execute(bad).await.unwrap_err().kind(),
         ErrorKind::InvalidInput
+    );
+}
+
+#[tokio::test]
+async fn a_keyed_streamed_turn_whose_stream_breaks_before_its_first_event_goes_on() {
+    let instances = [Instance::new("a"), Instance::new("b"), Instance::new("c")];
+    let pool = pool(&instances, 1, Duration::from_secs(60));
+    let sessions = sessions(60);
+    let before = owners(&pool, &sessions).await;
+    let on_a: Vec<&String> = (before.iter())
+        .filter(|(_, owner)| *owner == "a")
+        .map(|(session, _)| session)
+        .collect();
+    // `a` takes the turn, then dies before its first event.
+    instances[0].break_streams_after(0);
+    let events = drain(pool.stream(keyed(on_a[0], "k-s1")).await.unwrap()).await;
+    let Some(Ok(AgentEvent::Done(reply))) = events.last() else {
+        panic!("the turn ended elsewhere: {events:?}");
+    };
+    assert!(events.iter().all(Result::is_ok), "{events:?}");
+    assert_ne!(reply.output, "a");
+    assert_eq!(pool.owner(on_a[0]), Some(reply.output.as_str()));
+    assert_eq!(
+        pool.up(),
+        ["b", "c"],
+        "the broken stream counts as a failure"
+    );
+    let streamed: usize = (instances.iter())
+        .map(|i| i.streams.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(streamed, 2, "opened on `a`, then on the next owner only");
+}
+
+#[tokio::test]
+async fn a_stream_broken_after_its_first_event_or_unkeyed_is_the_callers_error() {
+    let instances = [Instance::new("a"), Instance::new("b")];
+    let pool = pool(&instances, 3, Duration::from_secs(60));
+    let sessions = sessions(40);
+    let before = owners(&pool, &sessions).await;
+    let on_a: Vec<&String> = (before.iter())
+        .filter(|(_, owner)| *owner == "a")
+        .map(|(session, _)| session)
+        .collect();
+
+    // Part of the answer reached the caller: sent again, it would be said twice.
+    instances[0].break_streams_after(1);
+    let events = drain(pool.stream(keyed(on_a[0], "k-s2")).await.unwrap()).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(&events[0], Ok(AgentEvent::TextDelta { text }) if text == "a"));
+    let Err(error) = &events[1] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+
+    // Unkeyed, nothing would apply it once.
+    instances[0].break_streams_after(0);
+    let events = drain(pool.stream(turn(on_a[1], "hello")).await.unwrap()).await;
+    assert!(matches!(&events[..], [Err(e)] if e.kind() == ErrorKind::Unavailable));
+    assert_eq!(
+        instances[1].streams.load(Ordering::SeqCst),
+        0,
+        "nothing went to `b`"
     );
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use super::{EventStream, Executor, Invocation, Reply};
+use super::{AgentEvent, EventStream, Executor, Invocation, Reply};
 use crate::observer::Observer;
 use crate::{Error, ErrorKind, IdempotencyKey, Result, stable_hash};
 
@@ -428,6 +428,14 @@ impl<E> Inner<E> {
     }
 }
 
+/// Whether the invocation may be sent to another member when its own is unreachable: a
+/// session turn with an [`IdempotencyKey`] (only a session records keyed turns; a stateless
+/// invocation run twice runs twice).
+fn resendable(invocation: &Invocation) -> bool {
+    invocation.context.session_id().is_some()
+        && invocation.context.extension::<IdempotencyKey>().is_some()
+}
+
 impl<E: Executor> Pool<E> {
     /// Calls `call` on the invocation's member. A session turn with an [`IdempotencyKey`] that
     /// finds its member unreachable goes to the next one (its session applies it once), until
@@ -437,14 +445,29 @@ impl<E: Executor> Pool<E> {
         F: Fn(&'a E, Invocation) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let mut tried = Vec::new();
+        let (_, outcome) = self.call_from(&mut tried, invocation, call).await?;
+        Ok(outcome)
+    }
+
+    /// [`call`](Self::call), skipping the members in `tried` (and adding those it tries, for a
+    /// keyed turn); which member answered.
+    async fn call_from<'a, T, F, Fut>(
+        &'a self,
+        tried: &mut Vec<usize>,
+        invocation: Invocation,
+        call: F,
+    ) -> Result<(usize, T)>
+    where
+        F: Fn(&'a E, Invocation) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let inner = &*self.inner;
         let session = (invocation.context.session_id()).map(|id| stable_hash(id.bytes()));
-        // Only a session records keyed turns; a stateless invocation run twice runs twice.
-        let keyed = session.is_some() && invocation.context.extension::<IdempotencyKey>().is_some();
-        let mut tried = Vec::new();
+        let keyed = resendable(&invocation);
         let mut invocation = invocation;
         loop {
-            let index = (inner.pick(session, &tried))
+            let index = (inner.pick(session, tried))
                 .ok_or_else(|| Error::unavailable("the pool has no member"))?;
             // Only a keyed turn goes on, so only it keeps count (and allocates for it).
             let spare = if keyed {
@@ -461,31 +484,114 @@ impl<E: Executor> Pool<E> {
                     if error.kind() == ErrorKind::Unavailable
                         && spare.context.remaining() != Some(Duration::ZERO) =>
                 {
-                    tracing::info!(
-                        target: "agentkit::pool",
-                        member = %member.name,
-                        %error,
-                        "keyed invocation sent to the next member"
-                    );
-                    if let Some(observer) = &inner.observer {
-                        observer.pool_resend(&inner.name);
-                    }
+                    inner.resent(member, &error);
                     invocation = spare;
                 }
-                (outcome, _) => return outcome,
+                (outcome, _) => return outcome.map(|outcome| (index, outcome)),
             }
         }
     }
 }
 
-impl<E: Executor> Executor for Pool<E> {
+impl<E> Inner<E> {
+    /// Logs and counts a keyed turn sent on from `member`.
+    fn resent(&self, member: &Member<E>, error: &Error) {
+        tracing::info!(
+            target: "agentkit::pool",
+            member = %member.name,
+            %error,
+            "keyed invocation sent to the next member"
+        );
+        if let Some(observer) = &self.observer {
+            observer.pool_resend(&self.name);
+        }
+    }
+}
+
+/// A keyed turn's stream while nothing of it has reached the caller: where it is, and what
+/// it takes to open it on the next member.
+struct Resending<E> {
+    pool: Pool<E>,
+    tried: Vec<usize>,
+    invocation: Invocation,
+    /// The member streaming it.
+    index: usize,
+    events: EventStream,
+    /// Whether an event reached the caller (after which the turn stays where it is).
+    delivered: bool,
+}
+
+impl<E: Executor + 'static> Resending<E> {
+    /// The next event; a stream broken as unreachable before its first event is opened again
+    /// on the next member, as a turn that could not be sent is.
+    async fn next(mut self) -> Option<(Result<AgentEvent>, Option<Self>)> {
+        use futures::StreamExt;
+        loop {
+            let item = self.events.next().await?;
+            let inner = &*self.pool.inner;
+            match item {
+                Err(error)
+                    if !self.delivered
+                        && error.kind() == ErrorKind::Unavailable
+                        && self.tried.len() < inner.members.len()
+                        && self.invocation.context.remaining() != Some(Duration::ZERO) =>
+                {
+                    inner.observe::<()>(self.index, &Err(error.clone()));
+                    inner.resent(&inner.members[self.index], &error);
+                    let opened = (self.pool)
+                        .call_from(&mut self.tried, self.invocation.clone(), |member, turn| {
+                            member.stream(turn)
+                        })
+                        .await;
+                    match opened {
+                        Ok((index, events)) => {
+                            self.index = index;
+                            self.events = events;
+                        }
+                        Err(error) => return Some((Err(error), None)),
+                    }
+                }
+                item => {
+                    self.delivered |= item.is_ok();
+                    return Some((item, Some(self)));
+                }
+            }
+        }
+    }
+}
+
+impl<E: Executor + 'static> Executor for Pool<E> {
     async fn execute(&self, invocation: Invocation) -> Result<Reply> {
         self.call(invocation, |member, invocation| member.execute(invocation))
             .await
     }
 
+    /// Streams from the invocation's member. A keyed session turn goes on to the next member
+    /// when its own cannot be reached, as [`execute`](Executor::execute) does, and also when
+    /// its stream breaks before its first event (the member died once it had taken the turn);
+    /// after an event has reached the caller, a broken stream is the caller's error.
     async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
-        self.call(invocation, |member, invocation| member.stream(invocation))
-            .await
+        if !resendable(&invocation) {
+            return self
+                .call(invocation, |member, invocation| member.stream(invocation))
+                .await;
+        }
+        let mut tried = Vec::new();
+        let spare = invocation.clone();
+        let (index, events) = self
+            .call_from(&mut tried, invocation, |member, turn| member.stream(turn))
+            .await?;
+        let resending = Resending {
+            pool: self.clone(),
+            tried,
+            invocation: spare,
+            index,
+            events,
+            delivered: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            Some(resending),
+            |state| async move { state?.next().await },
+        )))
     }
 }
