@@ -29,8 +29,13 @@ struct State {
     /// Per tenant, by id (ordered, for paging).
     sessions: HashMap<String, BTreeMap<String, Stored>>,
     leases: HashMap<(String, String), Held>,
-    /// Highest fencing token issued per session.
+    /// The fencing token of the last lease issued per session, kept while it is held and
+    /// until the next sweep after (a save fenced with an older token is refused).
     tokens: HashMap<(String, String), u64>,
+    /// The last token issued, to any session. Tokens come from one counter so that a session
+    /// whose entry in `tokens` was swept out still gets tokens newer than any a stale holder
+    /// of it may carry.
+    last_token: u64,
     /// Saves since expired sessions were last swept out.
     saves: usize,
     /// Saves after which the next sweep runs: as many as sessions were left by the last one
@@ -52,6 +57,11 @@ impl State {
             !sessions.is_empty()
         });
         self.leases.retain(|_, held| held.expires_at > now);
+        // A session nobody holds needs no fence: its next lease's token is newer than any
+        // issued before, and without one a late save of a lapsed holder meets the version
+        // check alone, as an unleased save does.
+        let leases = &self.leases;
+        self.tokens.retain(|key, _| leases.contains_key(key));
         self.saves = 0;
         self.sweep_after = left.max(SWEEP_EVERY);
     }
@@ -233,9 +243,9 @@ impl LeaseStore for MemorySessionStore {
         {
             return Ok(None);
         }
-        let token = state.tokens.entry(key.clone()).or_insert(0);
-        *token += 1;
-        let token = *token;
+        state.last_token += 1;
+        let token = state.last_token;
+        state.tokens.insert(key.clone(), token);
         state.leases.insert(
             key,
             Held {
@@ -306,6 +316,46 @@ mod tests {
         assert_eq!(store.lock().held(), 1_100);
         let page = store.list("t", None, 10).await.unwrap();
         assert!(page.sessions.iter().all(|s| s.id.starts_with("new-")));
+    }
+
+    #[tokio::test]
+    async fn fences_of_sessions_nobody_holds_are_swept_and_still_fence() {
+        let store = MemorySessionStore::new();
+        let lapsed = (store
+            .acquire("t", "s-0", "a", Duration::from_millis(20))
+            .await)
+            .unwrap()
+            .unwrap();
+        for i in 1..1_100 {
+            store
+                .acquire("t", &format!("s-{i}"), "a", Duration::from_millis(20))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        for i in 0..1_100 {
+            save(&store, &format!("other-{i}")).await;
+        }
+        assert!(store.lock().tokens.is_empty(), "swept with their leases");
+        // The session's next owner gets a newer token than the lapsed one's, and the lapsed
+        // holder's late save is refused.
+        let next = (store
+            .acquire("t", "s-0", "b", Duration::from_secs(60))
+            .await)
+            .unwrap()
+            .unwrap();
+        assert!(next.token > lapsed.token);
+        let late = store
+            .save(
+                &Session::new("t", "s-0"),
+                SaveOptions {
+                    fence: Some(lapsed.token),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(late.kind(), agentkit_core::ErrorKind::Conflict, "{late}");
     }
 
     #[tokio::test]
