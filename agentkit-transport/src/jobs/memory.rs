@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::watch::{Watchers, woken};
+use super::watch::{OnDrop, Watchers, woken};
 use super::{
     Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION, Receipt,
     now_ms, validate,
@@ -322,10 +322,10 @@ impl JobQueue for MemoryJobQueue {
                     Some(_) => state.watchers.watch(job_id),
                 }
             };
+            let _forget = OnDrop::new(|| self.lock().watchers.forget(job_id, &watching));
             // Registered before looking again, so a finish in between is not missed.
             let left = deadline.saturating_duration_since(Instant::now());
             woken(&watching, left, async { open(&self.lock()) == Some(true) }).await;
-            self.lock().watchers.forget(job_id, &watching);
         }
     }
 

@@ -35,7 +35,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId};
 use redis::{Script, Value};
 use tokio::sync::{oneshot, watch};
 
-use super::watch::Watchers;
+use super::watch::{OnDrop, Watchers};
 use super::{
     Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
     RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
@@ -1262,6 +1262,11 @@ impl JobQueue for RedisJobQueue {
         let mut pause = Duration::from_millis(5);
         loop {
             let (watching, mut positioned) = self.watch(job_id);
+            let _forget = OnDrop::new(|| {
+                (self.awaited.lock().unwrap_or_else(|p| p.into_inner()))
+                    .watchers
+                    .forget(job_id, &watching);
+            });
             let mut notified = std::pin::pin!(watching.notified());
             notified.as_mut().enable();
             let noticed = *positioned.borrow()
@@ -1276,11 +1281,6 @@ impl JobQueue for RedisJobQueue {
                 let nap = if noticed { NOTICED_POLL } else { pause };
                 let _ = tokio::time::timeout(nap.min(left), notified).await;
             }
-            self.awaited
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .watchers
-                .forget(job_id, &watching);
             if ended || left.is_zero() {
                 return doc;
             }

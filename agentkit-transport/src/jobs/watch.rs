@@ -58,6 +58,25 @@ impl Watchers {
     }
 }
 
+/// Runs its function when dropped: a caller forgets its watch however its wait ends,
+/// including when its future is dropped midway (a cancelled call), which would otherwise
+/// leave the job watched until it ends.
+pub(crate) struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    pub(crate) fn new(run: F) -> Self {
+        Self(Some(run))
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            run();
+        }
+    }
+}
+
 /// Waits at most `wait` for `watching` to be woken, having enabled the wait before `ready`
 /// runs (so a wake-up while `ready` runs is not lost); `ready` says whether to wait at all.
 pub(crate) async fn woken(watching: &Notify, wait: Duration, ready: impl Future<Output = bool>) {
@@ -83,6 +102,19 @@ mod tests {
         drop(first);
         watchers.forget("a", &second);
         assert!(watchers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wait_cut_short_forgets_its_watch() {
+        let watchers = std::sync::Mutex::new(Watchers::default());
+        let waiting = async {
+            let watching = watchers.lock().unwrap().watch("a");
+            let _forget = OnDrop::new(|| watchers.lock().unwrap().forget("a", &watching));
+            woken(&watching, Duration::from_secs(600), async { true }).await;
+        };
+        let cut = tokio::time::timeout(Duration::from_millis(10), waiting).await;
+        assert!(cut.is_err(), "the wait was cut short");
+        assert!(watchers.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
