@@ -20,7 +20,8 @@
 //! notices (a stream capped at about 1,024 entries). A process awaiting jobs
 //! ([`JobQueue::until_ended`], which [`QueueExecutor`](super::QueueExecutor) uses) reads them
 //! with one blocking `XREAD` while any job is awaited, so it learns of an end as it happens
-//! rather than at its next poll.
+//! rather than at its next poll. That reader holds one connection of the client's pool (as a
+//! worker's idle claim does) for as long as jobs of the queue are awaited.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
