@@ -257,7 +257,9 @@ pub(crate) async fn job_events(
             }
             // At once when the job ends, else as it stands after `pause`.
             match f.queue.until_ended(&f.job_id, pause).await {
-                Ok(doc) => f.next = doc,
+                Ok(Some(doc)) => f.next = Some(doc),
+                // Gone (its retention ran out): nothing more will come.
+                Ok(None) => return None,
                 Err(error) => {
                     tracing::warn!(job_id = %f.job_id, %error, "cannot read the job while following it");
                     tokio::time::sleep(pause).await;
