@@ -37,6 +37,37 @@ fn stored_id(session: &str) -> String {
     format!("assistant/{session}")
 }
 
+/// Two `service` instances `a` and `b` on Redis, sharing sessions under a lease of [`LEASE`],
+/// their scripted model taking `latency_ms` a call, and a pool over them that marks a member
+/// down at its first failure.
+fn two_instances(
+    url: &str,
+    name: &str,
+    latency_ms: u64,
+) -> (Service, Service, Pool<RemoteExecutor>) {
+    let latency = latency_ms.to_string();
+    let lease = LEASE.as_millis().to_string();
+    let env = [
+        ("REDIS_URL", url),
+        ("AGENTKIT_SESSION_LEASE_MS", lease.as_str()),
+        ("AGENTKIT_SCRIPTED_LATENCY_MS", latency.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let start = |instance: &str| {
+        let id = format!("{name}-{instance}");
+        Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", id.as_str())]].concat())
+    };
+    let (a, b) = (start("a"), start("b"));
+    let pool = Pool::builder()
+        .member("a", member(&a))
+        .member("b", member(&b))
+        .mark_down_after(1)
+        .cooldown(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    (a, b, pool)
+}
+
 /// The user messages of a stored session, in order.
 async fn said(store: &RedisSessionStore, session: &str) -> Vec<String> {
     let stored = (store.load("default", &stored_id(session)).await)
@@ -55,22 +86,8 @@ async fn a_killed_instances_sessions_go_on_elsewhere_after_its_lease() {
     let Some(url) = agentkit_testkit::services::redis_url() else {
         return;
     };
-    let env = [
-        ("REDIS_URL", url.as_str()),
-        ("AGENTKIT_SESSION_LEASE_MS", "2000"),
-        // Each model call takes this long, so a turn can be caught midway.
-        ("AGENTKIT_SCRIPTED_LATENCY_MS", "150"),
-        ("RUST_LOG", "warn"),
-    ];
-    let mut a = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "pool-test-a")]].concat());
-    let b = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "pool-test-b")]].concat());
-    let pool = Pool::builder()
-        .member("a", member(&a))
-        .member("b", member(&b))
-        .mark_down_after(1)
-        .cooldown(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    // Each model call takes 150 ms, so a turn can be caught midway.
+    let (mut a, _b, pool) = two_instances(&url, "pool-test", 150);
     let store = RedisSessionStore::connect(&url).unwrap();
 
     // Two turns for each of eight sessions, the sessions side by side.
@@ -257,22 +274,8 @@ async fn a_streamed_keyed_turn_cut_off_before_its_first_event_goes_on_elsewhere(
     let Some(url) = agentkit_testkit::services::redis_url() else {
         return;
     };
-    let env = [
-        ("REDIS_URL", url.as_str()),
-        ("AGENTKIT_SESSION_LEASE_MS", "2000"),
-        // The first event comes after a model call this long: time to kill its instance.
-        ("AGENTKIT_SCRIPTED_LATENCY_MS", "300"),
-        ("RUST_LOG", "warn"),
-    ];
-    let mut a = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "stream-test-a")]].concat());
-    let b = Service::start(&[&env[..], &[("AGENTKIT_INSTANCE_ID", "stream-test-b")]].concat());
-    let pool = Pool::builder()
-        .member("a", member(&a))
-        .member("b", member(&b))
-        .mark_down_after(1)
-        .cooldown(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    // The first event comes after a model call of 300 ms: time to kill its instance.
+    let (mut a, b, pool) = two_instances(&url, "stream-test", 300);
     let store = RedisSessionStore::connect(&url).unwrap();
     let run = agentkit_testkit::unique("pool-stream");
     let session = (0..64)

@@ -512,7 +512,7 @@ pub trait JobQueue: Send + Sync {
         loop {
             let doc = self.get(job_id).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() || doc.as_ref().is_none_or(|doc| doc.status.is_terminal()) {
+            if settled(doc.as_ref(), left) {
                 return Ok(doc);
             }
             tokio::time::sleep(pause.min(left)).await;
@@ -531,6 +531,12 @@ pub trait JobQueue: Send + Sync {
 }
 
 const _: Option<&dyn JobQueue> = None;
+
+/// Whether [`JobQueue::until_ended`] has its answer, having looked at the job with `left` of
+/// its wait to go: the job ended or is gone, or the wait is up.
+pub(crate) fn settled(doc: Option<&JobDoc>, left: Duration) -> bool {
+    left.is_zero() || doc.is_none_or(|doc| doc.status.is_terminal())
+}
 
 /// The longest [`JobQueue::until_ended`] goes without looking at the job when nothing tells it
 /// of the job's end.

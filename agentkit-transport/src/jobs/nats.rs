@@ -653,7 +653,7 @@ impl JobQueue for NatsJobQueue {
         loop {
             let doc = self.get(job_id).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() || doc.as_ref().is_none_or(|doc| doc.status.is_terminal()) {
+            if super::settled(doc.as_ref(), left) {
                 return Ok(doc);
             }
             match &mut writes {

@@ -1277,14 +1277,14 @@ impl JobQueue for RedisJobQueue {
             // Looked at once its end would be noticed, so it is either ended here or noticed.
             let doc = self.get(job_id).await;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let ended = !matches!(&doc, Ok(Some(doc)) if !doc.status.is_terminal());
-            if !(ended || left.is_zero()) {
-                let nap = if noticed { NOTICED_POLL } else { pause };
-                let _ = tokio::time::timeout(nap.min(left), notified).await;
-            }
-            if ended || left.is_zero() {
+            if doc
+                .as_ref()
+                .map_or(true, |doc| super::settled(doc.as_ref(), left))
+            {
                 return doc;
             }
+            let nap = if noticed { NOTICED_POLL } else { pause };
+            let _ = tokio::time::timeout(nap.min(left), notified).await;
             pause = (pause * 2).min(super::UNTIL_ENDED_POLL);
         }
     }
