@@ -102,6 +102,14 @@ async fn owners(pool: &Pool<Instance>, sessions: &[String]) -> BTreeMap<String, 
     owners
 }
 
+/// The sessions of `owners` that `instance` answered.
+fn owned_by<'a>(owners: &'a BTreeMap<String, String>, instance: &str) -> Vec<&'a String> {
+    (owners.iter())
+        .filter(|(_, owner)| *owner == instance)
+        .map(|(session, _)| session)
+        .collect()
+}
+
 fn sessions(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("session-{i}")).collect()
 }
@@ -147,10 +155,7 @@ async fn only_a_downed_instances_sessions_move_and_they_come_back() {
     let pool = pool(&instances, 2, Duration::from_millis(200));
     let sessions = sessions(120);
     let before = owners(&pool, &sessions).await;
-    let on_b: Vec<&String> = (before.iter())
-        .filter(|(_, owner)| *owner == "b")
-        .map(|(session, _)| session)
-        .collect();
+    let on_b = owned_by(&before, "b");
     assert!(!on_b.is_empty());
 
     instances[1].kill(true);
@@ -191,10 +196,7 @@ async fn a_keyed_turn_goes_on_to_the_next_instance_when_its_owner_is_unreachable
     let pool = pool(&instances, 3, Duration::from_secs(60));
     let sessions = sessions(60);
     let before = owners(&pool, &sessions).await;
-    let on_b: Vec<&String> = (before.iter())
-        .filter(|(_, owner)| *owner == "b")
-        .map(|(session, _)| session)
-        .collect();
+    let on_b = owned_by(&before, "b");
     instances[1].kill(true);
 
     // Unkeyed, the failure goes back to the caller; keyed, the turn lands on the session's
@@ -232,10 +234,7 @@ async fn a_keyed_streamed_turn_whose_stream_breaks_before_its_first_event_goes_o
     let pool = pool(&instances, 1, Duration::from_secs(60));
     let sessions = sessions(60);
     let before = owners(&pool, &sessions).await;
-    let on_a: Vec<&String> = (before.iter())
-        .filter(|(_, owner)| *owner == "a")
-        .map(|(session, _)| session)
-        .collect();
+    let on_a = owned_by(&before, "a");
     // `a` takes the turn, then dies before its first event.
     instances[0].break_streams_after(0);
     let events = drain(pool.stream(keyed(on_a[0], "k-s1")).await.unwrap()).await;
@@ -262,10 +261,7 @@ async fn a_stream_broken_after_its_first_event_or_unkeyed_is_the_callers_error()
     let pool = pool(&instances, 3, Duration::from_secs(60));
     let sessions = sessions(40);
     let before = owners(&pool, &sessions).await;
-    let on_a: Vec<&String> = (before.iter())
-        .filter(|(_, owner)| *owner == "a")
-        .map(|(session, _)| session)
-        .collect();
+    let on_a = owned_by(&before, "a");
 
     // Part of the answer reached the caller: sent again, it would be said twice.
     instances[0].break_streams_after(1);
