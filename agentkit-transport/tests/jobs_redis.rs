@@ -300,3 +300,64 @@ async fn a_finish_loads_its_script_again_after_the_cache_is_flushed() {
     let read = queue.get(&job.job_id).await.unwrap().unwrap();
     assert_eq!(read.result.unwrap().output, "done");
 }
+
+/// A caller awaiting a job still hears of its end when the connection reading the queue's end
+/// notices is killed under it (a Redis failover, a proxy's idle cut): the reader's failure
+/// wakes it to look at the job, and its next wait starts another reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_hears_of_the_end_after_the_notices_connection_dies() {
+    use std::time::Duration;
+
+    use agentkit_store::redis::RedisClient;
+    use agentkit_testkit::jobs::{claim_one, spec};
+    use agentkit_transport::jobs::{Finish, JobStatus};
+
+    let Some(url) = agentkit_testkit::redis_url() else {
+        return;
+    };
+    let client = RedisClient::connect(&url, 4).unwrap();
+    let queue = Arc::new(RedisJobQueue::new(
+        client.clone(),
+        &agentkit_testkit::unique("notices"),
+    ));
+    let job = queue.enqueue(spec("assistant", "hi")).await.unwrap().job_id;
+    let delivery = claim_one(queue.as_ref(), Duration::from_secs(5))
+        .await
+        .expect("claimed");
+    let waiting = {
+        let (queue, job) = (queue.clone(), job.clone());
+        tokio::spawn(async move { queue.until_ended(&job, Duration::from_secs(600)).await })
+    };
+    // The reader blocks in `XREAD` (other tests' readers may be killed too: they recover the
+    // same way).
+    let mut killed = 0;
+    for _ in 0..100 {
+        let clients: String = command(&client, redis::cmd("CLIENT").arg("LIST").clone()).await;
+        for line in clients.lines().filter(|l| l.contains(" cmd=xread ")) {
+            let id = line.split_whitespace().find_map(|f| f.strip_prefix("id="));
+            let cmd = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id.unwrap())
+                .clone();
+            killed += command::<u32>(&client, cmd).await;
+        }
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(killed > 0, "a connection reading the notices");
+    assert!(!waiting.is_finished(), "answered before the job ended");
+    queue
+        .finish(&delivery, Finish::Succeeded(job_result("done")))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the caller heard of the end")
+        .unwrap()
+        .unwrap()
+        .expect("the job");
+    assert_eq!(ended.status, JobStatus::Succeeded);
+}

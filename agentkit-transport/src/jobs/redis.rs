@@ -378,10 +378,17 @@ async fn read_notices(
         }
     };
     if let Err(error) = read.await {
-        // Callers fall back to looking every so often; the next one to wait starts another
-        // reader.
+        // Its callers look at their jobs now (and start another reader), rather than when
+        // their next look is due.
         tracing::debug!(%error, "reading job end notices failed");
-        lock().reader = None;
+        let watchers = {
+            let mut awaited = lock();
+            awaited.reader = None;
+            awaited.watchers.all()
+        };
+        for watching in watchers {
+            watching.notify_waiters();
+        }
     }
 }
 

@@ -46,6 +46,12 @@ impl Watchers {
         }
     }
 
+    /// Every job's watchers, for the caller to wake (without taking them out) once it let go
+    /// of the lock: what told them of ends stopped, and they should look for themselves.
+    pub(crate) fn all(&self) -> Vec<Arc<Notify>> {
+        self.jobs.values().cloned().collect()
+    }
+
     /// Whether no job is awaited.
     pub(crate) fn is_empty(&self) -> bool {
         self.jobs.is_empty()
