@@ -118,6 +118,29 @@ struct Leasing {
     ttl: Duration,
 }
 
+impl Leasing {
+    /// Tries to take the session's lease. The call to the store runs whole on its own task:
+    /// a caller that goes away while the store answers (a timeout, a dropped request) would
+    /// otherwise leave a lease taken that no turn holds, keeping every instance off the
+    /// session until it expires. A lease taken after the caller left is handed back.
+    async fn acquire(&self, key: &SessionKey) -> Result<Option<Lease>> {
+        let (sent, answer) = tokio::sync::oneshot::channel();
+        let store = self.store.clone();
+        let (tenant, id, owner, ttl) = (key.0.clone(), key.1.clone(), self.owner.clone(), self.ttl);
+        tokio::spawn(async move {
+            let acquired = store.acquire(&tenant, &id, &owner, ttl).await;
+            if let Err(Ok(Some(lease))) = sent.send(acquired)
+                && let Err(error) = store.release(&lease).await
+            {
+                tracing::warn!(%error, "cannot release a session lease its caller left; it will expire");
+            }
+        });
+        answer
+            .await
+            .map_err(|_| Error::internal("the session lease request was lost"))?
+    }
+}
+
 struct Inner<E> {
     executor: E,
     store: Arc<dyn SessionStore>,
@@ -561,9 +584,7 @@ impl<E: Executor + 'static> SessionAgent<E> {
             }
         };
         loop {
-            let acquired = (leasing.store)
-                .acquire(&key.0, &key.1, &leasing.owner, leasing.ttl)
-                .await;
+            let acquired = leasing.acquire(key).await;
             if !matches!(acquired, Ok(None)) {
                 report(waited);
                 return acquired;
@@ -619,11 +640,14 @@ impl<E: Executor + 'static> SessionAgent<E> {
     }
 
     async fn release(&self, turn: &mut Turn) {
-        if let (Some(lease), Some(leasing)) = (turn.lease.take(), &self.inner.leasing)
-            && let Err(error) = leasing.store.release(&lease).await
+        // The turn keeps the lease until the store has it back: dropped midway, the turn
+        // hands it back on its own.
+        if let (Some(lease), Some(leasing)) = (&turn.lease, &self.inner.leasing)
+            && let Err(error) = leasing.store.release(lease).await
         {
             tracing::warn!(%error, "cannot release the session lease; it will expire");
         }
+        turn.lease = None;
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Session> {
@@ -939,6 +963,72 @@ mod tests {
         assert!(late.messages.is_empty());
         let session = store.load("acme", "s-1").await.unwrap().unwrap();
         assert_eq!(session.messages.len(), 4, "two turns of two messages");
+    }
+
+    /// A turn dropped while the lease store was still answering its acquire leaves no lease
+    /// behind: the lease it got is handed back, and another instance takes the session at
+    /// once rather than when the lease expires.
+    #[tokio::test]
+    async fn a_turn_dropped_while_taking_its_lease_leaves_none() {
+        use agentkit_core::model::ScriptedModel;
+        /// Answers an acquire only well after the lease is taken (a slow store, a cold pool).
+        struct Slow(Arc<crate::MemorySessionStore>);
+        #[async_trait::async_trait]
+        impl LeaseStore for Slow {
+            async fn acquire(
+                &self,
+                tenant: &str,
+                id: &str,
+                owner: &str,
+                ttl: Duration,
+            ) -> Result<Option<Lease>> {
+                let acquired = self.0.acquire(tenant, id, owner, ttl).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                acquired
+            }
+            async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+                self.0.renew(lease, ttl).await
+            }
+            async fn release(&self, lease: &Lease) -> Result<()> {
+                self.0.release(lease).await
+            }
+        }
+        let store = Arc::new(crate::MemorySessionStore::new());
+        let agent = agentkit_core::Agent::builder()
+            .model(ScriptedModel::demo())
+            .build()
+            .unwrap();
+        let slow = SessionAgent::builder(agent, store.clone())
+            .policy(TurnPolicy::Reject)
+            .lease(
+                Arc::new(Slow(store.clone())),
+                "node-a",
+                Duration::from_secs(30),
+            )
+            .build();
+        let turn = Invocation::text("first")
+            .with_context(Context::new().with_tenant("acme").with_session_id("s"));
+        let dropped = tokio::time::timeout(Duration::from_millis(100), slow.execute(turn)).await;
+        assert!(dropped.is_err(), "the turn was still taking its lease");
+        // The store hands the lease to the dropped turn 300 ms in; it must come back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(lease) = store
+                .acquire("acme", "s", "node-b", Duration::from_secs(30))
+                .await
+                .unwrap()
+            {
+                store.release(&lease).await.unwrap();
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dropped turn's lease was kept"
+            );
+        }
+        let saved = store.load("acme", "s").await.unwrap();
+        assert!(saved.is_none(), "the dropped turn saved nothing");
     }
 
     /// A message sent again with the same idempotency key (its answer was lost) gets the
