@@ -124,19 +124,20 @@ pub async fn concurrent_first_saves(store: impl Backend) {
 /// A session expires after its TTL without access; each load slides it.
 pub async fn ttl_expiry_slides(store: impl Backend) {
     let mut s = session("acme", "short", &["hi"]);
-    s.ttl = Some(Duration::from_millis(600));
+    // Margins of about 600 ms on each side, for a loaded machine.
+    s.ttl = Some(Duration::from_millis(1500));
     store.save(&s, SaveOptions::default()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(
         store.load("acme", "short").await.unwrap().is_some(),
         "alive within its TTL"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    // 700 ms after the save, but 350 ms after the load that slid it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // 1.8 s after the save, but 900 ms after the load that slid it.
     let loaded = store.load("acme", "short").await.unwrap();
     assert!(loaded.is_some(), "a load slides the TTL");
-    assert_eq!(loaded.unwrap().ttl, Some(Duration::from_millis(600)));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(loaded.unwrap().ttl, Some(Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         store.load("acme", "short").await.unwrap().is_none(),
         "expired"
@@ -328,7 +329,7 @@ pub async fn lease_exclusivity(store: impl Backend) {
 /// An expired lease can be taken over; the old owner can no longer renew.
 pub async fn lease_expiry(store: impl Backend) {
     let a = store
-        .acquire("acme", "s1", "node-a", Duration::from_millis(300))
+        .acquire("acme", "s1", "node-a", Duration::from_secs(1))
         .await
         .unwrap()
         .unwrap();
@@ -339,7 +340,7 @@ pub async fn lease_expiry(store: impl Backend) {
             .unwrap()
             .is_none()
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let b = store
         .acquire("acme", "s1", "node-b", Duration::from_secs(5))
         .await
@@ -352,7 +353,7 @@ pub async fn lease_expiry(store: impl Backend) {
 /// A writer whose lease was taken over cannot save, even at the current version.
 pub async fn fencing_of_a_stale_owner(store: impl Backend) {
     let a = store
-        .acquire("acme", "s1", "node-a", Duration::from_millis(300))
+        .acquire("acme", "s1", "node-a", Duration::from_secs(1))
         .await
         .unwrap()
         .unwrap();
@@ -369,7 +370,7 @@ pub async fn fencing_of_a_stale_owner(store: impl Backend) {
             .unwrap(),
         1
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let b = store
         .acquire("acme", "s1", "node-b", Duration::from_secs(5))
         .await
@@ -525,7 +526,7 @@ pub async fn interrupt_cancels_the_running_turn(store: impl Backend) {
         .model(
             ScriptedModel::builder()
                 .demo_rules()
-                .latency(Duration::from_millis(400))
+                .latency(Duration::from_millis(1500))
                 .build(),
         )
         .build()
@@ -537,7 +538,8 @@ pub async fn interrupt_cancels_the_running_turn(store: impl Backend) {
         let sessions = sessions.clone();
         tokio::spawn(async move { sessions.execute(turn("s", "first".into())).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Long enough for the first turn to be running on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let second = sessions.execute(turn("s", "second".into())).await.unwrap();
     assert_eq!(second.output, "You said: second");
     let first = first.await.unwrap().unwrap_err();
