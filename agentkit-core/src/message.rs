@@ -201,6 +201,116 @@ impl Message {
             .any(|p| matches!(p, ContentPart::ToolCall(_)))
     }
 
+    /// Checks that the messages of a run (`history`, then `input`) make a conversation a model
+    /// can be sent, as hosted providers require: tool calls only in assistant messages; tool
+    /// results only in tool messages, which hold nothing else; each result answering a call of
+    /// the assistant message before it that has no result yet; and every call answered before
+    /// the conversation goes on or ends.
+    ///
+    /// The error ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)) names the first
+    /// message at fault by its list and place (`input[1]`). Call ids need only be unique
+    /// within one assistant message: models such as the scripted one reuse them from turn to
+    /// turn.
+    ///
+    /// ```
+    /// use agentkit_core::{ContentPart, ErrorKind, Message, Role, ToolResult};
+    ///
+    /// let stray = Message::tool_results([ToolResult {
+    ///     call_id: "call_1".into(),
+    ///     content: "42".into(),
+    ///     is_error: false,
+    /// }]);
+    /// let error = Message::check_conversation(&[], &[stray]).unwrap_err();
+    /// assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    /// assert!(Message::check_conversation(&[], &[Message::user("hi")]).is_ok());
+    /// ```
+    pub fn check_conversation(history: &[Message], input: &[Message]) -> crate::Result<()> {
+        let named = |list: &str, at: usize, why: String| {
+            crate::Error::invalid_input(format!("{list}[{at}]: {why}"))
+        };
+        let messages = (history.iter().enumerate().map(|(i, m)| ("history", i, m)))
+            .chain(input.iter().enumerate().map(|(i, m)| ("input", i, m)));
+        // The calls of the last assistant message that have no result yet.
+        let mut open: Vec<&str> = Vec::new();
+        let mut asked_at = ("input", 0);
+        for (list, at, message) in messages {
+            if message.role == Role::Tool {
+                if message.content.is_empty() {
+                    return Err(named(list, at, "a tool message holds no results".into()));
+                }
+                for part in &message.content {
+                    let ContentPart::ToolResult(result) = part else {
+                        return Err(named(
+                            list,
+                            at,
+                            "a tool message holds only tool results".into(),
+                        ));
+                    };
+                    let Some(found) = open.iter().position(|id| *id == result.call_id) else {
+                        return Err(named(
+                            list,
+                            at,
+                            format!(
+                                "the tool result for `{}` answers no open call of the assistant \
+                                 message before it",
+                                result.call_id
+                            ),
+                        ));
+                    };
+                    open.swap_remove(found);
+                }
+                continue;
+            }
+            if let Some(id) = open.first() {
+                let (asked_list, asked) = asked_at;
+                return Err(named(
+                    list,
+                    at,
+                    format!(
+                        "the tool call `{id}` of {asked_list}[{asked}] has no result before it"
+                    ),
+                ));
+            }
+            for part in &message.content {
+                match part {
+                    ContentPart::ToolCall(call) if message.role == Role::Assistant => {
+                        open.push(&call.id);
+                    }
+                    ContentPart::ToolCall(_) => {
+                        return Err(named(
+                            list,
+                            at,
+                            format!("a {} message cannot hold tool calls", message.role.as_str()),
+                        ));
+                    }
+                    ContentPart::ToolResult(_) => {
+                        return Err(named(
+                            list,
+                            at,
+                            format!(
+                                "a {} message cannot hold tool results (they go in tool messages)",
+                                message.role.as_str()
+                            ),
+                        ));
+                    }
+                    ContentPart::Text { .. } => {}
+                }
+            }
+            asked_at = (list, at);
+        }
+        match open.first() {
+            Some(id) => {
+                let (list, at) = asked_at;
+                Err(named(
+                    list,
+                    at,
+                    format!("the tool call `{id}` has no result"),
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Total length in bytes of the textual payload (text, arguments, results).
     pub fn payload_len(&self) -> usize {
         self.content
@@ -288,6 +398,109 @@ impl StopReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn call(id: &str) -> ContentPart {
+        ContentPart::ToolCall(ToolCall {
+            id: id.into(),
+            name: "add".into(),
+            arguments: "{}".into(),
+        })
+    }
+
+    fn result(id: &str) -> ContentPart {
+        ContentPart::ToolResult(ToolResult {
+            call_id: id.into(),
+            content: "3".into(),
+            is_error: false,
+        })
+    }
+
+    fn message(role: Role, content: Vec<ContentPart>) -> Message {
+        Message { role, content }
+    }
+
+    /// The message a conversation check blames, or `None` when it passes.
+    fn blamed(history: &[Message], input: &[Message]) -> Option<String> {
+        Message::check_conversation(history, input).err().map(|e| {
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+            e.message().split(':').next().unwrap().to_owned()
+        })
+    }
+
+    #[test]
+    fn well_formed_conversations_pass() {
+        let turn = [
+            Message::system("be brief"),
+            Message::user("1 + 2 and 3 + 4?"),
+            message(Role::Assistant, vec![call("c1"), call("c2")]),
+            message(Role::Tool, vec![result("c2")]),
+            message(Role::Tool, vec![result("c1")]),
+            Message::assistant("3 and 7"),
+        ];
+        assert_eq!(blamed(&[], &turn), None);
+        // Ids repeat from turn to turn; a call asked in the history is answered in the input.
+        assert_eq!(blamed(&turn, &turn[1..]), None);
+        assert_eq!(blamed(&turn[..3], &turn[3..5]), None);
+        assert_eq!(blamed(&[], &[Message::system("only this")]), None);
+        assert_eq!(blamed(&[], &[Message::assistant("go on")]), None);
+    }
+
+    #[test]
+    fn malformed_conversations_name_the_message_at_fault() {
+        let asked = message(Role::Assistant, vec![call("c1"), call("c2")]);
+        let cases: [(&[Message], &[Message], &str); 8] = [
+            (&[], &[message(Role::Tool, vec![result("c1")])], "input[0]"),
+            (
+                &[],
+                &[Message::tool_results([]), Message::user("x")],
+                "input[0]",
+            ),
+            (
+                &[],
+                &[message(
+                    Role::Tool,
+                    vec![ContentPart::Text { text: "5".into() }],
+                )],
+                "input[0]",
+            ),
+            (&[], &[message(Role::User, vec![call("c1")])], "input[0]"),
+            (&[], &[message(Role::User, vec![result("c1")])], "input[0]"),
+            (
+                &[],
+                &[
+                    asked.clone(),
+                    message(Role::Tool, vec![result("c1")]),
+                    Message::user("and?"),
+                ],
+                "input[2]",
+            ),
+            (
+                &[Message::user("x"), asked.clone()],
+                &[Message::user("y")],
+                "input[0]",
+            ),
+            (&[], &[Message::user("x"), asked.clone()], "input[1]"),
+        ];
+        for (history, input, at) in cases {
+            assert_eq!(blamed(history, input).as_deref(), Some(at), "{input:?}");
+        }
+        // A result answers only the assistant message right before it, once.
+        let twice = [
+            asked.clone(),
+            message(Role::Tool, vec![result("c1"), result("c1")]),
+        ];
+        assert_eq!(blamed(&[], &twice).as_deref(), Some("input[1]"));
+        let stale = [
+            message(Role::Assistant, vec![call("c9")]),
+            message(Role::Tool, vec![result("c9")]),
+            Message::assistant("done"),
+            message(Role::Tool, vec![result("c9")]),
+        ];
+        assert_eq!(
+            blamed(&stale[..2], &stale[2..]).as_deref(),
+            Some("input[1]")
+        );
+    }
 
     #[test]
     fn messages_round_trip_through_json() {

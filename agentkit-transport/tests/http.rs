@@ -158,6 +158,84 @@ async fn bad_input_is_a_4xx_with_a_json_body_never_a_5xx() {
     }
 }
 
+/// A conversation no model can be sent (a stray tool result, a tool call from the user, a
+/// call left without its result) is the caller's mistake: a 400 naming the message, on every
+/// route that takes messages, and a job is refused at submission rather than failed later.
+/// A well-formed conversation without a user message is answered.
+#[tokio::test]
+async fn malformed_conversations_are_400_on_every_route() {
+    let queue = Arc::new(agentkit_transport::jobs::MemoryJobQueue::new());
+    let served = serve(with_demo().jobs(queue).build().unwrap()).await;
+    let c = client();
+    let stray = json!([{"role": "tool", "content": [{"type": "tool_result", "call_id": "c1", "content": "5"}]}]);
+    let from_user = json!([{"role": "user", "content": [{"type": "tool_call", "id": "c1", "name": "add", "arguments": "{}"}]}]);
+    let text_as_result = json!([{"role": "tool", "content": "5"}]);
+    let unanswered = json!([
+        {"role": "user", "content": "1 + 2?"},
+        {"role": "assistant", "content": [{"type": "tool_call", "id": "c1", "name": "add", "arguments": "{\"a\":1,\"b\":2}"}]}
+    ]);
+    let routes = [
+        "/v1/agents/assistant/invoke",
+        "/v1/agents/assistant/sessions/s1/messages",
+        "/v1/agents/assistant/jobs",
+    ];
+    for route in routes {
+        let url = format!("{}{route}", served.base);
+        for input in [&stray, &from_user, &text_as_result, &unanswered] {
+            let response = c
+                .post(&url)
+                .json(&json!({"input": input}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(status, 400, "{route} {input}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_input", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("input["),
+                "names the message: {body}"
+            );
+        }
+    }
+    // Streamed, the refusal comes before the stream: a plain 400.
+    let response = c
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .header("accept", "text/event-stream")
+        .json(&json!({"input": stray}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 400).await, "invalid_input");
+    // History is checked with the input: a call in the history answered in the input passes.
+    let response = c
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .json(&json!({"history": unanswered, "input": [
+            {"role": "tool", "content": [{"type": "tool_result", "call_id": "c1", "content": "3"}]}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["output"], "1 + 2 = 3");
+    for input in [
+        json!([{"role": "system", "content": "be brief"}]),
+        json!([{"role": "assistant", "content": "hello"}]),
+    ] {
+        let response = c
+            .post(format!("{}/v1/agents/assistant/invoke", served.base))
+            .json(&json!({"input": input}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{input}");
+    }
+}
+
 #[tokio::test]
 async fn the_default_body_limit_is_one_mebibyte() {
     let served = serve(with_demo().build().unwrap()).await;

@@ -127,6 +127,7 @@ impl Agent {
         if empty {
             return Err(Error::invalid_input("the input is empty"));
         }
+        Message::check_conversation(&invocation.history, &invocation.input)?;
         self.inner
             .prompt
             .as_ref()

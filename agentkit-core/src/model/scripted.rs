@@ -463,17 +463,14 @@ fn call_add_for_sums(request: &ModelRequest<'_>) -> Option<ScriptedTurn> {
     Some(turn)
 }
 
-/// Demo rule: echo the last user message.
+/// Demo rule: echo the last user message (a conversation without one, such as a system
+/// message alone, is answered too).
 fn echo(request: &ModelRequest<'_>) -> Option<ScriptedTurn> {
-    let last = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)?;
-    Some(ScriptedTurn::text(format!(
-        "You said: {}",
-        last.text_content()
-    )))
+    let last = request.messages.iter().rev().find(|m| m.role == Role::User);
+    Some(ScriptedTurn::text(match last {
+        Some(last) => format!("You said: {}", last.text_content()),
+        None => "You said nothing yet.".to_owned(),
+    }))
 }
 
 /// Finds `number + number` expressions, returning the numbers as written.

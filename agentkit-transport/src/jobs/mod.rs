@@ -571,6 +571,8 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<()> {
     if spec.input.is_empty() || spec.input.iter().all(|m| m.payload_len() == 0) {
         return Err(Error::invalid_input("a job's input must not be empty"));
     }
+    // Refused here, with a 400 to its submitter, rather than failing on a worker later.
+    Message::check_conversation(&spec.history, &spec.input)?;
     if spec.tenant.is_empty() {
         return Err(Error::invalid_input("a job needs a tenant"));
     }
