@@ -91,6 +91,30 @@ async fn frames_carry_each_turns_events_in_order() {
     ws.close(None).await.unwrap();
 }
 
+/// A frame over the body limit closes the socket with 1009 and a reason, rather than
+/// dropping the connection without a word.
+#[tokio::test]
+async fn a_frame_over_the_limit_is_closed_with_1009() {
+    let served = serve(with_demo().body_limit(4096).build().unwrap()).await;
+    let url = format!(
+        "{}/v1/agents/assistant/sessions/ws-big/ws",
+        served.base.replace("http", "ws")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let big = json!({"input": "x".repeat(10_000)}).to_string();
+    ws.send(Message::Text(big.into())).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("an answer in time");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1009);
+            assert!(frame.reason.contains("4096"), "{}", frame.reason);
+        }
+        other => panic!("expected a close frame with 1009, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_agent_is_refused_before_the_upgrade() {
     let served = serve(with_demo().build().unwrap()).await;

@@ -11,7 +11,7 @@ use agentkit_core::{BoxExecutor, Context, Error, Executor};
 use agentkit_store::SessionAgent;
 use axum::Extension;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures::StreamExt;
 
@@ -31,6 +31,8 @@ struct Socket {
     session_id: String,
     stored: String,
     timeout: std::time::Duration,
+    /// The largest frame taken, in bytes.
+    body_limit: usize,
 }
 
 /// Opens a WebSocket on a session.
@@ -63,6 +65,7 @@ pub(crate) async fn session_socket(
         session_id,
         stored,
         timeout: state.request_timeout,
+        body_limit: state.body_limit,
     };
     Ok(upgrade
         .max_message_size(state.body_limit)
@@ -110,7 +113,28 @@ impl Socket {
                     continue;
                 }
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(Message::Close(_)) => return,
+                Err(error) => {
+                    // Tell the client why, rather than dropping the connection: a frame over
+                    // the body limit is 1009 (the error is matched by its text, as axum does
+                    // not expose its WebSocket library's error type), anything else 1002.
+                    let too_big = error.to_string().contains("Message too long");
+                    let (code, reason) = if too_big {
+                        (
+                            close_code::SIZE,
+                            format!("a frame is limited to {} bytes", self.body_limit),
+                        )
+                    } else {
+                        (close_code::PROTOCOL, "invalid WebSocket frame".to_owned())
+                    };
+                    tracing::debug!(%error, code, "closing a websocket after a bad frame");
+                    let close = CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = ws.send(Message::Close(Some(close))).await;
+                    return;
+                }
             };
             n += 1;
             let cx = self.context(n);
