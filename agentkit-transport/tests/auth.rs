@@ -97,6 +97,26 @@ async fn api_keys_and_bad_credentials() {
             "{bad:?}"
         );
     }
+    // A header that is there but not text is called malformed, not missing.
+    let response = client()
+        .post(format!("{}/v1/agents/assistant/invoke", served.base))
+        .header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+        )
+        .json(&json!({"input": "What is 1 + 1?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{body}"
+    );
     // Operations routes stay open for probes.
     assert_eq!(
         client()

@@ -95,8 +95,8 @@ pub(crate) async fn authenticate(
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        // A header that is there but not text is malformed, not missing.
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
         .or_else(|| {
             (req.method() == axum::http::Method::GET)
                 .then(|| websocket_bearer(req.headers()))
