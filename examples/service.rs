@@ -103,6 +103,8 @@ async fn run() -> agentkit::Result<()> {
         .jobs(queue)
         .keyed_invokes_as_jobs(keyed_invokes_as_jobs)
         .allow_private_callbacks(config.webhook_allow_private)
+        // Its workers (embedded or `worker` processes) read the same secret.
+        .accept_callbacks(config.webhook_secret.is_some() || config.webhook_secret_file.is_some())
         .session_store(store)
         .auth(config.auth.clone())
         .request_timeout(config.request_timeout)

@@ -231,6 +231,32 @@ async fn bad_submissions_are_4xx() {
             "{hook}: {body}"
         );
     }
+    // A service whose workers send no webhooks refuses a callback it could never make.
+    let silent = serve(
+        with_demo()
+            .jobs(Arc::new(MemoryJobQueue::new()))
+            .accept_callbacks(false)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let jobs = format!("{}/v1/agents/assistant/jobs", silent.base);
+    let response = client()
+        .post(&jobs)
+        .json(&json!({"input": "x", "callback_url": "https://example.com/hook"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body.to_string().contains("sends no webhooks"), "{body}");
+    let response = client()
+        .post(&jobs)
+        .json(&json!({"input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "jobs without a callback are taken");
     let none = serve(with_demo().build().unwrap()).await;
     let response = client()
         .post(format!("{}/v1/agents/assistant/jobs", none.base))

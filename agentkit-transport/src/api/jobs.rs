@@ -131,6 +131,13 @@ pub(crate) async fn submit(
         crate::jobs::check_caller_key(key)?;
     }
     if let Some(url) = &request.callback_url {
+        if !state.accept_callbacks {
+            return Err(Error::invalid_input(
+                "this service sends no webhooks, so a job cannot have a callback_url \
+                 (its operators can turn them on with a webhook secret)",
+            )
+            .into());
+        }
         webhook::validate_callback(url, state.allow_private_callbacks)?;
     }
     if let Some(session) = &request.session_id {

@@ -90,6 +90,7 @@ pub(crate) struct AppState {
     /// Keyed invokes run as jobs on `jobs` (when there is one).
     pub(crate) keyed_invokes_as_jobs: bool,
     pub(crate) allow_private_callbacks: bool,
+    pub(crate) accept_callbacks: bool,
     pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 
@@ -264,6 +265,7 @@ pub struct ApiBuilder {
     jobs: Option<Arc<dyn crate::jobs::JobQueue>>,
     keyed_invokes_as_jobs: bool,
     allow_private_callbacks: bool,
+    accept_callbacks: bool,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -282,6 +284,7 @@ impl Default for ApiBuilder {
             jobs: None,
             keyed_invokes_as_jobs: false,
             allow_private_callbacks: false,
+            accept_callbacks: true,
             observer: None,
         }
     }
@@ -406,6 +409,18 @@ impl ApiBuilder {
         self
     }
 
+    /// Whether job submissions may carry a `callback_url` (default `true`). Set it to whether
+    /// the workers send webhooks ([`WorkerBuilder::webhooks`]): a worker without a sender
+    /// skips callbacks, so a service whose workers have none should refuse them with a 400
+    /// rather than accept a callback that will never come. The bundled service sets it from
+    /// `AGENTKIT_WEBHOOK_SECRET` / `AGENTKIT_WEBHOOK_SECRET_FILE`, which its workers read too.
+    ///
+    /// [`WorkerBuilder::webhooks`]: crate::jobs::WorkerBuilder::webhooks
+    pub fn accept_callbacks(mut self, accept: bool) -> Self {
+        self.accept_callbacks = accept;
+        self
+    }
+
     /// Traces requests with `observer` (default: the process-wide one, if installed).
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
@@ -489,6 +504,7 @@ impl ApiBuilder {
                 keyed_invokes_as_jobs: self.keyed_invokes_as_jobs,
                 jobs: self.jobs,
                 allow_private_callbacks: self.allow_private_callbacks,
+                accept_callbacks: self.accept_callbacks,
                 observer: self.observer,
             }),
         })

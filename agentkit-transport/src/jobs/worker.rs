@@ -519,11 +519,17 @@ impl Worker {
 
     async fn end(&self, delivery: &Delivery, finish: Finish, callback: Option<&str>) {
         let job_id = &delivery.job.job_id;
-        if let (Some(url), Some(_)) = (callback, &self.inner.webhooks)
-            && let Err(error) = self.queue_webhook(delivery, url).await
-        {
-            tracing::error!(%job_id, %error, "cannot queue the job's webhook; leaving the job to be delivered again");
-            return;
+        match (callback, &self.inner.webhooks) {
+            (Some(url), Some(_)) => {
+                if let Err(error) = self.queue_webhook(delivery, url).await {
+                    tracing::error!(%job_id, %error, "cannot queue the job's webhook; leaving the job to be delivered again");
+                    return;
+                }
+            }
+            (Some(_), None) => {
+                tracing::warn!(%job_id, "the job has a callback_url but this worker sends no webhooks (it has no webhook secret); no callback is sent");
+            }
+            (None, _) => {}
         }
         let status = finish.status();
         let doc = match self.inner.queue.finish(delivery, finish).await {
