@@ -81,6 +81,53 @@ async fn a_streamed_completion_ends_with_usage_and_done() {
     assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 }
 
+/// A history with the tool calls an assistant made and their results (as OpenAI clients
+/// send it back) reaches the agent whole; a tool message answering no call is a 400.
+#[tokio::test]
+async fn a_history_with_tool_calls_is_taken_whole() {
+    let served = serve(with_demo().build().unwrap()).await;
+    let url = format!("{}/v1/chat/completions", served.base);
+    let history = json!([
+        {"role": "user", "content": "What is 1 + 2?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_7", "type": "function", "function": {"name": "add", "arguments": "{\"a\":1,\"b\":2}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_7", "content": "3"},
+        {"role": "assistant", "content": "1 + 2 = 3"},
+    ]);
+    let mut messages = history.as_array().unwrap().clone();
+    messages.push(json!({"role": "user", "content": "thanks"}));
+    let response = client()
+        .post(&url)
+        .json(&json!({"model": "assistant", "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "You said: thanks");
+    // Without the call it answers, the tool message is refused.
+    let mut orphaned = history.as_array().unwrap().clone();
+    orphaned.remove(1);
+    orphaned.push(json!({"role": "user", "content": "thanks"}));
+    let response = client()
+        .post(&url)
+        .json(&json!({"model": "assistant", "messages": orphaned}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("history[1]"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn errors_use_openais_shape() {
     let served = serve(with_demo().build().unwrap()).await;

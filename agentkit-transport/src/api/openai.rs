@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentkit_core::{
-    AgentEvent, Context, Error, Executor, Invocation, Message, Reply, Role, ToolResult,
+    AgentEvent, ContentPart, Context, Error, Executor, Invocation, Message, Reply, Role, ToolCall,
+    ToolResult,
 };
 use axum::Extension;
 use axum::extract::State;
@@ -32,6 +33,25 @@ pub(crate) struct ChatMessage {
     /// For `tool` messages: the call answered.
     #[serde(default)]
     pub(crate) tool_call_id: Option<String>,
+    /// For `assistant` messages: the calls it made, which the `tool` messages after it answer.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) tool_calls: Vec<ChatToolCall>,
+}
+
+/// A tool call of an assistant message, as OpenAI clients send it back in the history.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct ChatToolCall {
+    id: String,
+    function: ChatFunction,
+}
+
+/// The function a [`ChatToolCall`] names.
+#[derive(Clone, Debug, Deserialize)]
+struct ChatFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
 }
 
 fn chat_content<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -81,7 +101,21 @@ fn to_message(m: ChatMessage) -> Result<Message, Error> {
     Ok(match m.role.as_str() {
         "system" | "developer" => Message::system(m.content),
         "user" => Message::user(m.content),
-        "assistant" => Message::assistant(m.content),
+        "assistant" if m.tool_calls.is_empty() => Message::assistant(m.content),
+        "assistant" => {
+            let text = (!m.content.is_empty()).then(|| ContentPart::Text { text: m.content });
+            let calls = m.tool_calls.into_iter().map(|call| {
+                ContentPart::ToolCall(ToolCall {
+                    id: call.id,
+                    name: call.function.name,
+                    arguments: call.function.arguments,
+                })
+            });
+            Message {
+                role: Role::Assistant,
+                content: text.into_iter().chain(calls).collect(),
+            }
+        }
         "tool" => Message::tool_results([ToolResult {
             call_id: m.tool_call_id.unwrap_or_default(),
             content: m.content,
