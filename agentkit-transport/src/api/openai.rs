@@ -103,7 +103,7 @@ fn to_message(m: ChatMessage) -> Result<Message, Error> {
         "user" => Message::user(m.content),
         "assistant" if m.tool_calls.is_empty() => Message::assistant(m.content),
         "assistant" => {
-            let text = (!m.content.is_empty()).then(|| ContentPart::Text { text: m.content });
+            let text = (!m.content.is_empty()).then_some(ContentPart::Text { text: m.content });
             let calls = m.tool_calls.into_iter().map(|call| {
                 ContentPart::ToolCall(ToolCall {
                     id: call.id,
