@@ -25,7 +25,7 @@ macro_rules! job_queue_conformance {
             an_empty_claim_waits_then_takes_what_arrives,
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
             redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once,
-            until_ended_wakes_when_the_job_ends);
+            until_ended_wakes_when_the_job_ends, a_hand_back_is_not_an_attempt);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -360,6 +360,50 @@ pub async fn release_with_a_delay(queue: Arc<dyn JobQueue>) {
     };
     assert_eq!(again.job.job_id, job.job_id);
     assert_eq!(again.attempt, 2);
+}
+
+/// A job handed back without an error (a worker stopping) comes back as the same attempt,
+/// so rolling restarts during a long job do not bring it nearer to the dead letters; a retry
+/// (released with its error) is the next attempt.
+pub async fn a_hand_back_is_not_an_attempt(queue: Arc<dyn JobQueue>) {
+    let job = queue.enqueue(spec("assistant", "long job")).await.unwrap();
+    // A claim may come back empty before its wait is up; a handed-back job comes back soon.
+    let next = || async {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(delivery) = claim_one(queue.as_ref(), Duration::from_secs(2)).await {
+                return delivery;
+            }
+            assert!(tokio::time::Instant::now() < until, "the job came back");
+        }
+    };
+    let mut delivery = next().await;
+    assert_eq!(delivery.attempt, 1);
+    for _ in 0..3 {
+        queue
+            .release(&delivery, Duration::ZERO, None)
+            .await
+            .unwrap();
+        let doc = queue.get(&job.job_id).await.unwrap().unwrap();
+        assert_eq!(doc.status, JobStatus::Queued);
+        assert!(doc.error.is_none(), "{:?}", doc.error);
+        delivery = next().await;
+        assert_eq!(delivery.job.job_id, job.job_id);
+        assert_eq!(delivery.attempt, 1, "a hand-back is not an attempt");
+    }
+    let error = "model unavailable".parse().unwrap();
+    queue
+        .release(&delivery, Duration::ZERO, Some(error))
+        .await
+        .unwrap();
+    let retried = next().await;
+    assert_eq!(retried.attempt, 2, "a retry is");
+    let doc = queue
+        .finish(&retried, Finish::Succeeded(job_result("done")))
+        .await
+        .unwrap();
+    assert_eq!(doc.status, JobStatus::Succeeded);
+    assert_eq!(doc.attempts, 2);
 }
 
 /// Waits out the [`VISIBILITY`] timeout of a claim nobody heartbeats, then claims as

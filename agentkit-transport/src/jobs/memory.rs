@@ -294,8 +294,10 @@ impl JobQueue for MemoryJobQueue {
         }
         doc.status = JobStatus::Queued;
         doc.updated_at_ms = now_ms();
-        if error.is_some() {
-            doc.error = error;
+        match error {
+            Some(error) => doc.error = Some(error),
+            // Handed back: the next claim is the same attempt again.
+            None => doc.attempts = doc.attempts.saturating_sub(1),
         }
         state.leases.remove(&id);
         state.sequence += 1;

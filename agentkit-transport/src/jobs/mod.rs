@@ -481,8 +481,10 @@ pub trait JobQueue: Send + Sync {
     /// the delivery; the job's document afterwards.
     async fn finish(&self, delivery: &Delivery, finish: Finish) -> Result<JobDoc>;
 
-    /// Gives the delivery back to run again after `delay` (a retry, or a worker stopping);
-    /// `error` is kept as the job's last error.
+    /// Gives the delivery back to run again after `delay`: a retry, whose `error` is kept as
+    /// the job's last error, or, without an error, a hand-back (a worker stopping, or one
+    /// that claimed more than it can run), which does not count as an attempt, so rolling
+    /// restarts during a long job do not bring it nearer to the dead letters.
     async fn release(
         &self,
         delivery: &Delivery,

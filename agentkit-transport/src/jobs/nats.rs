@@ -565,13 +565,16 @@ impl JobQueue for NatsJobQueue {
                 let mut prepared = receipt.known.clone();
                 prepared.status = JobStatus::Queued;
                 prepared.updated_at_ms = now_ms();
-                if error.is_some() {
-                    prepared.error = error;
+                match error {
+                    Some(error) => prepared.error = Some(error),
+                    // Handed back: the next delivery is the same attempt again.
+                    None => prepared.attempts = prepared.attempts.saturating_sub(1),
                 }
                 self.create_or_change(job_id, prepared, keep).await?;
             }
             Some(written) => {
                 let mut error = error;
+                let handed_back = error.is_none();
                 self.change(job_id, Some(written), |stored| {
                     if keep(stored) {
                         return None;
@@ -580,6 +583,9 @@ impl JobQueue for NatsJobQueue {
                     stored.updated_at_ms = now_ms();
                     if let Some(error) = error.take() {
                         stored.error = Some(error);
+                    }
+                    if handed_back {
+                        stored.attempts = stored.attempts.saturating_sub(1);
                     }
                     Some(())
                 })

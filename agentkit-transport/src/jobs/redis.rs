@@ -203,8 +203,9 @@ const ENDED_KEPT: usize = 1024;
 /// delayed set and the job's outcome key; ARGV the entry, group, ready time, job id, last
 /// error, now, spec, created, retention and consumer. Only the consumer still holding the
 /// entry releases it (a worker whose job was reclaimed meanwhile does not). A submission's
-/// first delivery wrote nothing, so its hash starts here. Returns 1 when released, 0 when the
-/// job had ended or this delivery no longer held it.
+/// first delivery wrote nothing, so its hash starts here. Without an error (a hand-back) the
+/// delivery is taken off the attempts, so the next claim counts the same attempt again.
+/// Returns 1 when released, 0 when the job had ended or this delivery no longer held it.
 const RELEASE: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if redis.call('EXISTS', KEYS[4]) == 1 or terminal(status) then
@@ -220,7 +221,11 @@ else
   redis.call('HSET', KEYS[1], 'spec', ARGV[7], 'created', ARGV[8], 'attempts', p[4], 'entry', ARGV[1])
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated', ARGV[6])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'error', ARGV[5])
+else
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
