@@ -130,14 +130,27 @@ async fn counters_move_by_the_right_amounts() {
         .model(Down)
         .build()
         .unwrap();
+    // A job queue with no worker: its backlog shows at the scrape all the same.
+    let queue = Arc::new(agentkit::transport::jobs::MemoryJobQueue::new());
     let api = Api::builder()
         .agent("assistant", assistant)
         .agent("broken", broken)
+        .jobs(queue.clone())
         .metrics(telemetry.metrics_renderer())
         .build()
         .unwrap();
     let base = serve(api).await;
     let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let status = client
+            .post(format!("{base}/v1/agents/assistant/jobs"))
+            .json(&json!({"input": "later"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 202);
+    }
     let mut cost = 0.0;
     for i in 0..3 {
         let body: Value = client
@@ -180,6 +193,16 @@ async fn counters_move_by_the_right_amounts() {
     let text = response.text().await.unwrap();
     let samples = parse(&text);
     let assistant = [("agent", "assistant")];
+    let name = agentkit::transport::jobs::JobQueue::name(queue.as_ref()).to_owned();
+    assert_eq!(
+        value(
+            &samples,
+            "agentkit_queue_depth",
+            &[("queue", name.as_str())]
+        ),
+        4.0,
+        "jobs waiting with no worker to take them"
+    );
     assert_eq!(
         value(
             &samples,

@@ -63,6 +63,15 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // The queue's depth is read at the scrape too, not only by workers: when every worker is
+    // down is when a growing backlog most needs to show. A queue that does not answer in
+    // time leaves the last value (readiness reports the queue itself).
+    if let (Some(queue), Some(observer)) = (&state.jobs, state.observer())
+        && let Ok(Ok(depth)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), queue.depth()).await
+    {
+        observer.queue_depth(queue.name(), depth);
+    }
     let body = match state.metrics.clone() {
         None => "# agentkit: no metrics recorder is installed (see agentkit-observe)\n".to_owned(),
         // Rendering may wait for the telemetry thread to count the latest runs, and encodes
