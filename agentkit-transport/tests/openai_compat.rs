@@ -158,6 +158,33 @@ async fn errors_use_openais_shape() {
     assert_eq!(no_user.status(), 400);
     let body: Value = no_user.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    // What the route cannot do as asked is refused, not answered with something else.
+    for (field, value) in [
+        ("n", json!(2)),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "lookup", "parameters": {}}}]),
+        ),
+    ] {
+        let mut body =
+            json!({"model": "assistant", "messages": [{"role": "user", "content": "hi"}]});
+        body[field] = value;
+        let response = c.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{field}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{body}"
+        );
+    }
+    let ok = c
+        .post(&url)
+        .json(&json!({"model": "assistant", "n": 1, "tools": [], "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "n = 1 and no tools are fine");
     let malformed = c
         .post(&url)
         .header("content-type", "application/json")

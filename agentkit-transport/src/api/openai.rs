@@ -82,7 +82,9 @@ pub(crate) struct StreamOptions {
 }
 
 /// `POST /v1/chat/completions`; fields this service does not use (temperature, ...) are accepted
-/// and ignored: the agent decides.
+/// and ignored: the agent decides. Two that would change what the caller gets back are
+/// refused instead: `n` above 1 (one choice comes back) and the caller's own `tools` (the
+/// agent runs its own and answers with text, never with calls for the caller to make).
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub(crate) struct ChatCompletionRequest {
     /// The agent to run.
@@ -95,6 +97,30 @@ pub(crate) struct ChatCompletionRequest {
     /// Streaming options.
     #[serde(default)]
     pub(crate) stream_options: Option<StreamOptions>,
+    /// Choices wanted: only 1.
+    #[serde(default)]
+    pub(crate) n: Option<u32>,
+    /// The caller's own tools: none (the agent has its own).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub(crate) tools: Option<Vec<Value>>,
+}
+
+impl ChatCompletionRequest {
+    /// Refuses what this route cannot do as asked, rather than answering something else.
+    fn check(&self) -> Result<(), Error> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(Error::invalid_input(
+                "`n` must be 1: an agent gives one answer per request",
+            ));
+        }
+        if self.tools.as_ref().is_some_and(|tools| !tools.is_empty()) {
+            return Err(Error::invalid_input(
+                "`tools` is not supported: the agent runs its own tools and answers with text",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn to_message(m: ChatMessage) -> Result<Message, Error> {
@@ -184,6 +210,7 @@ pub(crate) async fn chat_completions(
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let mounted = state.agent(&request.model, &principal)?;
+    request.check()?;
     let (history, input) = split(request.messages)?;
     let id = format!("chatcmpl-{}", cx.request_id());
     let invocation = Invocation::new(input)
