@@ -129,10 +129,8 @@ impl Leasing {
         let (tenant, id, owner, ttl) = (key.0.clone(), key.1.clone(), self.owner.clone(), self.ttl);
         tokio::spawn(async move {
             let acquired = store.acquire(&tenant, &id, &owner, ttl).await;
-            if let Err(Ok(Some(lease))) = sent.send(acquired)
-                && let Err(error) = store.release(&lease).await
-            {
-                tracing::warn!(%error, "cannot release a session lease its caller left; it will expire");
+            if let Err(Ok(Some(lease))) = sent.send(acquired) {
+                hand_back(store, lease).await;
             }
         });
         answer
@@ -429,6 +427,14 @@ fn interrupted(key: &SessionKey) -> Error {
     )
 }
 
+/// Releases a lease whose holder went away (a dropped turn, or a caller that left while the
+/// lease was being taken).
+async fn hand_back(store: Arc<dyn LeaseStore>, lease: Lease) {
+    if let Err(error) = store.release(&lease).await {
+        tracing::warn!(%error, "cannot hand back the session lease of a turn that went away; it will expire");
+    }
+}
+
 /// A turn in progress: holds the session's gate (and lease) until dropped.
 struct Turn {
     key: SessionKey,
@@ -464,11 +470,7 @@ impl Drop for Turn {
         if let (Some(lease), Some(store)) = (self.lease.take(), self.leases.take())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move {
-                if let Err(error) = store.release(&lease).await {
-                    tracing::warn!(%error, "cannot release a dropped turn's session lease; it will expire");
-                }
-            });
+            runtime.spawn(hand_back(store, lease));
         }
     }
 }
