@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use agentkit_core::model::{ScriptedModel, ScriptedTurn};
 use agentkit_core::tool::tool_fn_with_context;
-use agentkit_core::{Agent, Backoff, Error, Executor, Invocation, Message, Reply, Result};
-use agentkit_transport::jobs::{Finish, JobDoc, JobQueue, JobSpec, JobStatus, Worker};
+use agentkit_core::{
+    Agent, AgentEvent, Backoff, Error, Executor, Invocation, Message, Reply, Result,
+};
+use agentkit_transport::jobs::{
+    Finish, JobDoc, JobQueue, JobSpec, JobStatus, LiveEvent, LiveEvents, Worker,
+};
+use futures::StreamExt;
 
 /// The visibility timeout every conformance queue is made with.
 pub const VISIBILITY: Duration = Duration::from_secs(1);
@@ -25,7 +30,8 @@ macro_rules! job_queue_conformance {
             an_empty_claim_waits_then_takes_what_arrives,
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
             redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once,
-            until_ended_wakes_when_the_job_ends, a_hand_back_is_not_an_attempt);
+            until_ended_wakes_when_the_job_ends, a_hand_back_is_not_an_attempt,
+            a_streamed_job_writes_its_run_live);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -705,5 +711,101 @@ pub async fn redelivery_does_not_repeat_side_effects(queue: Arc<dyn JobQueue>) {
     )
     .unwrap();
     assert_eq!(recorded["key"], format!("{}:call_0_0", job.job_id));
+    running.stop().await.unwrap();
+}
+
+/// Reads `live` up to and with the end marker of `attempt`, within `within`.
+async fn live_until_end(live: &mut LiveEvents, attempt: u32, within: Duration) -> Vec<LiveEvent> {
+    let mut read = Vec::new();
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let entry = tokio::time::timeout_at(until, live.next())
+            .await
+            .unwrap_or_else(|_| panic!("no end marker of attempt {attempt}; read {read:?}"))
+            .expect("the live log does not end by itself")
+            .expect("the live log reads");
+        let end = entry.is_end() && entry.attempt == attempt;
+        read.push(entry);
+        if end {
+            return read;
+        }
+    }
+}
+
+/// A job submitted with `stream` has its run's events in its live log, in order, as they
+/// happen: a follower that was there first sees the text deltas add up to the job's output,
+/// and the tool call, then the end marker; one that comes after the job ended reads the same
+/// from the start. A job without `stream` writes none.
+pub async fn a_streamed_job_writes_its_run_live(queue: Arc<dyn JobQueue>) {
+    let agent = agentkit_core::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .build()
+        .unwrap();
+    let worker = quick_worker(queue.clone())
+        .agent("assistant", agent)
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let mut streamed = spec("assistant", "What is 2 + 3?");
+    streamed.stream = true;
+    let job = queue.enqueue(streamed).await.unwrap();
+    let mut early =
+        (queue.follow_live(&job.job_id).await.unwrap()).expect("this queue keeps live logs");
+    let plain = queue
+        .enqueue(spec("assistant", "What is 4 + 4?"))
+        .await
+        .unwrap();
+    let running = RunningWorker::spawn(worker);
+    let entries = live_until_end(&mut early, 1, Duration::from_secs(20)).await;
+    let doc = wait_for(queue.as_ref(), &job.job_id, Duration::from_secs(20)).await;
+    assert_eq!(doc.status, JobStatus::Succeeded);
+    let output = doc.result.unwrap().output;
+    assert_eq!(output, "2 + 3 = 5");
+    assert!(entries.iter().all(|e| e.attempt == 1), "{entries:?}");
+    let events: Vec<&AgentEvent> = entries.iter().filter_map(|e| e.event.as_ref()).collect();
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, output, "the deltas add up to the output");
+    let deltas = events
+        .iter()
+        .filter(|e| matches!(e, AgentEvent::TextDelta { .. }))
+        .count();
+    assert!(deltas > 1, "the text came in pieces: {events:?}");
+    let started = events
+        .iter()
+        .position(|e| matches!(e, AgentEvent::ToolCallStarted { name, .. } if name == "add"))
+        .expect("the tool call is there");
+    let finished = events
+        .iter()
+        .position(|e| matches!(e, AgentEvent::ToolCallFinished(_)))
+        .expect("the tool call's end is there");
+    assert!(started < finished, "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, AgentEvent::Usage { .. })),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, AgentEvent::Done(_))),
+        "the reply is the document's, not the live log's"
+    );
+    let mut late = (queue.follow_live(&job.job_id).await.unwrap()).expect("live logs");
+    let replayed = live_until_end(&mut late, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        replayed, entries,
+        "a late follower reads the same from the start"
+    );
+
+    let plain = wait_for(queue.as_ref(), &plain.job_id, Duration::from_secs(20)).await;
+    assert_eq!(plain.status, JobStatus::Succeeded);
+    let mut none = (queue.follow_live(&plain.job_id).await.unwrap()).expect("live logs");
+    let nothing = tokio::time::timeout(Duration::from_millis(700), none.next()).await;
+    assert!(
+        nothing.is_err(),
+        "a job without `stream` writes no live events: {nothing:?}"
+    );
     running.stop().await.unwrap();
 }

@@ -86,7 +86,7 @@ pub async fn delete_nats_streams(
 /// named by [`unique`] in a process that is no longer running.
 fn of_ended_process(stream: &str) -> bool {
     let stream = stream.strip_prefix("KV_").unwrap_or(stream);
-    let Some(rest) = ["AGENTKIT_JOBS_t", "RAW_t"]
+    let Some(rest) = ["AGENTKIT_JOBS_t", "AGENTKIT_LIVE_t", "RAW_t"]
         .iter()
         .find_map(|prefix| stream.strip_prefix(prefix))
     else {

@@ -1043,3 +1043,174 @@ async fn a_streamed_keyed_invoke_answers_before_its_job_ends() {
     let _worker = RunningWorker::spawn(worker);
     assert_eq!(done_output(response).await, "3 + 4 = 7");
 }
+
+/// The demo agent whose model takes `latency` a call, so a job runs long enough to be seen
+/// running.
+fn slow_agent(latency: Duration) -> agentkit_core::Agent {
+    let model = agentkit_core::model::ScriptedModel::builder()
+        .demo_rules()
+        .latency(latency)
+        .build();
+    agentkit_core::demo::assistant_builder(Arc::new(model))
+        .build()
+        .unwrap()
+}
+
+/// Reads an SSE response to its end, as it comes; calls `seen` with the events so far after
+/// each chunk.
+async fn read_sse(
+    mut response: reqwest::Response,
+    mut seen: impl AsyncFnMut(&[(String, Value)]),
+) -> Vec<(String, Value)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("the stream moves")
+            .unwrap();
+        let Some(chunk) = chunk else { return events };
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            events.extend(parse_sse(&block));
+        }
+        seen(&events).await;
+    }
+}
+
+fn texts(events: &[(String, Value)]) -> (usize, String) {
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|(name, _)| name == "text_delta")
+        .map(|(_, data)| data["text"].as_str().unwrap())
+        .collect();
+    (deltas.len(), deltas.concat())
+}
+
+/// A job submitted with `stream` sends its run's events to its followers as they happen (the
+/// tool call is seen while the job still runs), its text deltas add up to its output, and the
+/// terminal status comes last. A keyed invoke streamed as a job gets its text as it comes too,
+/// not replayed in one piece at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_job_sends_its_run_as_it_happens() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let latency = Duration::from_millis(300);
+    let api = Api::builder()
+        .agent("assistant", slow_agent(latency))
+        .auth(Authenticator::none().with_api_key("acme", "dummy-key-acme"))
+        .jobs(queue.clone())
+        .keyed_invokes_as_jobs(true)
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", slow_agent(latency))
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+    let accepted: Value = submit(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 2 + 5?", "stream": true}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let response = client()
+        .get(format!("{}/v1/jobs/{job_id}/events", served.base))
+        .header("authorization", "Bearer dummy-key-acme")
+        .send()
+        .await
+        .unwrap();
+    let mut status_at_tool_call = None;
+    let events = read_sse(response, async |events: &[(String, Value)]| {
+        if status_at_tool_call.is_none() && events.iter().any(|(n, _)| n == "tool_call_started") {
+            let doc: Value = client()
+                .get(format!("{}/v1/jobs/{job_id}", served.base))
+                .header("authorization", "Bearer dummy-key-acme")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status_at_tool_call = Some(doc["status"].as_str().unwrap().to_owned());
+        }
+    })
+    .await;
+    assert_eq!(
+        status_at_tool_call.as_deref(),
+        Some("running"),
+        "the tool call was sent while the job ran: {events:?}"
+    );
+    let (deltas, text) = texts(&events);
+    assert!(deltas > 1, "the text came in pieces: {events:?}");
+    assert_eq!(text, "2 + 5 = 7");
+    let (last, doc) = events.last().unwrap();
+    assert_eq!(last, "status", "{events:?}");
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["result"]["output"], "2 + 5 = 7");
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"tool_call_finished") && names.contains(&"usage"),
+        "{names:?}"
+    );
+
+    // A job without `stream` sends its status alone.
+    let plain: Value = submit(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 1 + 1?"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let response = client()
+        .get(format!(
+            "{}/v1/jobs/{}/events",
+            served.base,
+            plain["job_id"].as_str().unwrap()
+        ))
+        .header("authorization", "Bearer dummy-key-acme")
+        .send()
+        .await
+        .unwrap();
+    let events = read_sse(response, async |_: &[(String, Value)]| {}).await;
+    assert!(events.iter().all(|(n, _)| n == "status"), "{events:?}");
+
+    // A keyed invoke run as a job, streamed.
+    let response = invoke(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 6 + 1?"}),
+        &[
+            ("idempotency-key", "live-1"),
+            ("accept", "text/event-stream"),
+        ],
+    )
+    .await;
+    let events = read_sse(response, async |_: &[(String, Value)]| {}).await;
+    let (deltas, text) = texts(&events);
+    assert!(
+        deltas > 1,
+        "the text came live, not replayed whole: {events:?}"
+    );
+    assert_eq!(text, "6 + 1 = 7");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(done["output"], "6 + 1 = 7");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(n, _)| n == "tool_call_started")
+            .count(),
+        1,
+        "each event once: {events:?}"
+    );
+}

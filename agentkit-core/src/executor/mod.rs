@@ -127,7 +127,7 @@ pub struct SessionState {
 /// One event of a streamed run, in order: text deltas and tool calls as they happen, then the
 /// run's usage, then [`Done`](AgentEvent::Done) with the whole reply.
 #[non_exhaustive]
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentEvent {
     /// A piece of the answer's text.

@@ -1,5 +1,6 @@
 //! Job routes: submit (202), read, and follow a job's status as Server-Sent Events.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,10 @@ use crate::api::dto::{ErrorBody, Input};
 use crate::api::{ApiJson, ApiPath, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::jobs::{JobDoc, JobQueue, JobSpec, webhook};
+use crate::events::Origin;
+use crate::jobs::{JobDoc, JobQueue, JobSpec, JobStatus, LiveEvent, webhook};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
 /// `POST /v1/agents/{agent}/jobs`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -38,6 +42,10 @@ pub(crate) struct JobRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
+    /// Send the run's events (text deltas, tool calls, usage) to the job's followers
+    /// (`GET /v1/jobs/{job_id}/events`) as they happen.
+    #[serde(default)]
+    pub(crate) stream: bool,
 }
 
 /// The answer to a submission.
@@ -155,6 +163,7 @@ pub(crate) async fn submit(
         idempotency_key,
         request_id: cx.request_id().to_owned(),
         traceparent: cx.trace().map(|t| t.traceparent()),
+        stream: request.stream,
     };
     // A key already taken names a job; it must be this request's, not another's.
     let (enqueued, existing) = crate::jobs::enqueue_once(queue.as_ref(), spec).await?;
@@ -200,14 +209,17 @@ pub(crate) async fn get_job(
 }
 
 /// Follows a job: a `status` event with the job document at each change, ending after the
-/// terminal one.
+/// terminal one. A job submitted with `"stream": true` also sends its run's events as they
+/// happen (`text_delta`, `tool_call_started`, `tool_call_finished`, `usage`, as an invoke
+/// streams them), from its first, whenever the follower connects; an `attempt` event says a
+/// retry started and the earlier attempt's events are void. The terminal `status` comes last.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{job_id}/events",
     tag = "jobs",
     params(("job_id" = String, Path)),
     responses(
-        (status = 200, description = "`text/event-stream` of `status` events carrying the job document"),
+        (status = 200, description = "`text/event-stream` of `status` events carrying the job document, and for a job submitted with `stream`, its run's events (`text_delta`, `tool_call_started`, `tool_call_finished`, `usage`, `attempt`)"),
         (status = 404, description = "No such job (for this tenant)", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -219,16 +231,181 @@ pub(crate) async fn job_events(
 ) -> Result<Response, ApiError> {
     let queue = queue(&state)?.clone();
     let first = visible(queue.as_ref(), &job_id, &principal).await?;
+    let live = match first.spec.as_deref().filter(|spec| spec.stream) {
+        Some(_) => queue.follow_live(&job_id).await?,
+        None => None,
+    };
+    let origin = Origin {
+        request_id: (first.spec.as_deref())
+            .map(|spec| spec.request_id.clone())
+            .unwrap_or_default(),
+        agent: first.agent.clone(),
+        session_id: first
+            .spec
+            .as_deref()
+            .and_then(|spec| spec.session_id.clone()),
+    };
     let until = tokio::time::Instant::now() + state.request_timeout;
-    struct Follow {
+    let statuses = status_changes(queue, job_id, first, until).map(Followed::Status);
+    let live_open = live.is_some();
+    let merged: BoxStream<'static, Followed> = match live {
+        Some(live) => Box::pin(futures::stream::select(
+            statuses.chain(futures::stream::once(async { Followed::StatusEnded })),
+            live.map(Followed::Live)
+                .chain(futures::stream::once(async { Followed::LiveEnded })),
+        )),
+        None => Box::pin(statuses),
+    };
+    let follow = Follow {
+        merged,
+        origin,
+        live_open,
+        held: None,
+        grace: None,
+        attempt: 0,
+        out: VecDeque::new(),
+        finished: false,
+    };
+    let events = futures::stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(event) = f.out.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(event), f));
+            }
+            if f.finished {
+                return None;
+            }
+            let next = match f.grace {
+                // The end marker is late (a worker that died, a live log that could not be
+                // written): the document has the whole reply anyway.
+                Some(grace) => {
+                    (tokio::time::timeout_at(grace, f.merged.next()).await).unwrap_or_default()
+                }
+                None => f.merged.next().await,
+            };
+            f.step(next);
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// How long a follower waits, once the job ended, for the rest of its live events.
+const LIVE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a job's follower hears of: its document changed, an entry of its live log, or the
+/// end of either.
+enum Followed {
+    Status(JobDoc),
+    StatusEnded,
+    Live(agentkit_core::Result<LiveEvent>),
+    LiveEnded,
+}
+
+/// A follower of a job (see [`job_events`]).
+struct Follow {
+    merged: BoxStream<'static, Followed>,
+    origin: Origin,
+    /// Whether live events may still come.
+    live_open: bool,
+    /// The job's terminal document, held back until its last attempt's live events are out
+    /// (its end marker) or [`LIVE_GRACE`] is up.
+    held: Option<JobDoc>,
+    grace: Option<tokio::time::Instant>,
+    /// The attempt whose live events were last sent.
+    attempt: u32,
+    out: VecDeque<Event>,
+    finished: bool,
+}
+
+impl Follow {
+    fn step(&mut self, next: Option<Followed>) {
+        match next {
+            Some(Followed::Status(doc)) if doc.status.is_terminal() && self.live_open => {
+                self.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
+                self.held = Some(doc);
+            }
+            Some(Followed::Status(doc)) => {
+                self.finished = doc.status.is_terminal();
+                self.out.push_back(status_event(&doc));
+            }
+            Some(Followed::Live(Ok(entry))) => {
+                if entry.attempt > self.attempt {
+                    if self.attempt > 0 {
+                        self.out.push_back(
+                            Event::default()
+                                .event("attempt")
+                                .data(serde_json::json!({"attempt": entry.attempt}).to_string()),
+                        );
+                    }
+                    self.attempt = entry.attempt;
+                }
+                match entry.event {
+                    Some(event) => {
+                        let (name, data) = crate::events::encode(event, &self.origin);
+                        self.out
+                            .push_back(Event::default().event(name).data(data.to_string()));
+                    }
+                    None => {
+                        if self
+                            .held
+                            .as_ref()
+                            .is_some_and(|doc| entry.attempt >= doc.attempts)
+                        {
+                            self.release();
+                        }
+                    }
+                }
+            }
+            Some(Followed::Live(Err(error))) => {
+                tracing::warn!(%error, "cannot read a job's live events");
+            }
+            Some(Followed::LiveEnded) => {
+                self.live_open = false;
+                self.release();
+            }
+            // After the terminal document: its live events may still be coming.
+            Some(Followed::StatusEnded) if self.held.is_some() && self.live_open => {}
+            // The status follow ended without a terminal document (its deadline, or the job
+            // is gone), or the grace is up, or both ended.
+            Some(Followed::StatusEnded) | None => {
+                self.release();
+                self.finished = true;
+            }
+        }
+    }
+
+    /// Sends the held terminal document, and ends.
+    fn release(&mut self) {
+        if let Some(doc) = self.held.take() {
+            self.out.push_back(status_event(&doc));
+            self.finished = true;
+        }
+    }
+}
+
+fn status_event(doc: &JobDoc) -> Event {
+    let data = serde_json::to_string(doc).unwrap_or_default();
+    Event::default().event("status").data(data)
+}
+
+/// The job's document at each change of status or attempts, from `first`, ending after the
+/// terminal one, when the job is gone, or at `until`.
+fn status_changes(
+    queue: Arc<dyn JobQueue>,
+    job_id: String,
+    first: JobDoc,
+    until: tokio::time::Instant,
+) -> BoxStream<'static, JobDoc> {
+    struct Changes {
         queue: Arc<dyn JobQueue>,
         job_id: String,
-        last: Option<JobDoc>,
+        last: Option<(JobStatus, u32)>,
         next: Option<JobDoc>,
         until: tokio::time::Instant,
         done: bool,
     }
-    let follow = Follow {
+    let changes = Changes {
         queue,
         job_id,
         last: None,
@@ -236,28 +413,18 @@ pub(crate) async fn job_events(
         until,
         done: false,
     };
-    let events = futures::stream::unfold(follow, |mut f| async move {
+    Box::pin(futures::stream::unfold(changes, |mut f| async move {
         if f.done {
             return None;
         }
         let mut pause = Duration::from_millis(50);
         loop {
-            if let Some(doc) = f.next.take() {
-                let changed = f
-                    .last
-                    .as_ref()
-                    .is_none_or(|last| last.status != doc.status || last.attempts != doc.attempts);
-                if changed {
-                    f.done = doc.status.is_terminal();
-                    let data = serde_json::to_string(&doc).unwrap_or_default();
-                    f.last = Some(doc);
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(
-                            Event::default().event("status").data(data),
-                        ),
-                        f,
-                    ));
-                }
+            if let Some(doc) = f.next.take()
+                && f.last != Some((doc.status, doc.attempts))
+            {
+                f.done = doc.status.is_terminal();
+                f.last = Some((doc.status, doc.attempts));
+                return Some((doc, f));
             }
             if tokio::time::Instant::now() >= f.until {
                 return None;
@@ -274,8 +441,5 @@ pub(crate) async fn job_events(
             }
             pause = (pause * 2).min(Duration::from_millis(500));
         }
-    });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    }))
 }

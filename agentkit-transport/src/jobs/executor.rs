@@ -1,5 +1,6 @@
 //! [`QueueExecutor`]: an executor that runs its invocations as jobs on a queue.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,8 +9,9 @@ use agentkit_core::{
     Reply, Result,
 };
 use futures::StreamExt;
+use futures::future::BoxFuture;
 
-use super::{JobQueue, JobSpec, JobStatus};
+use super::{JobQueue, JobSpec, JobStatus, LiveEvent, LiveEvents};
 
 /// Enqueues each invocation as a job for `agent` and awaits its result: agents calling each
 /// other over a queue, with the queue's retries, dead-lettering and crash safety in between.
@@ -55,7 +57,7 @@ impl QueueExecutor {
 impl QueueExecutor {
     /// Enqueues the invocation as a job (a retried call with the same key finds the job the
     /// first one made); its id, and the context to await it under.
-    async fn submit(&self, invocation: Invocation) -> Result<(String, Context)> {
+    async fn submit(&self, invocation: Invocation, stream: bool) -> Result<(String, Context)> {
         let cx = invocation.context;
         let idempotency_key = cx
             .extension::<IdempotencyKey>()
@@ -74,6 +76,7 @@ impl QueueExecutor {
             idempotency_key,
             request_id: cx.request_id().to_owned(),
             traceparent: cx.trace().map(|t| t.new_child().traceparent()),
+            stream,
         };
         // A key already taken names a job; it must be this call's job, not another's.
         let (job, _) = super::enqueue_once(&*self.queue, spec).await?;
@@ -127,23 +130,179 @@ impl QueueExecutor {
 
 impl Executor for QueueExecutor {
     async fn execute(&self, invocation: Invocation) -> Result<Reply> {
-        let (job_id, cx) = self.submit(invocation).await?;
+        let (job_id, cx) = self.submit(invocation, false).await?;
         self.reply(&job_id, &cx).await
     }
 
-    /// Submits at once (so a refused submission is an error here) and returns a stream that
-    /// awaits the job, then replays its reply: a transport can answer before the job ends
-    /// (and keep the connection alive while it runs).
+    /// Submits at once (so a refused submission is an error here), with
+    /// [`JobSpec::stream`] set, and returns a stream of the run's events as the worker
+    /// publishes them, then [`Done`](AgentEvent::Done) when the job ends: a transport can
+    /// answer before the job ends and show its text as it comes. A queue that keeps no live
+    /// logs (or a keyed call that found a job submitted without `stream`) replays the reply
+    /// when the job ends instead. When a retry starts after events of an earlier attempt were
+    /// sent, no more are: `Done` carries the reply of the attempt that succeeded.
     async fn stream(&self, invocation: Invocation) -> Result<EventStream> {
-        let (job_id, cx) = self.submit(invocation).await?;
+        let (job_id, cx) = self.submit(invocation, true).await?;
+        let live = match self.queue.follow_live(&job_id).await {
+            Ok(live) => live,
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "cannot follow the job's live events; its reply comes when it ends");
+                None
+            }
+        };
         let this = self.clone();
-        let ended = async move { this.reply(&job_id, &cx).await };
-        Ok(Box::pin(futures::stream::once(ended).flat_map(|reply| {
-            let events: Vec<Result<AgentEvent>> = match reply {
-                Ok(reply) => AgentEvent::replay(reply).into_iter().map(Ok).collect(),
-                Err(error) => vec![Err(error)],
-            };
-            futures::stream::iter(events)
-        })))
+        let ended: BoxFuture<'static, Result<Reply>> =
+            Box::pin(async move { this.reply(&job_id, &cx).await });
+        let Some(live) = live else {
+            return Ok(Box::pin(
+                futures::stream::once(ended)
+                    .flat_map(|reply| futures::stream::iter(replayed(reply))),
+            ));
+        };
+        let follow = Follow {
+            live: Some(live),
+            ended: Some(ended),
+            reply: None,
+            grace: None,
+            attempt: 0,
+            forwarded: false,
+            stale: false,
+            out: VecDeque::new(),
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            follow,
+            |mut f| async move {
+                loop {
+                    if let Some(event) = f.out.pop_front() {
+                        return Some((event, f));
+                    }
+                    if f.ended.is_none() && f.reply.is_none() {
+                        return None;
+                    }
+                    if f.live.is_none() {
+                        // Nothing more to forward: the reply, once it comes.
+                        if let Some(ended) = f.ended.take() {
+                            f.reply = Some(ended.await);
+                        }
+                        f.finish();
+                        continue;
+                    }
+                    if f.grace.is_some_and(|g| g <= tokio::time::Instant::now()) {
+                        f.finish();
+                        continue;
+                    }
+                    let grace = f.grace;
+                    let pause = async move {
+                        match grace {
+                            Some(grace) => tokio::time::sleep_until(grace).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let woke = {
+                        let live = f.live.as_mut().expect("checked above");
+                        let ended = &mut f.ended;
+                        let awaiting = ended.is_some();
+                        tokio::select! {
+                            entry = live.next() => Woke::Entry(entry),
+                            reply = async { ended.as_mut().expect("while awaited").await }, if awaiting => {
+                                Woke::Reply(reply)
+                            }
+                            () = pause => Woke::Grace,
+                        }
+                    };
+                    match woke {
+                        Woke::Entry(entry) => f.entry(entry),
+                        Woke::Reply(reply) => {
+                            f.ended = None;
+                            f.reply = Some(reply);
+                            f.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
+                        }
+                        Woke::Grace => f.finish(),
+                    }
+                }
+            },
+        )))
+    }
+}
+
+/// How long a streamed call waits, once the job ended, for the rest of its live events.
+const LIVE_GRACE: Duration = Duration::from_secs(2);
+
+/// The events of a reply replayed whole (or its error).
+fn replayed(reply: Result<Reply>) -> Vec<Result<AgentEvent>> {
+    match reply {
+        Ok(reply) => AgentEvent::replay(reply).into_iter().map(Ok).collect(),
+        Err(error) => vec![Err(error)],
+    }
+}
+
+/// What woke a streamed call's follower.
+enum Woke {
+    Entry(Option<Result<LiveEvent>>),
+    Reply(Result<Reply>),
+    Grace,
+}
+
+/// A streamed call following its job's live log (see [`QueueExecutor::stream`]).
+struct Follow {
+    live: Option<LiveEvents>,
+    /// The job's reply, until it came.
+    ended: Option<BoxFuture<'static, Result<Reply>>>,
+    reply: Option<Result<Reply>>,
+    /// Once the reply came: until when its attempt's end marker may take to arrive.
+    grace: Option<tokio::time::Instant>,
+    /// The attempt whose events are forwarded.
+    attempt: u32,
+    forwarded: bool,
+    /// A later attempt started after events were forwarded: none are any more.
+    stale: bool,
+    out: VecDeque<Result<AgentEvent>>,
+}
+
+impl Follow {
+    fn entry(&mut self, entry: Option<Result<LiveEvent>>) {
+        let entry = match entry {
+            Some(Ok(entry)) => entry,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot read the job's live events; its reply comes when it ends");
+                self.live = None;
+                return;
+            }
+            None => {
+                self.live = None;
+                return;
+            }
+        };
+        if entry.attempt > self.attempt {
+            if self.forwarded {
+                self.stale = true;
+            }
+            self.attempt = entry.attempt;
+        }
+        match entry.event {
+            Some(event) if !self.stale && entry.attempt == self.attempt => {
+                self.forwarded = true;
+                self.out.push_back(Ok(event));
+            }
+            Some(_) => {}
+            // The attempt that made the reply ended: every event it made is out.
+            None if self.reply.is_some() && entry.attempt >= self.attempt => self.finish(),
+            None => {}
+        }
+    }
+
+    /// Sends the reply: `Done` after the events forwarded, or the whole replay when none
+    /// were.
+    fn finish(&mut self) {
+        self.live = None;
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        match reply {
+            Ok(reply) if self.forwarded => {
+                self.out.push_back(Ok(AgentEvent::Done(Box::new(reply))))
+            }
+            reply => self.out.extend(replayed(reply)),
+        }
     }
 }

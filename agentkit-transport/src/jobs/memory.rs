@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::live::MemoryLive;
 use super::watch::{OnDrop, Watchers, woken};
 use super::{
-    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION, Receipt,
-    now_ms, validate,
+    Delivery, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, LiveEvent,
+    LiveEvents, RETENTION, Receipt, now_ms, validate,
 };
 
 /// Finished jobs kept for lookups; older ones are forgotten first.
@@ -47,6 +48,7 @@ pub struct MemoryJobQueue {
     wake: Arc<Notify>,
     visibility: Duration,
     ledger: MemoryLedger,
+    live: MemoryLive,
 }
 
 impl std::fmt::Debug for MemoryJobQueue {
@@ -71,6 +73,7 @@ impl MemoryJobQueue {
             wake: Arc::default(),
             visibility: Duration::from_secs(30),
             ledger: MemoryLedger::new(KEEP_LEDGER, RETENTION),
+            live: MemoryLive::default(),
         }
     }
 
@@ -337,6 +340,15 @@ impl JobQueue for MemoryJobQueue {
 
     async fn depth(&self) -> Result<u64> {
         Ok(self.lock().ready.len() as u64)
+    }
+
+    async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
+        self.live.publish(job_id, event);
+        Ok(())
+    }
+
+    async fn follow_live(&self, job_id: &str) -> Result<Option<LiveEvents>> {
+        Ok(Some(self.live.follow(job_id)))
     }
 
     fn ledger(&self) -> Arc<dyn EffectLedger> {

@@ -9,6 +9,7 @@
 //! `redis`) and NATS JetStream (feature `nats`), all passing one conformance suite.
 
 mod executor;
+pub mod live;
 mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -27,6 +28,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use executor::QueueExecutor;
+pub use live::{LiveEvent, LiveEvents};
 pub use memory::MemoryJobQueue;
 pub use webhook::{SIGNATURE_HEADER, WebhookSender, sign, verify};
 pub use worker::{Worker, WorkerBuilder};
@@ -75,6 +77,11 @@ pub struct JobSpec {
     /// The submitting request's W3C `traceparent`, continued by the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Publish the run's events as they happen to the job's live log
+    /// ([`JobQueue::follow_live`]): text deltas, tool calls and usage, for a caller that
+    /// streams the job. Off by default, since each event is a write to the queue's server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// Enqueues `spec`. A repeated idempotency key names a job already there: its document comes
@@ -520,6 +527,21 @@ pub trait JobQueue: Send + Sync {
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(UNTIL_ENDED_POLL);
         }
+    }
+
+    /// Appends `event` to the job's live log (see [`live`]): what a worker does for each
+    /// event of a job submitted with [`JobSpec::stream`]. The default keeps no live logs.
+    async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
+        let _ = (job_id, event);
+        Ok(())
+    }
+
+    /// The job's live log from its first entry, as entries come (see [`live`]); `None` when
+    /// this queue keeps no live logs (the default). The memory, Redis and NATS queues keep
+    /// them.
+    async fn follow_live(&self, job_id: &str) -> Result<Option<LiveEvents>> {
+        let _ = job_id;
+        Ok(None)
     }
 
     /// The queue's name, for metrics and logs.

@@ -24,10 +24,14 @@ use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
 
+use super::live::{LIVE_EVENTS_KEPT, LIVE_RETENTION};
 use super::{
-    Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, RETENTION,
-    Receipt, Stored, now_ms, validate,
+    Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobSpec, JobStatus, LiveEvent,
+    LiveEvents, RETENTION, Receipt, Stored, now_ms, validate,
 };
+
+/// The most bytes the live stream of one queue keeps (the oldest entries go first).
+const LIVE_BYTES_KEPT: i64 = 256 * 1024 * 1024;
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> Error {
     Error::unavailable(format!("NATS {what}: {error}"))
@@ -86,6 +90,9 @@ pub struct NatsJobQueue {
     stream: jetstream::stream::Stream,
     consumer: PullConsumer,
     kv: Store,
+    /// The jobs' live logs: a stream in memory, a subject per job below `live_subject`.
+    live: jetstream::stream::Stream,
+    live_subject: String,
     timeout: Duration,
     /// Submissions and the bucket's documents, each in a buffer sized by the last.
     submissions: Arc<Encoder>,
@@ -187,6 +194,22 @@ impl NatsJobQueue {
                     .map_err(|e| unavailable("key-value bucket", e))?
             }
         };
+        // Live logs are a view of runs, not their record: kept in the server's memory, for an
+        // hour, bounded per job and in all.
+        let live_subject = format!("agentkit.live.{name}");
+        let live = js
+            .get_or_create_stream(StreamConfig {
+                name: format!("AGENTKIT_LIVE_{name}"),
+                subjects: vec![format!("{live_subject}.>")],
+                storage: jetstream::stream::StorageType::Memory,
+                max_age: LIVE_RETENTION,
+                max_messages_per_subject: LIVE_EVENTS_KEPT as i64,
+                max_bytes: LIVE_BYTES_KEPT,
+                discard: DiscardPolicy::Old,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("live stream", e))?;
         Ok(Self {
             client,
             name: name.to_owned(),
@@ -195,10 +218,20 @@ impl NatsJobQueue {
             stream,
             consumer,
             kv,
+            live,
+            live_subject,
             timeout: Duration::from_secs(5),
             submissions: Arc::default(),
             documents: Arc::default(),
         })
+    }
+
+    /// The subject of the job's live log.
+    fn live_subject(&self, job_id: &str) -> Result<String> {
+        if !is_token(job_id) {
+            return Err(Error::not_found(format!("no job {job_id} on this queue")));
+        }
+        Ok(format!("{}.{job_id}", self.live_subject))
     }
 
     async fn load(&self, job_id: &str) -> Result<Option<(Stored, u64)>> {
@@ -693,6 +726,48 @@ impl JobQueue for NatsJobQueue {
             .await
             .map_err(|_| Error::unavailable("NATS did not answer in time"))?
             .map_err(|e| unavailable("flush", e))
+    }
+
+    /// A job's live log is its subject in the queue's live stream (in the server's memory).
+    async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
+        let subject = self.live_subject(job_id)?;
+        let body = event.encode()?;
+        let ack = self
+            .js
+            .publish(subject, body.into())
+            .await
+            .map_err(|e| unavailable("live publish", e))?;
+        match tokio::time::timeout(self.timeout, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(unavailable("live publish", error)),
+            Err(_) => Err(Error::timeout(
+                "NATS did not acknowledge a live job event in time",
+            )),
+        }
+    }
+
+    /// Reads the job's live log through an ordered consumer of its own (ephemeral: the server
+    /// forgets it once the stream is dropped).
+    async fn follow_live(&self, job_id: &str) -> Result<Option<LiveEvents>> {
+        let consumer = self
+            .live
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: self.live_subject(job_id)?,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("live consumer", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("live consumer", e))?;
+        Ok(Some(Box::pin(messages.filter_map(|message| async move {
+            match message {
+                Ok(message) => LiveEvent::decode(&message.payload).map(Ok),
+                Err(error) => Some(Err(unavailable("live read", error))),
+            }
+        }))))
     }
 
     fn name(&self) -> &str {

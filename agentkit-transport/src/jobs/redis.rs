@@ -36,10 +36,11 @@ use redis::streams::{StreamAutoClaimReply, StreamId};
 use redis::{Script, Value};
 use tokio::sync::{oneshot, watch};
 
+use super::live::{LIVE_EVENTS_KEPT, LIVE_RETENTION};
 use super::watch::{OnDrop, Watchers};
 use super::{
     Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
-    RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
+    LiveEvent, LiveEvents, RETENTION, Receipt, Stored, StoredRef, now_ms, validate,
 };
 
 const GROUP: &str = "workers";
@@ -517,6 +518,12 @@ impl RedisJobQueue {
         key
     }
 
+    fn live_key(&self, id: &str) -> String {
+        let mut key = String::new();
+        self.write_key(&mut key, "live", id);
+        key
+    }
+
     fn done_key(&self, id: &str) -> String {
         let mut key = String::new();
         self.write_key(&mut key, "done", id);
@@ -919,13 +926,15 @@ fn delivery(
     })
 }
 
-/// A stream entry as the queue reads it: a submission (`spec`, `created`) or a retry (`job`).
+/// A stream entry as the queue reads it: a submission (`spec`, `created`), a retry (`job`),
+/// or an entry of a job's live log (`e`).
 #[derive(Default)]
 struct Entry {
     id: String,
     spec: Option<String>,
     job: Option<String>,
     created: Option<String>,
+    live: Option<String>,
 }
 
 impl From<StreamId> for Entry {
@@ -935,6 +944,7 @@ impl From<StreamId> for Entry {
             spec: field("spec"),
             job: field("job"),
             created: field("created"),
+            live: None,
             id: id.id,
         }
     }
@@ -982,6 +992,7 @@ fn read_entries(reply: Value) -> Vec<Entry> {
                     Value::BulkString(name) if name == b"spec" => &mut entry.spec,
                     Value::BulkString(name) if name == b"job" => &mut entry.job,
                     Value::BulkString(name) if name == b"created" => &mut entry.created,
+                    Value::BulkString(name) if name == b"e" => &mut entry.live,
                     _ => continue,
                 };
                 *slot = text(value);
@@ -1324,6 +1335,91 @@ impl JobQueue for RedisJobQueue {
                 redis::cmd("PING").query_async::<()>(&mut c).await
             })
             .await
+    }
+
+    /// A job's live log is a stream of its own (`{prefix}:live:{job_id}`, capped at about
+    /// [`LIVE_EVENTS_KEPT`] entries, expiring [`LIVE_RETENTION`] after its last).
+    async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
+        let key = self.live_key(job_id);
+        let body = event.encode()?;
+        self.client
+            .run(self.timeout, |mut c| async move {
+                redis::pipe()
+                    .cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(LIVE_EVENTS_KEPT)
+                    .arg("*")
+                    .arg("e")
+                    .arg(&body)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(LIVE_RETENTION.as_secs())
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    /// Reads the job's live log with blocking `XREAD`s on a connection of the client's pool,
+    /// held while the stream is.
+    async fn follow_live(&self, job_id: &str) -> Result<Option<LiveEvents>> {
+        struct Follow {
+            conn: DedicatedConnection,
+            key: String,
+            last: String,
+            read: VecDeque<LiveEvent>,
+            failed: bool,
+        }
+        let follow = Follow {
+            conn: self.client.dedicated().await?,
+            key: self.live_key(job_id),
+            last: "0-0".to_owned(),
+            read: VecDeque::new(),
+            failed: false,
+        };
+        Ok(Some(Box::pin(futures::stream::unfold(
+            follow,
+            |mut f| async move {
+                loop {
+                    if let Some(event) = f.read.pop_front() {
+                        return Some((Ok(event), f));
+                    }
+                    if f.failed {
+                        return None;
+                    }
+                    // In slices under the client's response timeout, as a blocking claim reads.
+                    let reply = redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(256)
+                        .arg("BLOCK")
+                        .arg(BLOCK_SLICE.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(&f.key)
+                        .arg(&f.last)
+                        .query_async::<Value>(&mut f.conn)
+                        .await;
+                    match reply {
+                        Ok(reply) => {
+                            for entry in read_entries(reply) {
+                                f.read.extend(
+                                    (entry.live.as_deref())
+                                        .and_then(|e| LiveEvent::decode(e.as_bytes())),
+                                );
+                                f.last = entry.id;
+                            }
+                        }
+                        Err(error) => {
+                            f.failed = true;
+                            return Some((Err(redis_error(error)), f));
+                        }
+                    }
+                }
+            },
+        ))))
     }
 
     fn name(&self) -> &str {

@@ -9,16 +9,19 @@ use std::time::Duration;
 use agentkit_core::observer::{Observer, RunReport, RunSummary};
 use agentkit_core::tool::{EffectLedger, JobAttempt, JobId, Ledger};
 use agentkit_core::{
-    Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply, Result,
-    TraceContext, generate_id,
+    AgentEvent, Backoff, BoxExecutor, Context, Error, ErrorKind, Executor, Invocation, Reply,
+    Result, TraceContext, generate_id,
 };
 use agentkit_store::{LeaseStore, SessionAgent, SessionStore};
+use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::WebhookSender;
-use super::{Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, RESERVED_KEY_PREFIX};
+use super::{
+    Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, LiveEvent, RESERVED_KEY_PREFIX,
+};
 use crate::leases::SessionLeases;
 
 /// The agent of webhook deliveries. A job's callback travels as a job of its own, enqueued
@@ -388,13 +391,16 @@ impl Worker {
         cx
     }
 
-    async fn execute(&self, spec: &JobSpec, cx: Context) -> Result<Reply> {
+    async fn execute(&self, delivery: &Delivery, spec: &JobSpec, cx: Context) -> Result<Reply> {
         let invocation = Invocation {
             input: spec.input.clone(),
             history: spec.history.clone(),
             context: cx,
             metadata: spec.metadata.clone(),
         };
+        if spec.stream {
+            return Box::pin(self.execute_live(delivery, spec, invocation)).await;
+        }
         if spec.session_id.is_some() {
             let sessions = self.inner.sessions.get(&spec.agent).ok_or_else(|| {
                 Error::new(
@@ -410,6 +416,57 @@ impl Worker {
             Error::not_found(format!("this worker runs no agent named `{}`", spec.agent))
         })?;
         executor.execute(invocation).await
+    }
+
+    /// Runs a job submitted with [`JobSpec::stream`]: its events go to the job's live log as
+    /// they happen, then the attempt's end marker, whatever the outcome. A live log that
+    /// cannot be written does not fail the job (the job's document still gets the whole
+    /// reply): the attempt's later events are skipped.
+    async fn execute_live(
+        &self,
+        delivery: &Delivery,
+        spec: &JobSpec,
+        invocation: Invocation,
+    ) -> Result<Reply> {
+        let queue = &self.inner.queue;
+        let job_id = &delivery.job.job_id;
+        let attempt = delivery.attempt;
+        let run = async {
+            let mut events = if spec.session_id.is_some() {
+                let sessions = self.inner.sessions.get(&spec.agent).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidInput,
+                        "this worker keeps no sessions; it cannot run a session job",
+                    )
+                })?;
+                sessions.stream(invocation).await?
+            } else {
+                let executor = self.inner.agents.get(&spec.agent).ok_or_else(|| {
+                    Error::not_found(format!("this worker runs no agent named `{}`", spec.agent))
+                })?;
+                executor.stream(invocation).await?
+            };
+            let mut publishing = true;
+            while let Some(event) = events.next().await {
+                match event? {
+                    AgentEvent::Done(reply) => return Ok(*reply),
+                    event if publishing => {
+                        let entry = LiveEvent::event(attempt, event);
+                        if let Err(error) = queue.publish_live(job_id, &entry).await {
+                            tracing::warn!(%job_id, %error, "cannot write the job's live events; skipping the rest of this attempt's");
+                            publishing = false;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(Error::internal("the run's events ended without its reply"))
+        };
+        let outcome = run.await;
+        if let Err(error) = queue.publish_live(job_id, &LiveEvent::end(attempt)).await {
+            tracing::warn!(%job_id, %error, "cannot end the job's live events");
+        }
+        outcome
     }
 
     /// Runs `work` while heartbeating `delivery`.
@@ -469,7 +526,7 @@ impl Worker {
         let trace = cx.trace().cloned();
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
-            outcome = self.heartbeating(&delivery, self.execute(spec, cx)) => outcome,
+            outcome = self.heartbeating(&delivery, self.execute(&delivery, spec, cx)) => outcome,
             () = hand_back.cancelled() => {
                 tracing::info!(%job_id, "handing the job back on shutdown");
                 if let Err(error) = inner.queue.release(&delivery, Duration::ZERO, None).await {
