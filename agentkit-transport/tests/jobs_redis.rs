@@ -361,3 +361,76 @@ async fn a_caller_hears_of_the_end_after_the_notices_connection_dies() {
         .expect("the job");
     assert_eq!(ended.status, JobStatus::Succeeded);
 }
+
+/// Followers of live logs share one connection: more followers than the client's pool has
+/// connections each read their job's run to its end, and the worker's blocking claims still
+/// get connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_followers_share_one_connection() {
+    use std::time::Duration;
+
+    use agentkit_core::AgentEvent;
+    use agentkit_core::model::ScriptedModel;
+    use agentkit_store::redis::RedisClient;
+    use agentkit_testkit::jobs::RunningWorker;
+    use agentkit_transport::jobs::{JobStatus, Worker};
+    use futures::StreamExt;
+
+    let Some(url) = agentkit_testkit::redis_url() else {
+        return;
+    };
+    let name = agentkit_testkit::unique("live-share");
+    // The shared connection, the worker's blocking claim and one more.
+    let client = RedisClient::connect(&url, 3).unwrap();
+    let queue: Arc<dyn JobQueue> = Arc::new(RedisJobQueue::new(client, &name));
+    let mut followers = Vec::new();
+    for i in 0..12 {
+        let mut spec = agentkit_testkit::jobs::spec("assistant", &format!("What is {i} + 2?"));
+        spec.stream = true;
+        let job_id = queue.enqueue(spec).await.unwrap().job_id;
+        // Two followers for the first job: one before it runs, one later.
+        let count = if i == 0 { 2 } else { 1 };
+        for _ in 0..count {
+            followers.push((
+                i,
+                job_id.clone(),
+                queue.follow_live(&job_id).await.unwrap().unwrap(),
+            ));
+        }
+    }
+    let agent = agentkit_core::demo::assistant_builder(Arc::new(ScriptedModel::demo()))
+        .build()
+        .unwrap();
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", agent)
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let running = RunningWorker::spawn(worker);
+    let late = queue.follow_live(&followers[0].1).await.unwrap().unwrap();
+    followers.push((0, followers[0].1.clone(), late));
+    for (i, job_id, mut live) in followers {
+        let mut text = String::new();
+        loop {
+            let entry = tokio::time::timeout(Duration::from_secs(20), live.next())
+                .await
+                .unwrap_or_else(|_| panic!("job {i}'s live events stopped at {text:?}"))
+                .expect("the live log does not end by itself")
+                .unwrap();
+            match entry.event {
+                Some(AgentEvent::TextDelta { text: delta }) => text.push_str(&delta),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert_eq!(text, format!("{i} + 2 = {}", i + 2), "job {job_id}");
+        // The end marker is written before the job's outcome.
+        let doc = queue
+            .until_ended(&job_id, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(doc.status, JobStatus::Succeeded);
+    }
+    running.stop().await.unwrap();
+}

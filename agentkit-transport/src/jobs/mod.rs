@@ -15,6 +15,8 @@ mod memory;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod redis_live;
 mod watch;
 pub(crate) mod webhook;
 mod worker;

@@ -37,6 +37,7 @@ use redis::{Script, Value};
 use tokio::sync::{oneshot, watch};
 
 use super::live::{LIVE_EVENTS_KEPT, LIVE_RETENTION};
+use super::redis_live::LiveFollowers;
 use super::watch::{OnDrop, Watchers};
 use super::{
     Delivery, Encoder, Enqueued, Finish, JobDoc, JobError, JobQueue, JobResult, JobSpec, JobStatus,
@@ -293,6 +294,8 @@ pub struct RedisJobQueue {
     ended: Arc<str>,
     /// The jobs this process awaits, and whether their notices are being read.
     awaited: Arc<Mutex<Awaited>>,
+    /// The jobs whose live logs this process follows.
+    live: LiveFollowers,
     grouped: Arc<AtomicBool>,
     /// When delayed jobs were last promoted and stalled ones reclaimed (ms since the epoch).
     housekept: Arc<AtomicU64>,
@@ -475,6 +478,7 @@ impl RedisJobQueue {
             dead: format!("{prefix}:dead").into(),
             ended: format!("{prefix}:ended").into(),
             awaited: Arc::default(),
+            live: LiveFollowers::default(),
             prefix,
             visibility: Duration::from_secs(30),
             timeout: agentkit_store::redis::DEFAULT_TIMEOUT,
@@ -929,12 +933,12 @@ fn delivery(
 /// A stream entry as the queue reads it: a submission (`spec`, `created`), a retry (`job`),
 /// or an entry of a job's live log (`e`).
 #[derive(Default)]
-struct Entry {
-    id: String,
+pub(super) struct Entry {
+    pub(super) id: String,
     spec: Option<String>,
     job: Option<String>,
     created: Option<String>,
-    live: Option<String>,
+    pub(super) live: Option<String>,
 }
 
 impl From<StreamId> for Entry {
@@ -952,7 +956,7 @@ impl From<StreamId> for Entry {
 
 /// The entries of an `XREADGROUP` reply of one stream (RESP2 arrays or a RESP3 map), read
 /// straight from the reply: a map per entry costs more than the whole claim.
-fn read_entries(reply: Value) -> Vec<Entry> {
+pub(super) fn read_entries(reply: Value) -> Vec<Entry> {
     let streams = match reply {
         Value::Array(streams) => streams
             .into_iter()
@@ -1364,62 +1368,12 @@ impl JobQueue for RedisJobQueue {
             .await
     }
 
-    /// Reads the job's live log with blocking `XREAD`s on a connection of the client's pool,
-    /// held while the stream is.
+    /// Reads the job's live log from its first entry. Every job of this queue followed in
+    /// this process is read by one blocking `XREAD` on one connection of the client's pool.
     async fn follow_live(&self, job_id: &str) -> Result<Option<LiveEvents>> {
-        struct Follow {
-            conn: DedicatedConnection,
-            key: String,
-            last: String,
-            read: VecDeque<LiveEvent>,
-            failed: bool,
-        }
-        let follow = Follow {
-            conn: self.client.dedicated().await?,
-            key: self.live_key(job_id),
-            last: "0-0".to_owned(),
-            read: VecDeque::new(),
-            failed: false,
-        };
-        Ok(Some(Box::pin(futures::stream::unfold(
-            follow,
-            |mut f| async move {
-                loop {
-                    if let Some(event) = f.read.pop_front() {
-                        return Some((Ok(event), f));
-                    }
-                    if f.failed {
-                        return None;
-                    }
-                    // In slices under the client's response timeout, as a blocking claim reads.
-                    let reply = redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(256)
-                        .arg("BLOCK")
-                        .arg(BLOCK_SLICE.as_millis() as u64)
-                        .arg("STREAMS")
-                        .arg(&f.key)
-                        .arg(&f.last)
-                        .query_async::<Value>(&mut f.conn)
-                        .await;
-                    match reply {
-                        Ok(reply) => {
-                            for entry in read_entries(reply) {
-                                f.read.extend(
-                                    (entry.live.as_deref())
-                                        .and_then(|e| LiveEvent::decode(e.as_bytes())),
-                                );
-                                f.last = entry.id;
-                            }
-                        }
-                        Err(error) => {
-                            f.failed = true;
-                            return Some((Err(redis_error(error)), f));
-                        }
-                    }
-                }
-            },
-        ))))
+        let key = self.live_key(job_id);
+        let live = self.live.follow(&self.client, key, self.timeout).await?;
+        Ok(Some(live))
     }
 
     fn name(&self) -> &str {
