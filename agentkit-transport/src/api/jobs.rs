@@ -263,6 +263,7 @@ pub(crate) async fn job_events(
         held: None,
         grace: None,
         attempt: 0,
+        ended: 0,
         out: VecDeque::new(),
         finished: false,
     };
@@ -314,6 +315,8 @@ struct Follow {
     grace: Option<tokio::time::Instant>,
     /// The attempt whose live events were last sent.
     attempt: u32,
+    /// The last attempt whose end marker came.
+    ended: u32,
     out: VecDeque<Event>,
     finished: bool,
 }
@@ -321,7 +324,9 @@ struct Follow {
 impl Follow {
     fn step(&mut self, next: Option<Followed>) {
         match next {
-            Some(Followed::Status(doc)) if doc.status.is_terminal() && self.live_open => {
+            Some(Followed::Status(doc))
+                if doc.status.is_terminal() && self.live_open && self.ended < doc.attempts =>
+            {
                 self.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
                 self.held = Some(doc);
             }
@@ -346,11 +351,13 @@ impl Follow {
                         self.out
                             .push_back(Event::default().event(name).data(data.to_string()));
                     }
+                    // An end marker may come before the terminal document, or after.
                     None => {
+                        self.ended = self.ended.max(entry.attempt);
                         if self
                             .held
                             .as_ref()
-                            .is_some_and(|doc| entry.attempt >= doc.attempts)
+                            .is_some_and(|doc| self.ended >= doc.attempts)
                         {
                             self.release();
                         }
@@ -442,4 +449,81 @@ fn status_changes(
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkit_core::AgentEvent;
+
+    fn follow() -> Follow {
+        Follow {
+            merged: Box::pin(futures::stream::pending()),
+            origin: Origin {
+                request_id: "r".into(),
+                agent: "a".into(),
+                session_id: None,
+            },
+            live_open: true,
+            held: None,
+            grace: None,
+            attempt: 0,
+            ended: 0,
+            out: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    fn doc(status: JobStatus, attempts: u32) -> JobDoc {
+        let mut doc = JobDoc::queued("j".into(), JobSpec::default());
+        doc.status = status;
+        doc.attempts = attempts;
+        doc
+    }
+
+    fn text(attempt: u32) -> Followed {
+        Followed::Live(Ok(LiveEvent::event(
+            attempt,
+            AgentEvent::TextDelta { text: "x".into() },
+        )))
+    }
+
+    #[test]
+    fn the_terminal_status_goes_at_once_when_the_end_marker_came_first() {
+        let mut f = follow();
+        f.step(Some(Followed::Status(doc(JobStatus::Running, 1))));
+        f.step(Some(text(1)));
+        f.step(Some(Followed::Live(Ok(LiveEvent::end(1)))));
+        assert!(!f.finished);
+        f.step(Some(Followed::Status(doc(JobStatus::Succeeded, 1))));
+        assert!(f.finished && f.held.is_none(), "sent at once, no grace");
+        assert_eq!(f.out.len(), 3);
+    }
+
+    #[test]
+    fn the_terminal_status_waits_for_the_last_attempts_events() {
+        let mut f = follow();
+        f.step(Some(text(1)));
+        f.step(Some(Followed::Live(Ok(LiveEvent::end(1)))));
+        f.step(Some(Followed::Status(doc(JobStatus::Succeeded, 2))));
+        f.step(Some(Followed::StatusEnded));
+        assert!(
+            !f.finished && f.held.is_some(),
+            "attempt 2's events are to come"
+        );
+        f.step(Some(text(2)));
+        f.step(Some(Followed::Live(Ok(LiveEvent::end(2)))));
+        assert!(f.finished);
+        // text, attempt, text, status
+        assert_eq!(f.out.len(), 4);
+    }
+
+    #[test]
+    fn without_live_events_the_terminal_status_ends_the_stream() {
+        let mut f = follow();
+        f.live_open = false;
+        f.step(Some(Followed::Status(doc(JobStatus::Failed, 1))));
+        assert!(f.finished);
+        assert_eq!(f.out.len(), 1);
+    }
 }

@@ -165,6 +165,7 @@ impl Executor for QueueExecutor {
             reply: None,
             grace: None,
             attempt: 0,
+            ended_attempt: 0,
             forwarded: false,
             stale: false,
             out: VecDeque::new(),
@@ -212,11 +213,7 @@ impl Executor for QueueExecutor {
                     };
                     match woke {
                         Woke::Entry(entry) => f.entry(entry),
-                        Woke::Reply(reply) => {
-                            f.ended = None;
-                            f.reply = Some(reply);
-                            f.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
-                        }
+                        Woke::Reply(reply) => f.replied(reply),
                         Woke::Grace => f.finish(),
                     }
                 }
@@ -253,6 +250,8 @@ struct Follow {
     grace: Option<tokio::time::Instant>,
     /// The attempt whose events are forwarded.
     attempt: u32,
+    /// The last attempt whose end marker came.
+    ended_attempt: u32,
     forwarded: bool,
     /// A later attempt started after events were forwarded: none are any more.
     stale: bool,
@@ -285,9 +284,26 @@ impl Follow {
                 self.out.push_back(Ok(event));
             }
             Some(_) => {}
-            // The attempt that made the reply ended: every event it made is out.
-            None if self.reply.is_some() && entry.attempt >= self.attempt => self.finish(),
-            None => {}
+            // The attempt that made the reply ended: every event it made is out (once the
+            // reply is here too; an end marker may come before it).
+            None => {
+                self.ended_attempt = self.ended_attempt.max(entry.attempt);
+                if self.reply.is_some() && self.ended_attempt >= self.attempt {
+                    self.finish();
+                }
+            }
+        }
+    }
+
+    /// The job ended with `reply`: sent at once when its attempt's end marker came before
+    /// it, else once the marker comes or [`LIVE_GRACE`] is up.
+    fn replied(&mut self, reply: Result<Reply>) {
+        self.ended = None;
+        self.reply = Some(reply);
+        if self.attempt > 0 && self.ended_attempt >= self.attempt {
+            self.finish();
+        } else {
+            self.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
         }
     }
 
@@ -304,5 +320,86 @@ impl Follow {
             }
             reply => self.out.extend(replayed(reply)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow() -> Follow {
+        Follow {
+            live: Some(Box::pin(futures::stream::pending())),
+            ended: Some(Box::pin(std::future::pending())),
+            reply: None,
+            grace: None,
+            attempt: 0,
+            ended_attempt: 0,
+            forwarded: false,
+            stale: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    fn text(attempt: u32, text: &str) -> LiveEvent {
+        LiveEvent::event(attempt, AgentEvent::TextDelta { text: text.into() })
+    }
+
+    fn reply(output: &str) -> Result<Reply> {
+        Ok(Reply {
+            output: output.into(),
+            ..Reply::default()
+        })
+    }
+
+    fn names(f: &Follow) -> Vec<&'static str> {
+        f.out.iter().map(|e| e.as_ref().unwrap().name()).collect()
+    }
+
+    #[test]
+    fn the_reply_goes_at_once_when_its_end_marker_came_first() {
+        let mut f = follow();
+        f.entry(Some(Ok(text(1, "hi"))));
+        f.entry(Some(Ok(LiveEvent::end(1))));
+        assert_eq!(
+            names(&f),
+            ["text_delta"],
+            "nothing to send before the reply"
+        );
+        f.replied(reply("hi"));
+        assert_eq!(names(&f), ["text_delta", "done"]);
+        assert!(f.live.is_none() && f.reply.is_none(), "the call is over");
+    }
+
+    #[test]
+    fn the_reply_waits_for_its_end_marker() {
+        let mut f = follow();
+        f.entry(Some(Ok(text(1, "h"))));
+        f.replied(reply("hi"));
+        assert_eq!(names(&f), ["text_delta"]);
+        assert!(f.grace.is_some());
+        f.entry(Some(Ok(text(1, "i"))));
+        f.entry(Some(Ok(LiveEvent::end(1))));
+        assert_eq!(names(&f), ["text_delta", "text_delta", "done"]);
+    }
+
+    #[test]
+    fn a_retry_after_text_was_sent_sends_no_more_of_it() {
+        let mut f = follow();
+        f.entry(Some(Ok(text(1, "partial"))));
+        f.entry(Some(Ok(LiveEvent::end(1))));
+        f.entry(Some(Ok(text(2, "whole"))));
+        f.entry(Some(Ok(LiveEvent::end(2))));
+        f.replied(reply("whole"));
+        assert_eq!(names(&f), ["text_delta", "done"]);
+    }
+
+    #[test]
+    fn a_reply_with_nothing_live_is_replayed_whole() {
+        let mut f = follow();
+        f.entry(None);
+        f.replied(reply("hi"));
+        f.finish();
+        assert_eq!(names(&f), ["text_delta", "usage", "done"]);
     }
 }
