@@ -31,7 +31,7 @@ macro_rules! job_queue_conformance {
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
             redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once,
             until_ended_wakes_when_the_job_ends, a_hand_back_is_not_an_attempt,
-            a_streamed_job_writes_its_run_live);
+            a_streamed_job_writes_its_run_live, a_cancelled_job_does_not_run);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -806,6 +806,145 @@ pub async fn a_streamed_job_writes_its_run_live(queue: Arc<dyn JobQueue>) {
     assert!(
         nothing.is_err(),
         "a job without `stream` writes no live events: {nothing:?}"
+    );
+    running.stop().await.unwrap();
+}
+
+/// Runs `forever` until dropped (and anything else at once), counting its runs and its
+/// runs dropped.
+struct Endless {
+    started: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Executor for Endless {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let text = invocation.input[0].text_content();
+        if text != "forever" {
+            return Ok(Reply {
+                output: text,
+                ..Reply::default()
+            });
+        }
+        let _dropped = Dropped(self.dropped.clone());
+        std::future::pending().await
+    }
+}
+
+async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cancelled job ends `cancelled` at once: queued, it never runs and no longer counts in
+/// the depth; running, its worker drops the run at its next heartbeat and goes on with other
+/// jobs, and what the run would have returned does not replace the cancel. A job that ended
+/// keeps its ending; cancelling twice is the same as once; an unknown job is `None`.
+pub async fn a_cancelled_job_does_not_run(queue: Arc<dyn JobQueue>) {
+    let queued = queue
+        .enqueue(spec("endless", "forever"))
+        .await
+        .unwrap()
+        .job_id;
+    let doc = queue
+        .cancel(&queued)
+        .await
+        .unwrap()
+        .expect("the job exists");
+    assert_eq!(doc.status, JobStatus::Cancelled);
+    assert_eq!(doc.error.as_ref().unwrap().code, "cancelled");
+    let read = queue.get(&queued).await.unwrap().unwrap();
+    assert_eq!(read.status, JobStatus::Cancelled);
+    assert_eq!(
+        queue.depth().await.unwrap(),
+        0,
+        "a cancelled job waits no more"
+    );
+    let again = queue.cancel(&queued).await.unwrap().unwrap();
+    assert_eq!(again.status, JobStatus::Cancelled);
+    let ended = queue
+        .until_ended(&queued, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, JobStatus::Cancelled);
+
+    let done = queue.enqueue(spec("endless", "done")).await.unwrap().job_id;
+    let delivery = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .expect("the second job is delivered, not the cancelled one");
+    assert_eq!(delivery.job.job_id, done);
+    queue
+        .finish(&delivery, Finish::Succeeded(job_result("done")))
+        .await
+        .unwrap();
+    let kept = queue.cancel(&done).await.unwrap().unwrap();
+    assert_eq!(
+        kept.status,
+        JobStatus::Succeeded,
+        "an ended job keeps its ending"
+    );
+    assert!(queue.cancel("0-1").await.unwrap().is_none(), "no such job");
+
+    let started = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let worker = quick_worker(queue.clone())
+        .agent(
+            "endless",
+            Endless {
+                started: started.clone(),
+                dropped: dropped.clone(),
+            },
+        )
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let running = RunningWorker::spawn(worker);
+    let long = queue
+        .enqueue(spec("endless", "forever"))
+        .await
+        .unwrap()
+        .job_id;
+    until("the run's start", Duration::from_secs(10), || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let doc = queue.cancel(&long).await.unwrap().unwrap();
+    assert_eq!(doc.status, JobStatus::Cancelled);
+    until("the run's stop", Duration::from_secs(5), || {
+        dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let after = queue
+        .enqueue(spec("endless", "after"))
+        .await
+        .unwrap()
+        .job_id;
+    let doc = wait_for(queue.as_ref(), &after, Duration::from_secs(10)).await;
+    assert_eq!(doc.status, JobStatus::Succeeded, "the worker goes on");
+    let doc = queue.get(&long).await.unwrap().unwrap();
+    assert_eq!(
+        doc.status,
+        JobStatus::Cancelled,
+        "the stopped run changed nothing"
+    );
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "the job cancelled while queued never ran"
     );
     running.stop().await.unwrap();
 }

@@ -1214,3 +1214,124 @@ async fn a_streamed_job_sends_its_run_as_it_happens() {
         "each event once: {events:?}"
     );
 }
+
+async fn cancel(base: &str, key: &str, job_id: &str) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/jobs/{job_id}/cancel"))
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /v1/jobs/{id}/cancel`: a queued job ends `cancelled` and never runs, its callback
+/// gets the cancelled document, cancelling again answers the same; a job that ended is a
+/// 409, another tenant's or an unknown job a 404 (whose message does not echo a long id
+/// whole), and the events stream of a cancelled job ends with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_never_runs_and_its_callback_says_so() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Counted { runs: runs.clone() };
+    let api = Api::builder()
+        .agent("assistant", counted.clone())
+        .auth(
+            Authenticator::none()
+                .with_api_key("acme", "dummy-key-acme")
+                .with_api_key("beta", "dummy-key-beta"),
+        )
+        .jobs(queue.clone())
+        .allow_private_callbacks(true) // the receiver is on loopback
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let (hook, received, _) = receiver(0).await;
+    let accepted: Value = submit(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 1 + 1?", "callback_url": hook}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+
+    let other = cancel(&served.base, "dummy-key-beta", &job_id).await;
+    assert_eq!(other.status(), 404, "another tenant's job is not there");
+    let response = cancel(&served.base, "dummy-key-acme", &job_id).await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert_eq!(doc["status"], "cancelled");
+    assert_eq!(doc["error"]["code"], "cancelled");
+    let again = cancel(&served.base, "dummy-key-acme", &job_id).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "cancelled");
+    let events = client()
+        .get(format!("{}/v1/jobs/{job_id}/events", served.base))
+        .header("authorization", "Bearer dummy-key-acme")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = parse_sse(&events);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["status"], "cancelled");
+
+    let long = "x".repeat(5000);
+    let missing = cancel(&served.base, "dummy-key-acme", &long).await;
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 200, "the id is cut short: {message}");
+
+    // Workers now: the cancelled job does not run; its callback comes, signed.
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", counted)
+        .webhooks(test_webhooks(5))
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+    delivered(&received, 1).await;
+    let (headers, body) = received.lock().unwrap()[0].clone();
+    assert!(verify(
+        WEBHOOK_SECRET,
+        &body,
+        headers[SIGNATURE_HEADER].to_str().unwrap()
+    ));
+    let hooked: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(hooked["job_id"], job_id.as_str());
+    assert_eq!(hooked["status"], "cancelled");
+
+    let ran: Value = submit(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 2 + 2?"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let ran = ran["job_id"].as_str().unwrap();
+    assert_eq!(
+        wait_done(&served.base, "dummy-key-acme", ran).await["status"],
+        "succeeded"
+    );
+    let ended = cancel(&served.base, "dummy-key-acme", ran).await;
+    assert_eq!(ended.status(), 409);
+    assert_eq!(
+        ended.json::<Value>().await.unwrap()["error"]["code"],
+        "conflict"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "only the job not cancelled ran"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(received.lock().unwrap().len(), 1, "one callback");
+}

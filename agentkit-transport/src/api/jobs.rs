@@ -64,7 +64,7 @@ pub(crate) struct JobDocSchema {
     pub(crate) job_id: String,
     /// The agent.
     pub(crate) agent: String,
-    /// `queued`, `running`, `succeeded`, `failed` or `dead`.
+    /// `queued`, `running`, `succeeded`, `failed`, `dead` or `cancelled`.
     pub(crate) status: String,
     /// How many times a worker started it.
     pub(crate) attempts: u32,
@@ -99,7 +99,7 @@ async fn visible(
 fn mine(doc: Option<JobDoc>, job_id: &str, principal: &Principal) -> Result<JobDoc, ApiError> {
     match doc {
         Some(doc) if doc.tenant() == Some(principal.tenant.as_str()) => Ok(doc),
-        _ => Err(Error::not_found(format!("no job `{job_id}`")).into()),
+        _ => Err(Error::not_found(format!("no job `{}`", shown(job_id))).into()),
     }
 }
 
@@ -206,6 +206,67 @@ pub(crate) async fn get_job(
     let queue = queue(&state)?;
     let doc = visible(queue.as_ref(), &job_id, &principal).await?;
     Ok(axum::Json(doc).into_response())
+}
+
+/// Cancels a job: a queued job will not run; a running one is stopped by its worker at the
+/// worker's next heartbeat. Cancelling a cancelled job again answers it as it is; a job that
+/// ended otherwise is a 409. A job with a `callback_url` gets its callback, as when it ends.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/cancel",
+    tag = "jobs",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "The job, `cancelled`", body = JobDocSchema),
+        (status = 404, description = "No such job (for this tenant)", body = ErrorBody),
+        (status = 409, description = "The job had ended (succeeded, failed or dead)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(job_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let queue = queue(&state)?;
+    let doc = visible(queue.as_ref(), &job_id, &principal).await?;
+    let ended = |doc: &JobDoc| {
+        Error::new(
+            agentkit_core::ErrorKind::Conflict,
+            format!("job {} has ended ({})", shown(&job_id), doc.status.as_str()),
+        )
+    };
+    if doc.status.is_terminal() && doc.status != JobStatus::Cancelled {
+        return Err(ended(&doc).into());
+    }
+    // The callback is queued before the job ends, as a worker ending it does; keyed by the
+    // job, it is queued once whoever ends the job.
+    if let Some(spec) = doc.spec.as_deref()
+        && let Some(url) = &spec.callback_url
+        && doc.status != JobStatus::Cancelled
+    {
+        queue
+            .enqueue(crate::jobs::webhook_job(&job_id, spec, url))
+            .await?;
+    }
+    let doc = queue
+        .cancel(&job_id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no job `{}`", shown(&job_id))))?;
+    if doc.status != JobStatus::Cancelled {
+        // It ended meanwhile.
+        return Err(ended(&doc).into());
+    }
+    Ok(axum::Json(doc).into_response())
+}
+
+/// A caller's job id as error messages show it: the first 64 characters of a longer one.
+fn shown(job_id: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 64;
+    match job_id.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}...", &job_id[..cut]).into(),
+        None => job_id.into(),
+    }
 }
 
 /// Follows a job: a `status` event with the job document at each change, ending after the

@@ -109,7 +109,7 @@ impl QueueExecutor {
                     ..Reply::default()
                 })
             }
-            JobStatus::Failed | JobStatus::Dead => {
+            JobStatus::Failed | JobStatus::Dead | JobStatus::Cancelled => {
                 let error = doc.error.unwrap_or_else(|| {
                     "the job ended without a result"
                         .parse()

@@ -342,6 +342,27 @@ impl JobQueue for MemoryJobQueue {
         Ok(self.lock().ready.len() as u64)
     }
 
+    async fn cancel(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let mut state = self.lock();
+        let Some((doc, _)) = state.jobs.get_mut(job_id) else {
+            return Ok(None);
+        };
+        if !doc.cancel() {
+            return Ok(Some(doc.clone()));
+        }
+        let doc = doc.clone();
+        // Off the ready list (so the depth counts it no more) and the claims.
+        state.ready.retain(|_, id| id != job_id);
+        state.leases.remove(job_id);
+        Self::forget_old(&mut state, job_id);
+        let watching = state.watchers.ended(job_id);
+        drop(state);
+        if let Some(watching) = watching {
+            watching.notify_waiters();
+        }
+        Ok(Some(doc))
+    }
+
     async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
         self.live.publish(job_id, event);
         Ok(())

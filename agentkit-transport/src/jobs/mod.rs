@@ -33,6 +33,7 @@ pub use executor::QueueExecutor;
 pub use live::{LiveEvent, LiveEvents};
 pub use memory::MemoryJobQueue;
 pub use webhook::{SIGNATURE_HEADER, WebhookSender, sign, verify};
+pub(crate) use worker::webhook_job;
 pub use worker::{Worker, WorkerBuilder};
 
 /// Idempotency keys starting with this belong to agentkit (a job's webhook delivery is keyed
@@ -139,12 +140,17 @@ pub enum JobStatus {
     Failed,
     /// Its retries ran out (dead-lettered).
     Dead,
+    /// A caller cancelled it ([`JobQueue::cancel`]) before it ended.
+    Cancelled,
 }
 
 impl JobStatus {
     /// Whether the job will not change any more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Dead | Self::Cancelled
+        )
     }
 
     /// The `snake_case` name.
@@ -155,6 +161,7 @@ impl JobStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -235,6 +242,20 @@ pub struct JobDoc {
 }
 
 impl JobDoc {
+    /// Ends the job `cancelled` unless it has ended; whether it changed.
+    pub(crate) fn cancel(&mut self) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        self.status = JobStatus::Cancelled;
+        self.error = Some(JobError {
+            code: agentkit_core::ErrorKind::Cancelled.code().to_owned(),
+            message: "cancelled by a caller".to_owned(),
+        });
+        self.updated_at_ms = now_ms();
+        true
+    }
+
     /// A new, queued job.
     pub fn queued(job_id: String, spec: impl Into<Arc<JobSpec>>) -> Self {
         let spec = spec.into();
@@ -529,6 +550,19 @@ pub trait JobQueue: Send + Sync {
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(UNTIL_ENDED_POLL);
         }
+    }
+
+    /// Cancels the job unless it has ended: it ends `cancelled` at once. A queued job will
+    /// not run; a running one is stopped by its worker at the worker's next heartbeat, and
+    /// whatever the run then returns is dropped. Returns the job's document afterwards
+    /// (`None`: no such job), which for a job that had ended already is its ending, unchanged.
+    /// The default refuses: this queue cannot cancel jobs.
+    async fn cancel(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let _ = job_id;
+        Err(Error::new(
+            agentkit_core::ErrorKind::Conflict,
+            "this job queue cannot cancel jobs",
+        ))
     }
 
     /// Appends `event` to the job's live log (see [`live`]): what a worker does for each

@@ -728,6 +728,49 @@ impl JobQueue for NatsJobQueue {
             .map_err(|e| unavailable("flush", e))
     }
 
+    /// Ends the job's document `cancelled` (compare-and-set, so an ending written meanwhile
+    /// wins), then deletes its submission from the stream if it is still there, so that no
+    /// worker gets it.
+    async fn cancel(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let Some(mut doc) = self.get(job_id).await? else {
+            return Ok(None);
+        };
+        if !doc.cancel() {
+            return Ok(Some(doc));
+        }
+        let spec = (doc.spec.clone())
+            .ok_or_else(|| Error::internal(format!("job {job_id} has no spec")))?;
+        let prepared = Stored {
+            spec,
+            status: doc.status,
+            attempts: doc.attempts,
+            result: None,
+            error: doc.error.clone(),
+            created_at_ms: doc.created_at_ms,
+            updated_at_ms: doc.updated_at_ms,
+        };
+        let Some(cancelled) = self
+            .create_or_change(job_id, prepared, |stored| stored.status.is_terminal())
+            .await?
+        else {
+            // It ended meanwhile.
+            return self.get(job_id).await;
+        };
+        let subject = format!("{}.{job_id}", self.subject);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => {
+                if let Err(error) = self.stream.delete_message(message.sequence).await {
+                    tracing::warn!(%job_id, %error, "cannot take the cancelled job's submission off the stream; a worker that gets it will find it ended");
+                }
+            }
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "cannot look for the cancelled job's submission")
+            }
+        }
+        Ok(Some(cancelled.doc(job_id)))
+    }
+
     /// A job's live log is its subject in the queue's live stream (in the server's memory).
     async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
         let subject = self.live_subject(job_id)?;

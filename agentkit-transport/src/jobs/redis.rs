@@ -100,7 +100,7 @@ return #due
 /// For the scripts below: whether a job's status is final.
 const TERMINAL_FN: &str = r"
 local function terminal(status)
-  return status == 'succeeded' or status == 'failed' or status == 'dead'
+  return status == 'succeeded' or status == 'failed' or status == 'dead' or status == 'cancelled'
 end
 ";
 
@@ -233,6 +233,26 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 ";
 
+/// Cancels a job: KEYS are its outcome key, its hash, the stream, the delayed set and the end
+/// notices; ARGV the cancelled document, the retention, the submission's entry id (or ''),
+/// the group, the job id and the notices kept. A job that ended keeps its ending (returns
+/// 0 and its outcome, if it has one). Otherwise the outcome is written, the job's hash and
+/// its retry (if one waits) dropped, and its submission deleted from the stream unless it
+/// was delivered (a running job's worker stops it at its next heartbeat). Returns 1.
+const CANCEL: &str = r"
+local done = redis.call('GET', KEYS[1])
+if done then return {0, done} end
+if terminal(redis.call('HGET', KEYS[2], 'status')) then return {0} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[4], ARGV[5])
+if ARGV[3] ~= '' and not redis.call('XPENDING', KEYS[3], ARGV[4], ARGV[3], ARGV[3], 1)[1] then
+  redis.call('XDEL', KEYS[3], ARGV[3])
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'job', ARGV[5])
+return {1}
+";
+
 /// Reads a job: KEYS are its outcome key, its hash and the stream; ARGV the job id when it is
 /// an entry id (else ''), the group and now. Returns the outcome document alone when the job
 /// ended; else false, then spec, status, attempts, created, updated, result, error: from the
@@ -276,6 +296,7 @@ struct Scripts {
     release: Script,
     get: Script,
     depth: Script,
+    cancel: Script,
 }
 
 /// A job queue on Redis Streams, sharing a [`RedisClient`] with the session store.
@@ -491,6 +512,7 @@ impl RedisJobQueue {
                 release: Script::new(&format!("{TERMINAL_FN}{RELEASE}")),
                 get: Script::new(GET),
                 depth: Script::new(&format!("{GROUP_FIELD_FN}{DEPTH}")),
+                cancel: Script::new(&format!("{TERMINAL_FN}{CANCEL}")),
             }),
             grouped: Arc::default(),
             housekept: Arc::default(),
@@ -1339,6 +1361,47 @@ impl JobQueue for RedisJobQueue {
                 redis::cmd("PING").query_async::<()>(&mut c).await
             })
             .await
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        self.ensure_group().await?;
+        let Some(mut doc) = self.get(job_id).await? else {
+            return Ok(None);
+        };
+        if !doc.cancel() {
+            return Ok(Some(doc));
+        }
+        let stored = StoredRef::of(&doc)
+            .ok_or_else(|| Error::internal(format!("job {job_id} has no spec")))?;
+        let body = self.outcomes.encode(&stored)?;
+        let (done, job) = (self.done_key(job_id), self.job_key(job_id));
+        let (stream, delayed, notices) = (&*self.stream, &*self.delayed, &*self.ended);
+        let entry = if is_entry_id(job_id) { job_id } else { "" };
+        let reply: Vec<Value> = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .cancel
+                    .key(&done)
+                    .key(&job)
+                    .key(stream)
+                    .key(delayed)
+                    .key(notices)
+                    .arg(&body)
+                    .arg(RETENTION.as_secs())
+                    .arg(entry)
+                    .arg(GROUP)
+                    .arg(job_id)
+                    .arg(ENDED_KEPT)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match reply.first() {
+            Some(Value::Int(1)) => Ok(Some(doc)),
+            // It ended meanwhile (or a cancel came first).
+            _ => self.get(job_id).await,
+        }
     }
 
     /// A job's live log is a stream of its own (`{prefix}:live:{job_id}`, capped at about

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::webhook::WebhookSender;
 use super::{
-    Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, LiveEvent, RESERVED_KEY_PREFIX,
+    Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, JobStatus, LiveEvent,
+    RESERVED_KEY_PREFIX,
 };
 use crate::leases::SessionLeases;
 
@@ -28,6 +29,27 @@ use crate::leases::SessionLeases;
 /// before the job is finished: a worker that dies after finishing (or while the receiver is
 /// down) leaves the delivery in the queue for another worker, instead of losing it.
 pub(crate) const WEBHOOK_AGENT: &str = "agentkit.webhook";
+
+/// The job that delivers the document of the job `job_id` (submitted as `spec`) to `url`
+/// once that job has ended: queued by whatever ends it (a worker, or a cancel), keyed by the
+/// job so that it is queued once.
+pub(crate) fn webhook_job(job_id: &str, spec: &JobSpec, url: &str) -> JobSpec {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("job_id".into(), job_id.into());
+    JobSpec {
+        agent: WEBHOOK_AGENT.to_owned(),
+        input: vec![agentkit_core::Message::user(format!(
+            "deliver job {job_id} to its callback"
+        ))],
+        metadata,
+        tenant: spec.tenant.clone(),
+        callback_url: Some(url.to_owned()),
+        idempotency_key: Some(format!("{RESERVED_KEY_PREFIX}webhook:{job_id}")),
+        request_id: spec.request_id.clone(),
+        traceparent: spec.traceparent.clone(),
+        ..JobSpec::default()
+    }
+}
 
 /// How many times a webhook delivery is claimed before it is dead: each claim makes several
 /// HTTP attempts, and claims that find the job not yet ended wait for it (up to 30 s each).
@@ -469,25 +491,39 @@ impl Worker {
         outcome
     }
 
-    /// Runs `work` while heartbeating `delivery`.
-    async fn heartbeating<T>(&self, delivery: &Delivery, work: impl Future<Output = T>) -> T {
+    /// Runs `work` while heartbeating `delivery`; `None` when the job was cancelled meanwhile
+    /// (each heartbeat also looks at the job's status), and `work` was dropped.
+    async fn heartbeating<T>(
+        &self,
+        delivery: &Delivery,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
         // Work that ends in its first poll (no model or tool call waited) needs no heartbeat:
         // no timer is set and cancelled for it.
         let mut work = std::pin::pin!(work);
         if let std::task::Poll::Ready(out) = futures::poll!(work.as_mut()) {
-            return out;
+            return Some(out);
         }
+        let queue = &self.inner.queue;
+        let job_id = &delivery.job.job_id;
         let beat = async {
             loop {
                 tokio::time::sleep(self.inner.heartbeat).await;
-                if let Err(error) = self.inner.queue.heartbeat(delivery).await {
-                    tracing::warn!(job_id = %delivery.job.job_id, %error, "heartbeat failed");
+                if let Err(error) = queue.heartbeat(delivery).await {
+                    tracing::warn!(%job_id, %error, "heartbeat failed");
+                }
+                match queue.get(job_id).await {
+                    Ok(Some(doc)) if doc.status == JobStatus::Cancelled => return,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%job_id, %error, "cannot read the job's status")
+                    }
                 }
             }
         };
         tokio::select! {
-            out = work => out,
-            never = beat => never,
+            out = work => Some(out),
+            () = beat => None,
         }
     }
 
@@ -536,6 +572,25 @@ impl Worker {
             }
         };
         let callback = spec.callback_url.as_deref();
+        let Some(outcome) = outcome else {
+            // The job ended `cancelled` already; this acknowledges the delivery (its
+            // callback, if any, was queued by the cancel).
+            let cancelled = Error::cancelled();
+            log_job(
+                &delivery,
+                spec,
+                trace.as_ref(),
+                report.as_ref(),
+                started,
+                Some(&cancelled),
+            );
+            tracing::info!(%job_id, "the job was cancelled; its run is stopped");
+            let finish = Finish::Failed(JobError::from(&cancelled));
+            if let Err(error) = inner.queue.finish(&delivery, finish).await {
+                tracing::warn!(%job_id, %error, "cannot acknowledge the cancelled job; it will be delivered again and skipped");
+            }
+            return;
+        };
         log_job(
             &delivery,
             spec,
@@ -602,24 +657,7 @@ impl Worker {
     /// Enqueues the delivery of `delivery`'s job document to `url` (once per job: the key is
     /// the job's).
     async fn queue_webhook(&self, delivery: &Delivery, url: &str) -> Result<()> {
-        let job = &delivery.job;
-        let spec = delivery.spec()?;
-        let mut metadata = serde_json::Map::new();
-        metadata.insert("job_id".into(), job.job_id.clone().into());
-        let webhook = JobSpec {
-            agent: WEBHOOK_AGENT.to_owned(),
-            input: vec![agentkit_core::Message::user(format!(
-                "deliver job {} to its callback",
-                job.job_id
-            ))],
-            metadata,
-            tenant: spec.tenant.clone(),
-            callback_url: Some(url.to_owned()),
-            idempotency_key: Some(format!("{RESERVED_KEY_PREFIX}webhook:{}", job.job_id)),
-            request_id: spec.request_id.clone(),
-            traceparent: spec.traceparent.clone(),
-            ..JobSpec::default()
-        };
+        let webhook = webhook_job(&delivery.job.job_id, delivery.spec()?, url);
         self.inner.queue.enqueue(webhook).await.map(drop)
     }
 
