@@ -385,8 +385,13 @@ struct Follow {
 impl Follow {
     fn step(&mut self, next: Option<Followed>) {
         match next {
+            // Held back for the rest of its live events, unless none can come: a cancelled
+            // job's run was dropped, whatever it had written is in.
             Some(Followed::Status(doc))
-                if doc.status.is_terminal() && self.live_open && self.ended < doc.attempts =>
+                if doc.status.is_terminal()
+                    && doc.status != JobStatus::Cancelled
+                    && self.live_open
+                    && self.ended < doc.attempts =>
             {
                 self.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
                 self.held = Some(doc);
@@ -577,6 +582,15 @@ mod tests {
         assert!(f.finished);
         // text, attempt, text, status
         assert_eq!(f.out.len(), 4);
+    }
+
+    #[test]
+    fn a_cancelled_job_ends_the_stream_at_once() {
+        let mut f = follow();
+        f.step(Some(text(1)));
+        f.step(Some(Followed::Status(doc(JobStatus::Cancelled, 1))));
+        assert!(f.finished, "no end marker is waited for");
+        assert_eq!(f.out.len(), 2);
     }
 
     #[test]

@@ -295,12 +295,15 @@ impl Follow {
         }
     }
 
-    /// The job ended with `reply`: sent at once when its attempt's end marker came before
-    /// it, else once the marker comes or [`LIVE_GRACE`] is up.
+    /// The job ended with `reply`: sent at once when it is an error or its attempt's end
+    /// marker came before it, else once the marker comes or [`LIVE_GRACE`] is up.
     fn replied(&mut self, reply: Result<Reply>) {
         self.ended = None;
+        let failed = reply.is_err();
         self.reply = Some(reply);
-        if self.attempt > 0 && self.ended_attempt >= self.attempt {
+        // A failed job's error is all there is to send (a cancelled job's run was dropped
+        // and writes no end marker).
+        if failed || (self.attempt > 0 && self.ended_attempt >= self.attempt) {
             self.finish();
         } else {
             self.grace = Some(tokio::time::Instant::now() + LIVE_GRACE);
@@ -392,6 +395,15 @@ mod tests {
         f.entry(Some(Ok(LiveEvent::end(2))));
         f.replied(reply("whole"));
         assert_eq!(names(&f), ["text_delta", "done"]);
+    }
+
+    #[test]
+    fn an_error_goes_at_once() {
+        let mut f = follow();
+        f.entry(Some(Ok(text(1, "partial"))));
+        f.replied(Err(agentkit_core::Error::cancelled()));
+        assert!(f.live.is_none(), "no end marker is waited for");
+        assert!(f.out.back().unwrap().is_err());
     }
 
     #[test]

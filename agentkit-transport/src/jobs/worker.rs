@@ -585,6 +585,12 @@ impl Worker {
                 Some(&cancelled),
             );
             tracing::info!(%job_id, "the job was cancelled; its run is stopped");
+            if spec.stream {
+                let end = LiveEvent::end(delivery.attempt);
+                if let Err(error) = inner.queue.publish_live(&job_id, &end).await {
+                    tracing::warn!(%job_id, %error, "cannot end the job's live events");
+                }
+            }
             let finish = Finish::Failed(JobError::from(&cancelled));
             if let Err(error) = inner.queue.finish(&delivery, finish).await {
                 tracing::warn!(%job_id, %error, "cannot acknowledge the cancelled job; it will be delivered again and skipped");
