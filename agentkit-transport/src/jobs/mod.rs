@@ -126,7 +126,9 @@ impl JobSpec {
     }
 }
 
-/// Where a job is.
+/// Where a job is. New statuses may be added (as `Cancelled` was), so a `match` needs a
+/// wildcard arm.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
