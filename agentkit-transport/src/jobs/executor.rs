@@ -159,17 +159,7 @@ impl Executor for QueueExecutor {
                     .flat_map(|reply| futures::stream::iter(replayed(reply))),
             ));
         };
-        let follow = Follow {
-            live: Some(live),
-            ended: Some(ended),
-            reply: None,
-            grace: None,
-            attempt: 0,
-            ended_attempt: 0,
-            forwarded: false,
-            stale: false,
-            out: VecDeque::new(),
-        };
+        let follow = Follow::new(live, ended);
         Ok(Box::pin(futures::stream::unfold(
             follow,
             |mut f| async move {
@@ -259,6 +249,20 @@ struct Follow {
 }
 
 impl Follow {
+    fn new(live: LiveEvents, ended: BoxFuture<'static, Result<Reply>>) -> Self {
+        Self {
+            live: Some(live),
+            ended: Some(ended),
+            reply: None,
+            grace: None,
+            attempt: 0,
+            ended_attempt: 0,
+            forwarded: false,
+            stale: false,
+            out: VecDeque::new(),
+        }
+    }
+
     fn entry(&mut self, entry: Option<Result<LiveEvent>>) {
         let entry = match entry {
             Some(Ok(entry)) => entry,
@@ -331,17 +335,10 @@ mod tests {
     use super::*;
 
     fn follow() -> Follow {
-        Follow {
-            live: Some(Box::pin(futures::stream::pending())),
-            ended: Some(Box::pin(std::future::pending())),
-            reply: None,
-            grace: None,
-            attempt: 0,
-            ended_attempt: 0,
-            forwarded: false,
-            stale: false,
-            out: VecDeque::new(),
-        }
+        Follow::new(
+            Box::pin(futures::stream::pending()),
+            Box::pin(std::future::pending()),
+        )
     }
 
     fn text(attempt: u32, text: &str) -> LiveEvent {

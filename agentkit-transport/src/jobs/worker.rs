@@ -51,6 +51,12 @@ pub(crate) fn webhook_job(job_id: &str, spec: &JobSpec, url: &str) -> JobSpec {
     }
 }
 
+/// What runs a job (see [`Worker::runner`]).
+enum Runner<'a> {
+    Session(&'a SessionAgent<BoxExecutor>),
+    Stateless(&'a BoxExecutor),
+}
+
 /// How many times a webhook delivery is claimed before it is dead: each claim makes several
 /// HTTP attempts, and claims that find the job not yet ended wait for it (up to 30 s each).
 const WEBHOOK_MAX_ATTEMPTS: u32 = 20;
@@ -413,16 +419,8 @@ impl Worker {
         cx
     }
 
-    async fn execute(&self, delivery: &Delivery, spec: &JobSpec, cx: Context) -> Result<Reply> {
-        let invocation = Invocation {
-            input: spec.input.clone(),
-            history: spec.history.clone(),
-            context: cx,
-            metadata: spec.metadata.clone(),
-        };
-        if spec.stream {
-            return Box::pin(self.execute_live(delivery, spec, invocation)).await;
-        }
+    /// What runs `spec`: the agent's sessions for a session job, else the agent.
+    fn runner(&self, spec: &JobSpec) -> Result<Runner<'_>> {
         if spec.session_id.is_some() {
             let sessions = self.inner.sessions.get(&spec.agent).ok_or_else(|| {
                 Error::new(
@@ -430,14 +428,31 @@ impl Worker {
                     "this worker keeps no sessions; it cannot run a session job",
                 )
             })?;
-            // Boxed, as the executors' runs are: a session run's future (load, run, save) is
-            // large, and inline it would weigh on every job's task.
-            return Box::pin(sessions.execute(invocation)).await;
+            return Ok(Runner::Session(sessions));
         }
         let executor = self.inner.agents.get(&spec.agent).ok_or_else(|| {
             Error::not_found(format!("this worker runs no agent named `{}`", spec.agent))
         })?;
-        executor.execute(invocation).await
+        Ok(Runner::Stateless(executor))
+    }
+
+    async fn execute(&self, delivery: &Delivery, spec: &JobSpec, cx: Context) -> Result<Reply> {
+        let invocation = Invocation {
+            input: spec.input.clone(),
+            history: spec.history.clone(),
+            context: cx,
+            metadata: spec.metadata.clone(),
+        };
+        let runner = self.runner(spec)?;
+        if spec.stream {
+            return Box::pin(self.execute_live(delivery, runner, invocation)).await;
+        }
+        match runner {
+            // Boxed, as the executors' runs are: a session run's future (load, run, save) is
+            // large, and inline it would weigh on every job's task.
+            Runner::Session(sessions) => Box::pin(sessions.execute(invocation)).await,
+            Runner::Stateless(executor) => executor.execute(invocation).await,
+        }
     }
 
     /// Runs a job submitted with [`JobSpec::stream`]: its events go to the job's live log as
@@ -447,26 +462,16 @@ impl Worker {
     async fn execute_live(
         &self,
         delivery: &Delivery,
-        spec: &JobSpec,
+        runner: Runner<'_>,
         invocation: Invocation,
     ) -> Result<Reply> {
         let queue = &self.inner.queue;
         let job_id = &delivery.job.job_id;
         let attempt = delivery.attempt;
         let run = async {
-            let mut events = if spec.session_id.is_some() {
-                let sessions = self.inner.sessions.get(&spec.agent).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidInput,
-                        "this worker keeps no sessions; it cannot run a session job",
-                    )
-                })?;
-                sessions.stream(invocation).await?
-            } else {
-                let executor = self.inner.agents.get(&spec.agent).ok_or_else(|| {
-                    Error::not_found(format!("this worker runs no agent named `{}`", spec.agent))
-                })?;
-                executor.stream(invocation).await?
+            let mut events = match runner {
+                Runner::Session(sessions) => sessions.stream(invocation).await?,
+                Runner::Stateless(executor) => executor.stream(invocation).await?,
             };
             let mut publishing = true;
             while let Some(event) = events.next().await {
