@@ -31,7 +31,8 @@ macro_rules! job_queue_conformance {
             poison_job_is_dead_after_n_attempts, worker_runs_everything,
             redelivery_does_not_repeat_side_effects, concurrent_finishes_each_land_once,
             until_ended_wakes_when_the_job_ends, a_hand_back_is_not_an_attempt,
-            a_streamed_job_writes_its_run_live, a_cancelled_job_does_not_run);
+            a_streamed_job_writes_its_run_live, a_cancelled_job_does_not_run,
+            a_dead_job_runs_again_when_retried);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -947,4 +948,91 @@ pub async fn a_cancelled_job_does_not_run(queue: Arc<dyn JobQueue>) {
         "the job cancelled while queued never ran"
     );
     running.stop().await.unwrap();
+}
+
+/// A dead job retried is queued again with its attempts starting over and its last error
+/// kept, its callback's delivery key free again, runs (its first delivery counting attempt 1)
+/// and can succeed; a job that is queued or succeeded is left as it is; an unknown job is
+/// `None`.
+pub async fn a_dead_job_runs_again_when_retried(queue: Arc<dyn JobQueue>) {
+    let dead = queue
+        .enqueue(spec("assistant", "first"))
+        .await
+        .unwrap()
+        .job_id;
+    let delivery = claim_one(queue.as_ref(), Duration::from_secs(2))
+        .await
+        .expect("delivered");
+    queue
+        .finish(
+            &delivery,
+            Finish::Dead("the model provider is down".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    // Its callback's delivery, as the worker that ended it queues it.
+    let mut hook = spec("agentkit.webhook", "deliver");
+    hook.idempotency_key = Some(format!("agentkit:webhook:{dead}"));
+    assert!(queue.enqueue(hook.clone()).await.unwrap().created);
+    let waiting = queue
+        .enqueue(spec("assistant", "second"))
+        .await
+        .unwrap()
+        .job_id;
+    let left = queue.retry(&waiting).await.unwrap().unwrap();
+    assert_eq!(left.status, JobStatus::Queued);
+    assert_eq!(left.attempts, 0);
+
+    let doc = queue.retry(&dead).await.unwrap().expect("the job exists");
+    assert_eq!(doc.status, JobStatus::Queued);
+    assert_eq!(doc.attempts, 0, "its attempts start over");
+    let read = queue.get(&dead).await.unwrap().unwrap();
+    assert_eq!(read.status, JobStatus::Queued);
+    assert_eq!(read.error.unwrap().message, "the model provider is down");
+    assert_eq!(queue.depth().await.unwrap(), 3);
+    assert!(
+        queue.enqueue(hook).await.unwrap().created,
+        "its callback is delivered again when it ends again"
+    );
+
+    let mut again = None;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while again.is_none() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the retried job is not delivered"
+        );
+        for delivery in queue
+            .claim("conformance", 4, Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
+            if delivery.job.job_id == dead {
+                again = Some(delivery);
+            }
+        }
+    }
+    let again = again.unwrap();
+    assert_eq!(again.attempt, 1, "the first attempt of its new run");
+    assert_eq!(
+        again.job.error.as_ref().map(|e| e.message.as_str()),
+        Some("the model provider is down"),
+        "the delivery knows the last error"
+    );
+    let ended = queue
+        .finish(&again, Finish::Succeeded(job_result("second time")))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, JobStatus::Succeeded);
+    let read = queue.get(&dead).await.unwrap().unwrap();
+    assert_eq!(read.status, JobStatus::Succeeded);
+    assert_eq!(read.attempts, 1);
+    assert_eq!(read.result.unwrap().output, "second time");
+    let kept = queue.retry(&dead).await.unwrap().unwrap();
+    assert_eq!(
+        kept.status,
+        JobStatus::Succeeded,
+        "a succeeded job is not retried"
+    );
+    assert!(queue.retry("0-1").await.unwrap().is_none(), "no such job");
 }

@@ -1335,3 +1335,103 @@ async fn a_cancelled_job_never_runs_and_its_callback_says_so() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(received.lock().unwrap().len(), 1, "one callback");
 }
+
+/// Fails its first run with an error retrying cannot fix, then runs the demo agent.
+#[derive(Clone)]
+struct FailsFirst {
+    runs: Arc<AtomicUsize>,
+}
+
+impl Executor for FailsFirst {
+    async fn execute(&self, invocation: Invocation) -> Result<Reply> {
+        if self.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(agentkit_core::Error::invalid_input(
+                "the tool's configuration is wrong",
+            ));
+        }
+        demo_agent().execute(invocation).await
+    }
+}
+
+async fn retry(base: &str, key: &str, job_id: &str) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/jobs/{job_id}/retry"))
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /v1/jobs/{id}/retry`: a failed job (the fault since fixed) runs again and succeeds,
+/// and its callback comes again with the new ending; a job that did not fail is a 409,
+/// another tenant's a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_retried_runs_again_and_calls_back_again() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let agent = FailsFirst { runs: runs.clone() };
+    let api = Api::builder()
+        .agent("assistant", agent.clone())
+        .auth(
+            Authenticator::none()
+                .with_api_key("acme", "dummy-key-acme")
+                .with_api_key("beta", "dummy-key-beta"),
+        )
+        .jobs(queue.clone())
+        .allow_private_callbacks(true) // the receiver is on loopback
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", agent)
+        .webhooks(test_webhooks(5))
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+    let (hook, received, _) = receiver(0).await;
+    let accepted: Value = submit(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "What is 2 + 3?", "callback_url": hook}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let failed = wait_done(&served.base, "dummy-key-acme", &job_id).await;
+    assert_eq!(failed["status"], "failed");
+    delivered(&received, 1).await;
+
+    assert_eq!(
+        retry(&served.base, "dummy-key-beta", &job_id)
+            .await
+            .status(),
+        404
+    );
+    let response = retry(&served.base, "dummy-key-acme", &job_id).await;
+    assert_eq!(response.status(), 200);
+    let queued: Value = response.json().await.unwrap();
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["attempts"], 0);
+    let done = wait_done(&served.base, "dummy-key-acme", &job_id).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["result"]["output"], "2 + 3 = 5");
+    delivered(&received, 2).await;
+    let got = received.lock().unwrap().clone();
+    let statuses: Vec<Value> = got
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("failed"), json!("succeeded")]);
+
+    let again = retry(&served.base, "dummy-key-acme", &job_id).await;
+    assert_eq!(again.status(), 409, "a succeeded job is not retried");
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["error"]["code"],
+        "conflict"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

@@ -260,6 +260,52 @@ pub(crate) async fn cancel_job(
     Ok(axum::Json(doc).into_response())
 }
 
+/// Retries a job that ended `dead` or `failed` (once what ended it is fixed): it is queued
+/// again and its attempts start over; its callback, if any, is sent again when it ends. A job
+/// in any other status is a 409.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/retry",
+    tag = "jobs",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "The job, `queued`", body = JobDocSchema),
+        (status = 404, description = "No such job (for this tenant)", body = ErrorBody),
+        (status = 409, description = "The job is not dead or failed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn retry_job(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(job_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let queue = queue(&state)?;
+    let not_ended = |doc: &JobDoc| {
+        Error::new(
+            agentkit_core::ErrorKind::Conflict,
+            format!(
+                "job {} is {}: only a dead or failed job can be retried",
+                shown(&job_id),
+                doc.status.as_str()
+            ),
+        )
+    };
+    let doc = visible(queue.as_ref(), &job_id, &principal).await?;
+    if !matches!(doc.status, JobStatus::Dead | JobStatus::Failed) {
+        return Err(not_ended(&doc).into());
+    }
+    let doc = queue
+        .retry(&job_id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no job `{}`", shown(&job_id))))?;
+    if doc.status != JobStatus::Queued {
+        // It changed meanwhile (another retry ran and ended).
+        return Err(not_ended(&doc).into());
+    }
+    Ok(axum::Json(doc).into_response())
+}
+
 /// A caller's job id as error messages show it: the first 64 characters of a longer one.
 fn shown(job_id: &str) -> std::borrow::Cow<'_, str> {
     const SHOWN: usize = 64;

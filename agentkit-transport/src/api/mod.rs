@@ -192,6 +192,7 @@ impl Api {
             .routes(routes!(jobs::get_job))
             .routes(routes!(jobs::job_events))
             .routes(routes!(jobs::cancel_job))
+            .routes(routes!(jobs::retry_job))
             .route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 edge::authenticate,

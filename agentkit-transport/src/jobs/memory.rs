@@ -363,6 +363,29 @@ impl JobQueue for MemoryJobQueue {
         Ok(Some(doc))
     }
 
+    async fn retry(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let mut state = self.lock();
+        let Some((doc, _)) = state.jobs.get_mut(job_id) else {
+            return Ok(None);
+        };
+        if !doc.requeue() {
+            return Ok(Some(doc.clone()));
+        }
+        let doc = doc.clone();
+        let tenant = doc.tenant().unwrap_or_default().to_owned();
+        // The callback is sent again when the job ends again.
+        state
+            .idempotency
+            .remove(&(tenant, super::webhook_key(job_id)));
+        state.finished.retain(|id| id != job_id);
+        state.sequence += 1;
+        let seq = state.sequence;
+        state.ready.insert((Instant::now(), seq), job_id.to_owned());
+        drop(state);
+        self.wake.notify_waiters();
+        Ok(Some(doc))
+    }
+
     async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
         self.live.publish(job_id, event);
         Ok(())

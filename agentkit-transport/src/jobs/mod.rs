@@ -40,6 +40,11 @@ pub use worker::{Worker, WorkerBuilder};
 /// `agentkit:webhook:{job_id}`); the HTTP API refuses them from callers.
 pub const RESERVED_KEY_PREFIX: &str = "agentkit:";
 
+/// The idempotency key of the webhook delivery of `job_id`'s callback.
+pub(crate) fn webhook_key(job_id: &str) -> String {
+    format!("{RESERVED_KEY_PREFIX}webhook:{job_id}")
+}
+
 /// An invalid-input error for a caller's job key in agentkit's [`RESERVED_KEY_PREFIX`].
 pub(crate) fn check_caller_key(key: &str) -> Result<()> {
     if key.starts_with(RESERVED_KEY_PREFIX) {
@@ -254,6 +259,19 @@ impl JobDoc {
             code: agentkit_core::ErrorKind::Cancelled.code().to_owned(),
             message: "cancelled by a caller".to_owned(),
         });
+        self.updated_at_ms = now_ms();
+        true
+    }
+
+    /// Queues a job that ended `dead` or `failed` again, its attempts starting over; whether
+    /// it changed.
+    pub(crate) fn requeue(&mut self) -> bool {
+        if !matches!(self.status, JobStatus::Dead | JobStatus::Failed) {
+            return false;
+        }
+        self.status = JobStatus::Queued;
+        self.attempts = 0;
+        self.result = None;
         self.updated_at_ms = now_ms();
         true
     }
@@ -564,6 +582,19 @@ pub trait JobQueue: Send + Sync {
         Err(Error::new(
             agentkit_core::ErrorKind::Conflict,
             "this job queue cannot cancel jobs",
+        ))
+    }
+
+    /// Puts a job that ended `dead` or `failed` back in the queue to run again (after the
+    /// outage or the bug that ended it is fixed): it is `queued`, its attempts start over, and
+    /// its last error stays until the next run ends. Its callback, if any, is sent again when
+    /// it ends. Returns the job's document afterwards (`None`: no such job), which for a job in
+    /// any other status is unchanged. The default refuses: this queue cannot retry jobs.
+    async fn retry(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let _ = job_id;
+        Err(Error::new(
+            agentkit_core::ErrorKind::Conflict,
+            "this job queue cannot retry jobs",
         ))
     }
 

@@ -771,6 +771,46 @@ impl JobQueue for NatsJobQueue {
         Ok(Some(cancelled.doc(job_id)))
     }
 
+    /// Queues the job's document again (compare-and-set), forgets its callback's delivery
+    /// key, and publishes a message naming it, as a retry's: the delivery that takes it
+    /// counts its first attempt.
+    async fn retry(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        let Some(mut doc) = self.get(job_id).await? else {
+            return Ok(None);
+        };
+        if !doc.requeue() {
+            return Ok(Some(doc));
+        }
+        let requeued = self
+            .change(job_id, None, |stored| {
+                if !matches!(stored.status, JobStatus::Dead | JobStatus::Failed) {
+                    return None;
+                }
+                stored.status = JobStatus::Queued;
+                stored.attempts = 0;
+                stored.result = None;
+                stored.updated_at_ms = doc.updated_at_ms;
+                Some(())
+            })
+            .await?;
+        let Some(((), stored, _)) = requeued else {
+            // It changed meanwhile.
+            return self.get(job_id).await;
+        };
+        let hook = super::webhook_key(job_id);
+        let hook = format!("idem.{}.{}", hex(&stored.spec.tenant), hex(&hook));
+        if let Err(error) = self.kv.delete(&hook).await {
+            tracing::warn!(%job_id, %error, "cannot forget the job's callback delivery; its callback may not be sent again");
+        }
+        let ack = self
+            .js
+            .publish(self.subject.clone(), job_id.to_owned().into())
+            .await
+            .map_err(|e| unavailable("publish", e))?;
+        ack.await.map_err(|e| unavailable("publish ack", e))?;
+        Ok(Some(stored.doc(job_id)))
+    }
+
     /// A job's live log is its subject in the queue's live stream (in the server's memory).
     async fn publish_live(&self, job_id: &str, event: &LiveEvent) -> Result<()> {
         let subject = self.live_subject(job_id)?;

@@ -253,6 +253,26 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'job', ARGV[5])
 return {1}
 ";
 
+/// Queues a job that ended dead or failed again: KEYS are its outcome key, its hash, the
+/// stream, the dead list and its callback's delivery key; ARGV its spec, created, now, the
+/// retention, the job id and its last error. The job's hash carries it again (queued, no
+/// attempts yet), its outcome and its callback's delivery key go, and an entry naming it is
+/// added to the stream, as a retry's is. Returns 1, or 0 when the job had not ended so.
+const RETRY: &str = r"
+local done = redis.call('GET', KEYS[1])
+if not done then return 0 end
+local status = cjson.decode(done)['status']
+if status ~= 'dead' and status ~= 'failed' then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'spec', ARGV[1], 'created', ARGV[2], 'status', 'queued', 'attempts', 0, 'updated', ARGV[3])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[6]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('LREM', KEYS[4], 0, ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[5])
+return 1
+";
+
 /// Reads a job: KEYS are its outcome key, its hash and the stream; ARGV the job id when it is
 /// an entry id (else ''), the group and now. Returns the outcome document alone when the job
 /// ended; else false, then spec, status, attempts, created, updated, result, error: from the
@@ -297,6 +317,7 @@ struct Scripts {
     get: Script,
     depth: Script,
     cancel: Script,
+    retry: Script,
 }
 
 /// A job queue on Redis Streams, sharing a [`RedisClient`] with the session store.
@@ -513,6 +534,7 @@ impl RedisJobQueue {
                 get: Script::new(GET),
                 depth: Script::new(&format!("{GROUP_FIELD_FN}{DEPTH}")),
                 cancel: Script::new(&format!("{TERMINAL_FN}{CANCEL}")),
+                retry: Script::new(RETRY),
             }),
             grouped: Arc::default(),
             housekept: Arc::default(),
@@ -1401,6 +1423,57 @@ impl JobQueue for RedisJobQueue {
             Some(Value::Int(1)) => Ok(Some(doc)),
             // It ended meanwhile (or a cancel came first).
             _ => self.get(job_id).await,
+        }
+    }
+
+    async fn retry(&self, job_id: &str) -> Result<Option<JobDoc>> {
+        self.ensure_group().await?;
+        let Some(mut doc) = self.get(job_id).await? else {
+            return Ok(None);
+        };
+        if !doc.requeue() {
+            return Ok(Some(doc));
+        }
+        let spec = (doc.spec.as_deref())
+            .ok_or_else(|| Error::internal(format!("job {job_id} has no spec")))?;
+        let body = json(spec)?;
+        let error = doc
+            .error
+            .as_ref()
+            .map(json)
+            .transpose()?
+            .unwrap_or_default();
+        let tenant = &spec.tenant;
+        let hook = super::webhook_key(job_id);
+        let hook = self.key(&format!("idem:{}:{tenant}:{hook}", tenant.len()));
+        let (done, job) = (self.done_key(job_id), self.job_key(job_id));
+        let (stream, dead) = (&*self.stream, &*self.dead);
+        let created = doc.created_at_ms;
+        let requeued: u8 = self
+            .client
+            .run(self.timeout, |mut c| async move {
+                self.scripts
+                    .retry
+                    .key(&done)
+                    .key(&job)
+                    .key(stream)
+                    .key(dead)
+                    .key(&hook)
+                    .arg(&body)
+                    .arg(created)
+                    .arg(now_ms())
+                    .arg(RETENTION.as_secs())
+                    .arg(job_id)
+                    .arg(&error)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if requeued == 1 {
+            Ok(Some(doc))
+        } else {
+            // It changed meanwhile.
+            self.get(job_id).await
         }
     }
 

@@ -19,10 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::WebhookSender;
-use super::{
-    Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, JobStatus, LiveEvent,
-    RESERVED_KEY_PREFIX,
-};
+use super::{Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, JobStatus, LiveEvent};
 use crate::leases::SessionLeases;
 
 /// The agent of webhook deliveries. A job's callback travels as a job of its own, enqueued
@@ -44,7 +41,7 @@ pub(crate) fn webhook_job(job_id: &str, spec: &JobSpec, url: &str) -> JobSpec {
         metadata,
         tenant: spec.tenant.clone(),
         callback_url: Some(url.to_owned()),
-        idempotency_key: Some(format!("{RESERVED_KEY_PREFIX}webhook:{job_id}")),
+        idempotency_key: Some(super::webhook_key(job_id)),
         request_id: spec.request_id.clone(),
         traceparent: spec.traceparent.clone(),
         ..JobSpec::default()
