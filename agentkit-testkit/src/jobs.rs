@@ -851,8 +851,9 @@ async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// A cancelled job ends `cancelled` at once: queued, it never runs and no longer counts in
-/// the depth; running, its worker drops the run at its next heartbeat and goes on with other
-/// jobs, and what the run would have returned does not replace the cancel. A job that ended
+/// the depth; running, its worker drops the run (at once, or at its next heartbeat at the
+/// latest) and goes on with other jobs, and what the run would have returned does not
+/// replace the cancel. A job that ended
 /// keeps its ending; cancelling twice is the same as once; an unknown job is `None`.
 pub async fn a_cancelled_job_does_not_run(queue: Arc<dyn JobQueue>) {
     let queued = queue

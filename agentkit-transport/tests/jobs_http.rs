@@ -1435,3 +1435,90 @@ async fn a_failed_job_retried_runs_again_and_calls_back_again() {
     );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// Runs until dropped; counts its starts and its drops.
+#[derive(Clone)]
+struct Forever {
+    started: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Executor for Forever {
+    async fn execute(&self, _: Invocation) -> Result<Reply> {
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let _dropped = Dropped(self.dropped.clone());
+        std::future::pending().await
+    }
+}
+
+/// A running job cancelled over HTTP stops at once, not at its worker's next heartbeat (a
+/// minute away here): the worker awaits the job's end between heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_cancelled_stops_before_its_next_heartbeat() {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
+    let forever = Forever {
+        started: Arc::new(AtomicUsize::new(0)),
+        dropped: Arc::new(AtomicUsize::new(0)),
+    };
+    let api = Api::builder()
+        .agent("assistant", forever.clone())
+        .auth(Authenticator::none().with_api_key("acme", "dummy-key-acme"))
+        .jobs(queue.clone())
+        .build()
+        .unwrap();
+    let served = serve(api).await;
+    let worker = Worker::builder(queue.clone())
+        .agent("assistant", forever.clone())
+        .heartbeat(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let _worker = RunningWorker::spawn(worker);
+    let accepted: Value = submit(
+        &served.base,
+        "dummy-key-acme",
+        json!({"input": "run forever"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap();
+    for _ in 0..200 {
+        if forever.started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(forever.started.load(Ordering::SeqCst), 1, "the run started");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = cancel(&served.base, "dummy-key-acme", job_id).await;
+    assert_eq!(response.status(), 200);
+    for _ in 0..200 {
+        if forever.dropped.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        forever.dropped.load(Ordering::SeqCst),
+        1,
+        "the run was dropped within 5 s, not at the heartbeat a minute away"
+    );
+    let doc: Value = client()
+        .get(format!("{}/v1/jobs/{job_id}", served.base))
+        .header("authorization", "Bearer dummy-key-acme")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["status"], "cancelled");
+}

@@ -208,8 +208,8 @@ pub(crate) async fn get_job(
     Ok(axum::Json(doc).into_response())
 }
 
-/// Cancels a job: a queued job will not run; a running one is stopped by its worker at the
-/// worker's next heartbeat. Cancelling a cancelled job again answers it as it is; a job that
+/// Cancels a job: a queued job will not run; a running one's run is dropped by its worker as
+/// soon as it hears of the cancel. Cancelling a cancelled job again answers it as it is; a job that
 /// ended otherwise is a 409. A job with a `callback_url` gets its callback, as when it ends.
 #[utoipa::path(
     post,

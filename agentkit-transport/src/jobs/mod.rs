@@ -573,10 +573,11 @@ pub trait JobQueue: Send + Sync {
     }
 
     /// Cancels the job unless it has ended: it ends `cancelled` at once. A queued job will
-    /// not run; a running one is stopped by its worker at the worker's next heartbeat, and
-    /// whatever the run then returns is dropped. Returns the job's document afterwards
-    /// (`None`: no such job), which for a job that had ended already is its ending, unchanged.
-    /// The default refuses: this queue cannot cancel jobs.
+    /// not run; a running one's worker, which awaits the job's end between heartbeats
+    /// ([`until_ended`](Self::until_ended)), drops the run as soon as it hears of it (at the
+    /// next heartbeat at the latest, for a queue that does not wake its callers). Returns the
+    /// job's document afterwards (`None`: no such job), which for a job that had ended
+    /// already is its ending, unchanged. The default refuses: this queue cannot cancel jobs.
     async fn cancel(&self, job_id: &str) -> Result<Option<JobDoc>> {
         let _ = job_id;
         Err(Error::new(

@@ -238,7 +238,8 @@ return 1
 /// the group, the job id and the notices kept. A job that ended keeps its ending (returns
 /// 0 and its outcome, if it has one). Otherwise the outcome is written, the job's hash and
 /// its retry (if one waits) dropped, and its submission deleted from the stream unless it
-/// was delivered (a running job's worker stops it at its next heartbeat). Returns 1.
+/// was delivered (a running job's worker hears of the end notice and drops its run).
+/// Returns 1.
 const CANCEL: &str = r"
 local done = redis.call('GET', KEYS[1])
 if done then return {0, done} end

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::WebhookSender;
-use super::{Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, JobStatus, LiveEvent};
+use super::{Delivery, Finish, JobError, JobQueue, JobResult, JobSpec, LiveEvent};
 use crate::leases::SessionLeases;
 
 /// The agent of webhook deliveries. A job's callback travels as a job of its own, enqueued
@@ -493,8 +493,10 @@ impl Worker {
         outcome
     }
 
-    /// Runs `work` while heartbeating `delivery`; `None` when the job was cancelled meanwhile
-    /// (each heartbeat also looks at the job's status), and `work` was dropped.
+    /// Runs `work` while heartbeating `delivery`; `None` when the job ended meanwhile
+    /// (cancelled, or finished by another worker after this one lost its claim), and `work`
+    /// was dropped. Between heartbeats it awaits the job's end, which the memory, Redis and
+    /// NATS queues learn of as it happens, so a cancel stops the run at once.
     async fn heartbeating<T>(
         &self,
         delivery: &Delivery,
@@ -510,16 +512,16 @@ impl Worker {
         let job_id = &delivery.job.job_id;
         let beat = async {
             loop {
-                tokio::time::sleep(self.inner.heartbeat).await;
-                if let Err(error) = queue.heartbeat(delivery).await {
-                    tracing::warn!(%job_id, %error, "heartbeat failed");
-                }
-                match queue.get(job_id).await {
-                    Ok(Some(doc)) if doc.status == JobStatus::Cancelled => return,
+                match queue.until_ended(job_id, self.inner.heartbeat).await {
+                    Ok(Some(doc)) if doc.status.is_terminal() => return,
                     Ok(_) => {}
                     Err(error) => {
-                        tracing::warn!(%job_id, %error, "cannot read the job's status")
+                        tracing::warn!(%job_id, %error, "cannot read the job's status");
+                        tokio::time::sleep(self.inner.heartbeat).await;
                     }
+                }
+                if let Err(error) = queue.heartbeat(delivery).await {
+                    tracing::warn!(%job_id, %error, "heartbeat failed");
                 }
             }
         };
@@ -575,8 +577,9 @@ impl Worker {
         };
         let callback = spec.callback_url.as_deref();
         let Some(outcome) = outcome else {
-            // The job ended `cancelled` already; this acknowledges the delivery (its
-            // callback, if any, was queued by the cancel).
+            // The job ended already (cancelled, or finished by another worker); this
+            // acknowledges the delivery without changing the job (its callback, if any, was
+            // queued by whatever ended it).
             let cancelled = Error::cancelled();
             log_job(
                 &delivery,
@@ -586,7 +589,7 @@ impl Worker {
                 started,
                 Some(&cancelled),
             );
-            tracing::info!(%job_id, "the job was cancelled; its run is stopped");
+            tracing::info!(%job_id, "the job ended elsewhere (cancelled, or finished by another worker); its run is stopped");
             if spec.stream {
                 let end = LiveEvent::end(delivery.attempt);
                 if let Err(error) = inner.queue.publish_live(&job_id, &end).await {
