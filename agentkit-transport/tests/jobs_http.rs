@@ -1215,13 +1215,44 @@ async fn a_streamed_job_sends_its_run_as_it_happens() {
     );
 }
 
-async fn cancel(base: &str, key: &str, job_id: &str) -> reqwest::Response {
+/// `POST /v1/jobs/{job_id}/{action}` (`cancel`, `retry`).
+async fn act(base: &str, key: &str, job_id: &str, action: &str) -> reqwest::Response {
     client()
-        .post(format!("{base}/v1/jobs/{job_id}/cancel"))
+        .post(format!("{base}/v1/jobs/{job_id}/{action}"))
         .header("authorization", format!("Bearer {key}"))
         .send()
         .await
         .unwrap()
+}
+
+async fn cancel(base: &str, key: &str, job_id: &str) -> reqwest::Response {
+    act(base, key, job_id, "cancel").await
+}
+
+/// An API running `agent`'s jobs on `queue`, for the tenants `acme` and `beta`, its callbacks
+/// allowed on loopback (where the test receivers are).
+fn job_api(agent: impl Executor + 'static, queue: &Arc<dyn JobQueue>) -> Api {
+    Api::builder()
+        .agent("assistant", agent)
+        .auth(
+            Authenticator::none()
+                .with_api_key("acme", "dummy-key-acme")
+                .with_api_key("beta", "dummy-key-beta"),
+        )
+        .jobs(queue.clone())
+        .allow_private_callbacks(true)
+        .build()
+        .unwrap()
+}
+
+/// Submits `body` as tenant `acme`; the job's id.
+async fn submit_id(base: &str, body: Value) -> String {
+    let accepted: Value = submit(base, "dummy-key-acme", body, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    accepted["job_id"].as_str().unwrap().to_owned()
 }
 
 /// `POST /v1/jobs/{id}/cancel`: a queued job ends `cancelled` and never runs, its callback
@@ -1233,30 +1264,13 @@ async fn a_cancelled_job_never_runs_and_its_callback_says_so() {
     let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = Counted { runs: runs.clone() };
-    let api = Api::builder()
-        .agent("assistant", counted.clone())
-        .auth(
-            Authenticator::none()
-                .with_api_key("acme", "dummy-key-acme")
-                .with_api_key("beta", "dummy-key-beta"),
-        )
-        .jobs(queue.clone())
-        .allow_private_callbacks(true) // the receiver is on loopback
-        .build()
-        .unwrap();
-    let served = serve(api).await;
+    let served = serve(job_api(counted.clone(), &queue)).await;
     let (hook, received, _) = receiver(0).await;
-    let accepted: Value = submit(
+    let job_id = submit_id(
         &served.base,
-        "dummy-key-acme",
         json!({"input": "What is 1 + 1?", "callback_url": hook}),
-        None,
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    .await;
 
     let other = cancel(&served.base, "dummy-key-beta", &job_id).await;
     assert_eq!(other.status(), 404, "another tenant's job is not there");
@@ -1306,22 +1320,12 @@ async fn a_cancelled_job_never_runs_and_its_callback_says_so() {
     assert_eq!(hooked["job_id"], job_id.as_str());
     assert_eq!(hooked["status"], "cancelled");
 
-    let ran: Value = submit(
-        &served.base,
-        "dummy-key-acme",
-        json!({"input": "What is 2 + 2?"}),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let ran = ran["job_id"].as_str().unwrap();
+    let ran = submit_id(&served.base, json!({"input": "What is 2 + 2?"})).await;
     assert_eq!(
-        wait_done(&served.base, "dummy-key-acme", ran).await["status"],
+        wait_done(&served.base, "dummy-key-acme", &ran).await["status"],
         "succeeded"
     );
-    let ended = cancel(&served.base, "dummy-key-acme", ran).await;
+    let ended = cancel(&served.base, "dummy-key-acme", &ran).await;
     assert_eq!(ended.status(), 409);
     assert_eq!(
         ended.json::<Value>().await.unwrap()["error"]["code"],
@@ -1354,12 +1358,7 @@ impl Executor for FailsFirst {
 }
 
 async fn retry(base: &str, key: &str, job_id: &str) -> reqwest::Response {
-    client()
-        .post(format!("{base}/v1/jobs/{job_id}/retry"))
-        .header("authorization", format!("Bearer {key}"))
-        .send()
-        .await
-        .unwrap()
+    act(base, key, job_id, "retry").await
 }
 
 /// `POST /v1/jobs/{id}/retry`: a failed job (the fault since fixed) runs again and succeeds,
@@ -1370,18 +1369,7 @@ async fn a_failed_job_retried_runs_again_and_calls_back_again() {
     let queue: Arc<dyn JobQueue> = Arc::new(MemoryJobQueue::new());
     let runs = Arc::new(AtomicUsize::new(0));
     let agent = FailsFirst { runs: runs.clone() };
-    let api = Api::builder()
-        .agent("assistant", agent.clone())
-        .auth(
-            Authenticator::none()
-                .with_api_key("acme", "dummy-key-acme")
-                .with_api_key("beta", "dummy-key-beta"),
-        )
-        .jobs(queue.clone())
-        .allow_private_callbacks(true) // the receiver is on loopback
-        .build()
-        .unwrap();
-    let served = serve(api).await;
+    let served = serve(job_api(agent.clone(), &queue)).await;
     let worker = Worker::builder(queue.clone())
         .agent("assistant", agent)
         .webhooks(test_webhooks(5))
@@ -1389,17 +1377,11 @@ async fn a_failed_job_retried_runs_again_and_calls_back_again() {
         .unwrap();
     let _worker = RunningWorker::spawn(worker);
     let (hook, received, _) = receiver(0).await;
-    let accepted: Value = submit(
+    let job_id = submit_id(
         &served.base,
-        "dummy-key-acme",
         json!({"input": "What is 2 + 3?", "callback_url": hook}),
-        None,
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    .await;
     let failed = wait_done(&served.base, "dummy-key-acme", &job_id).await;
     assert_eq!(failed["status"], "failed");
     delivered(&received, 1).await;
@@ -1466,30 +1448,14 @@ async fn a_running_job_cancelled_stops_before_its_next_heartbeat() {
         started: Arc::new(AtomicUsize::new(0)),
         dropped: Arc::new(AtomicUsize::new(0)),
     };
-    let api = Api::builder()
-        .agent("assistant", forever.clone())
-        .auth(Authenticator::none().with_api_key("acme", "dummy-key-acme"))
-        .jobs(queue.clone())
-        .build()
-        .unwrap();
-    let served = serve(api).await;
+    let served = serve(job_api(forever.clone(), &queue)).await;
     let worker = Worker::builder(queue.clone())
         .agent("assistant", forever.clone())
         .heartbeat(Duration::from_secs(60))
         .build()
         .unwrap();
     let _worker = RunningWorker::spawn(worker);
-    let accepted: Value = submit(
-        &served.base,
-        "dummy-key-acme",
-        json!({"input": "run forever"}),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let job_id = accepted["job_id"].as_str().unwrap();
+    let job_id = submit_id(&served.base, json!({"input": "run forever"})).await;
     for _ in 0..200 {
         if forever.started.load(Ordering::SeqCst) == 1 {
             break;
@@ -1498,7 +1464,7 @@ async fn a_running_job_cancelled_stops_before_its_next_heartbeat() {
     }
     assert_eq!(forever.started.load(Ordering::SeqCst), 1, "the run started");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let response = cancel(&served.base, "dummy-key-acme", job_id).await;
+    let response = cancel(&served.base, "dummy-key-acme", &job_id).await;
     assert_eq!(response.status(), 200);
     for _ in 0..200 {
         if forever.dropped.load(Ordering::SeqCst) == 1 {
