@@ -87,17 +87,22 @@ async fn submit(
     request.send().await.unwrap()
 }
 
+/// `GET /v1/jobs/{job_id}` as tenant `key`'s.
+async fn job_doc(base: &str, key: &str, job_id: &str) -> Value {
+    client()
+        .get(format!("{base}/v1/jobs/{job_id}"))
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn wait_done(base: &str, key: &str, job_id: &str) -> Value {
     for _ in 0..200 {
-        let doc: Value = client()
-            .get(format!("{base}/v1/jobs/{job_id}"))
-            .header("authorization", format!("Bearer {key}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc = job_doc(base, key, job_id).await;
         if ["succeeded", "failed", "dead"].contains(&doc["status"].as_str().unwrap()) {
             return doc;
         }
@@ -1129,15 +1134,7 @@ async fn a_streamed_job_sends_its_run_as_it_happens() {
     let mut status_at_tool_call = None;
     let events = read_sse(response, async |events: &[(String, Value)]| {
         if status_at_tool_call.is_none() && events.iter().any(|(n, _)| n == "tool_call_started") {
-            let doc: Value = client()
-                .get(format!("{}/v1/jobs/{job_id}", served.base))
-                .header("authorization", "Bearer dummy-key-acme")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let doc = job_doc(&served.base, "dummy-key-acme", &job_id).await;
             status_at_tool_call = Some(doc["status"].as_str().unwrap().to_owned());
         }
     })
@@ -1477,14 +1474,6 @@ async fn a_running_job_cancelled_stops_before_its_next_heartbeat() {
         1,
         "the run was dropped within 5 s, not at the heartbeat a minute away"
     );
-    let doc: Value = client()
-        .get(format!("{}/v1/jobs/{job_id}", served.base))
-        .header("authorization", "Bearer dummy-key-acme")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = job_doc(&served.base, "dummy-key-acme", &job_id).await;
     assert_eq!(doc["status"], "cancelled");
 }
