@@ -87,6 +87,16 @@ async fn submit(
     request.send().await.unwrap()
 }
 
+/// `GET /v1/jobs/{job_id}/events` as tenant `acme`'s.
+async fn follow_job(base: &str, job_id: &str) -> reqwest::Response {
+    client()
+        .get(format!("{base}/v1/jobs/{job_id}/events"))
+        .header("authorization", "Bearer dummy-key-acme")
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `GET /v1/jobs/{job_id}` as tenant `key`'s.
 async fn job_doc(base: &str, key: &str, job_id: &str) -> Value {
     client()
@@ -286,12 +296,8 @@ async fn the_events_stream_follows_the_job_to_its_end() {
     .await
     .unwrap();
     let job_id = accepted["job_id"].as_str().unwrap();
-    let text = client()
-        .get(format!("{}/v1/jobs/{job_id}/events", s.served.base))
-        .header("authorization", "Bearer dummy-key-acme")
-        .send()
+    let text = follow_job(&s.served.base, job_id)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -1125,12 +1131,7 @@ async fn a_streamed_job_sends_its_run_as_it_happens() {
     .await
     .unwrap();
     let job_id = accepted["job_id"].as_str().unwrap().to_owned();
-    let response = client()
-        .get(format!("{}/v1/jobs/{job_id}/events", served.base))
-        .header("authorization", "Bearer dummy-key-acme")
-        .send()
-        .await
-        .unwrap();
+    let response = follow_job(&served.base, &job_id).await;
     let mut status_at_tool_call = None;
     let events = read_sse(response, async |events: &[(String, Value)]| {
         if status_at_tool_call.is_none() && events.iter().any(|(n, _)| n == "tool_call_started") {
@@ -1168,16 +1169,7 @@ async fn a_streamed_job_sends_its_run_as_it_happens() {
     .json()
     .await
     .unwrap();
-    let response = client()
-        .get(format!(
-            "{}/v1/jobs/{}/events",
-            served.base,
-            plain["job_id"].as_str().unwrap()
-        ))
-        .header("authorization", "Bearer dummy-key-acme")
-        .send()
-        .await
-        .unwrap();
+    let response = follow_job(&served.base, plain["job_id"].as_str().unwrap()).await;
     let events = read_sse(response, async |_: &[(String, Value)]| {}).await;
     assert!(events.iter().all(|(n, _)| n == "status"), "{events:?}");
 
@@ -1279,12 +1271,8 @@ async fn a_cancelled_job_never_runs_and_its_callback_says_so() {
     let again = cancel(&served.base, "dummy-key-acme", &job_id).await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().await.unwrap()["status"], "cancelled");
-    let events = client()
-        .get(format!("{}/v1/jobs/{job_id}/events", served.base))
-        .header("authorization", "Bearer dummy-key-acme")
-        .send()
+    let events = follow_job(&served.base, &job_id)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
